@@ -1,0 +1,87 @@
+//! Paths of the example and fixture plugins, built into wasm32-wasip2
+//! components by this crate's build script.
+//!
+//! Building this crate runs a nested `cargo build --profile plugin --target
+//! wasm32-wasip2` of the plugin crates in `plugins/` (adding the target with
+//! rustup if needed) and copies the components to:
+//!
+//! - [`EXAMPLES_DIR`] (`<target>/plugins/`): `bank_account.wasm`,
+//!   `workflow_execution.wasm`;
+//! - [`FIXTURES_DIR`] (`<target>/plugins/fixtures/`): the misbehaving
+//!   `fixture_*.wasm` components the host's tests use.
+//!
+//! `<target>` is `$CARGO_TARGET_DIR` when set, else the workspace's `target/`.
+//! The file stem of each component is the plugin name the host uses.
+//!
+//! Every fixture must have a test. A test module enforces it with
+//! [`foreach_fixture!`], which calls a macro once per fixture crate name:
+//!
+//! ```
+//! macro_rules! assert_test_exists {
+//!     ($name:ident) => {
+//!         #[allow(unused_imports, reason = "the import only checks the test exists")]
+//!         use self::$name as _;
+//!     };
+//! }
+//! kiln_plugin_artifacts::foreach_fixture!(assert_test_exists);
+//!
+//! fn fixture_panic() {}
+//! fn fixture_spin() {}
+//! fn fixture_oom() {}
+//! fn fixture_oversize() {}
+//! fn fixture_snoop() {}
+//! fn fixture_no_world() {}
+//! # fn main() {
+//! #     assert!(std::path::Path::new(kiln_plugin_artifacts::FIXTURE_PANIC).is_file());
+//! # }
+//! ```
+
+include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const ALL: [&str; 8] = [
+        BANK_ACCOUNT,
+        WORKFLOW_EXECUTION,
+        FIXTURE_PANIC,
+        FIXTURE_SPIN,
+        FIXTURE_OOM,
+        FIXTURE_OVERSIZE,
+        FIXTURE_SNOOP,
+        FIXTURE_NO_WORLD,
+    ];
+
+    #[test]
+    fn every_component_exists_and_is_a_component() {
+        for path in ALL {
+            let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // A component's preamble: magic, then version 0x0d and layer 1.
+            assert_eq!(
+                &bytes[..8],
+                b"\0asm\x0d\0\x01\0",
+                "{path} is not a component"
+            );
+        }
+    }
+
+    #[test]
+    fn components_sit_in_their_directories() {
+        for path in [BANK_ACCOUNT, WORKFLOW_EXECUTION] {
+            assert_eq!(Path::new(path).parent(), Some(Path::new(EXAMPLES_DIR)));
+        }
+        let mut fixtures = 0;
+        macro_rules! check {
+            ($name:ident) => {
+                fixtures += 1;
+                let path = Path::new(FIXTURES_DIR).join(concat!(stringify!($name), ".wasm"));
+                assert!(path.is_file(), "{}", path.display());
+            };
+        }
+        foreach_fixture!(check);
+        assert_eq!(fixtures, 6);
+    }
+}

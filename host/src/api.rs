@@ -1,0 +1,52 @@
+//! The HTTP API (see `API.md`): one router, one error type, one file per
+//! resource.
+
+pub mod commands;
+pub mod error;
+pub mod json;
+pub mod openapi;
+pub mod ops;
+pub mod plugins;
+pub mod streams;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+
+pub use error::ApiError;
+
+use crate::command::Pipeline;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::runtime::Runtime;
+
+/// What every handler shares.
+pub struct AppState {
+    pub pipeline: Arc<Pipeline>,
+    pub registry: Arc<Registry>,
+    pub runtime: Runtime,
+    pub metrics: Arc<Metrics>,
+    /// The bearer token of admin routes; `None` locks them.
+    pub admin_token: Option<String>,
+}
+
+/// The router, separate from serving it, so tests can call it directly.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/commands/{aggregate}/{id}", post(commands::post_command))
+        .route("/streams/{stream_id}/events", get(streams::stream_events))
+        .route("/streams/{stream_id}/state", get(streams::stream_state))
+        .route("/events", get(streams::global_events))
+        .route("/plugins", get(plugins::list_plugins))
+        .route("/plugins/{name}", put(plugins::put_plugin))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::openapi))
+        .fallback(ops::not_found)
+        // Bodies are read with our own limit so that the 413 has our shape.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}

@@ -1,0 +1,94 @@
+//! JSON shapes shared by the handlers, and reading request bodies.
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::ApiError;
+use crate::store::RecordedEvent;
+
+/// An event as the API shows it.
+#[derive(Serialize)]
+pub struct EventJson<'a> {
+    pub position: u64,
+    pub stream_id: &'a str,
+    pub version: u64,
+    #[serde(rename = "type")]
+    pub event_type: &'a str,
+    pub schema: u32,
+    pub data: &'a RawValue,
+    pub metadata: &'a RawValue,
+    pub recorded_at: String,
+}
+
+/// Events as stored hold valid JSON text (checked before append); a row
+/// edited behind the store's back is shown as `null` rather than failing.
+fn raw(text: &str) -> &RawValue {
+    serde_json::from_str::<&RawValue>(text).unwrap_or_else(|_| {
+        serde_json::from_str::<&RawValue>("null").unwrap_or_else(|_| unreachable!("null is JSON"))
+    })
+}
+
+pub fn event_json(e: &RecordedEvent) -> EventJson<'_> {
+    EventJson {
+        position: e.position,
+        stream_id: &e.stream_id,
+        version: e.version,
+        event_type: &e.event_type,
+        schema: e.schema,
+        data: raw(&e.data),
+        metadata: raw(&e.metadata),
+        recorded_at: format_time_us(e.recorded_at_us),
+    }
+}
+
+/// RFC 3339 in UTC with milliseconds, e.g. `2026-11-22T10:00:00.123Z`.
+pub fn format_time_us(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Read a request body of at most `limit` bytes that must be JSON.
+pub async fn read_json_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime != "application/json" && !mime.ends_with("+json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "the body must be JSON with Content-Type: application/json (got {})",
+                if content_type.is_empty() {
+                    "none"
+                } else {
+                    content_type
+                }
+            ),
+        ));
+    }
+    read_body(body, limit).await
+}
+
+/// Read a request body of at most `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::too_large(
+            format!("the request body is over the limit of {limit} bytes"),
+            limit,
+        )
+    })
+}

@@ -1,0 +1,178 @@
+//! `GET /openapi.json`: the OpenAPI 3 description, built from the same route
+//! table the router uses in spirit: each route below names its handler.
+
+use axum::Json;
+use serde_json::{Value, json};
+
+/// One documented operation.
+struct Op {
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    params: &'static [(&'static str, &'static str, &'static str)],
+    body: Option<&'static str>,
+    responses: &'static [(&'static str, &'static str)],
+}
+
+const OPS: &[Op] = &[
+    Op {
+        method: "post",
+        path: "/commands/{aggregate}/{id}",
+        summary: "Submit a command to an aggregate instance",
+        params: &[
+            ("aggregate", "path", "string"),
+            ("id", "path", "string"),
+            ("Idempotency-Key", "header", "string"),
+        ],
+        body: Some("application/json"),
+        responses: &[
+            ("200", "events appended"),
+            ("400", "invalid_request or invalid_command"),
+            ("404", "unknown aggregate"),
+            ("409", "wrong_expected_version or idempotency_conflict"),
+            ("413", "too_large"),
+            ("415", "unsupported_media_type"),
+            ("422", "rejected"),
+            ("500", "plugin_trap"),
+            ("503", "plugin_timeout or unavailable"),
+        ],
+    },
+    Op {
+        method: "get",
+        path: "/streams/{stream_id}/events",
+        summary: "Read a stream's events",
+        params: &[
+            ("stream_id", "path", "string"),
+            ("from_version", "query", "integer"),
+            ("limit", "query", "integer"),
+        ],
+        body: None,
+        responses: &[("200", "a page of events"), ("404", "stream has no events")],
+    },
+    Op {
+        method: "get",
+        path: "/streams/{stream_id}/state",
+        summary: "A stream's state, now or at a version or time",
+        params: &[
+            ("stream_id", "path", "string"),
+            ("at_version", "query", "integer"),
+            ("at_time", "query", "string"),
+        ],
+        body: None,
+        responses: &[("200", "the state, with ETag"), ("404", "not found")],
+    },
+    Op {
+        method: "get",
+        path: "/events",
+        summary: "Read the global log",
+        params: &[
+            ("from_position", "query", "integer"),
+            ("limit", "query", "integer"),
+            ("types", "query", "string"),
+        ],
+        body: None,
+        responses: &[("200", "a page of events")],
+    },
+    Op {
+        method: "get",
+        path: "/plugins",
+        summary: "Loaded plugins",
+        params: &[],
+        body: None,
+        responses: &[("200", "list of plugins")],
+    },
+    Op {
+        method: "put",
+        path: "/plugins/{name}",
+        summary: "Deploy a plugin version (admin)",
+        params: &[("name", "path", "string")],
+        body: Some("application/wasm"),
+        responses: &[
+            ("200", "deployed"),
+            ("400", "not a component"),
+            ("401", "unauthorized"),
+            ("422", "invalid_plugin"),
+        ],
+    },
+    Op {
+        method: "get",
+        path: "/healthz",
+        summary: "The process is up",
+        params: &[],
+        body: None,
+        responses: &[("200", "ok")],
+    },
+    Op {
+        method: "get",
+        path: "/readyz",
+        summary: "Store reachable, plugins loaded",
+        params: &[],
+        body: None,
+        responses: &[("200", "ready"), ("503", "unavailable")],
+    },
+    Op {
+        method: "get",
+        path: "/metrics",
+        summary: "Prometheus metrics",
+        params: &[],
+        body: None,
+        responses: &[("200", "text exposition")],
+    },
+];
+
+/// The document.
+pub fn document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for op in OPS {
+        let parameters: Vec<Value> = op
+            .params
+            .iter()
+            .map(|(name, place, ty)| {
+                json!({"name": name, "in": place, "required": *place == "path", "schema": {"type": ty}})
+            })
+            .collect();
+        let responses: serde_json::Map<String, Value> = op
+            .responses
+            .iter()
+            .map(|(status, description)| {
+                let schema = if status.starts_with('2') {
+                    json!({})
+                } else {
+                    json!({"$ref": "#/components/schemas/Error"})
+                };
+                (
+                    status.to_string(),
+                    json!({"description": description, "content": {"application/json": {"schema": schema}}}),
+                )
+            })
+            .collect();
+        let mut operation =
+            json!({"summary": op.summary, "parameters": parameters, "responses": responses});
+        if let Some(media) = op.body {
+            operation["requestBody"] =
+                json!({"required": true, "content": {media: {"schema": {}}}});
+        }
+        let entry = paths
+            .entry(op.path.to_string())
+            .or_insert_with(|| json!({}));
+        entry[op.method] = operation;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Kiln", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {"schemas": {"Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {"type": "object"}}
+            }}
+        }}}
+    })
+}
+
+pub async fn openapi() -> Json<Value> {
+    Json(document())
+}

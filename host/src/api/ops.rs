@@ -1,0 +1,48 @@
+//! Operations: health, readiness, metrics.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the store answers and plugins are loaded.
+pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let store = app.pipeline.store();
+    store.ping().await?;
+    if app.registry.is_empty() {
+        return Err(ApiError::unavailable("no plugin is loaded"));
+    }
+    let head = *store.subscribe_head().borrow();
+    Ok(Json(json!({
+        "status": "ready",
+        "plugins": app.registry.len(),
+        "head": head,
+    })))
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    let head = *app.pipeline.store().subscribe_head().borrow();
+    let text = app.metrics.render(head, app.registry.len());
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}
+
+/// Any route the API does not have.
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}

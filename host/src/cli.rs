@@ -1,0 +1,116 @@
+//! The command line: `kiln serve`, `kiln bench`. Every flag can also be set
+//! with a `KILN_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Limits, PipelineConfig};
+use crate::server::HostConfig;
+use crate::store::sqlite::SqliteOptions;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kiln",
+    version,
+    about = "A WebAssembly-plugin event processing host"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the HTTP API.
+    Serve(ServeArgs),
+    /// Benchmark commands over HTTP against the raw append rate.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// Options of `kiln serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// The event store: `sqlite://path` (or a plain path).
+    #[arg(long, env = "KILN_DB", default_value = "sqlite://kiln.db")]
+    pub db: String,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory of `*.wasm` plugins to load; defaults to the example plugins
+    /// built with this binary.
+    #[arg(long, env = "KILN_PLUGINS")]
+    pub plugins: Option<PathBuf>,
+    /// Bearer token of admin routes (`PUT /plugins/{name}`); unset locks them.
+    #[arg(long, env = "KILN_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+/// Limits and tuning shared by `serve` and `bench`.
+#[derive(Args, Debug, Clone)]
+pub struct Tuning {
+    /// Memory one plugin instance may use, in MiB.
+    #[arg(long, env = "KILN_MEMORY_LIMIT_MIB", default_value_t = config::MEMORY_BYTES_MAX_DEFAULT / (1024 * 1024))]
+    pub memory_limit_mib: usize,
+    /// Wall time one plugin call may take, in ms.
+    #[arg(long, env = "KILN_COMMAND_TIMEOUT_MS", default_value_t = config::COMMAND_TIMEOUT_MS_DEFAULT)]
+    pub command_timeout_ms: u64,
+    /// Largest event payload, in bytes.
+    #[arg(long, env = "KILN_EVENT_SIZE_LIMIT", default_value_t = config::EVENT_BYTES_MAX_DEFAULT)]
+    pub event_size_limit: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "KILN_BODY_SIZE_LIMIT", default_value_t = config::BODY_BYTES_MAX_DEFAULT)]
+    pub body_size_limit: usize,
+    /// Snapshot a stream every N events (0: never).
+    #[arg(long, env = "KILN_SNAPSHOT_EVERY", default_value_t = config::SNAPSHOT_EVERY_DEFAULT)]
+    pub snapshot_every: u64,
+    /// How long an idempotency key is remembered, in seconds.
+    #[arg(long, env = "KILN_IDEMPOTENCY_WINDOW_SECS", default_value_t = config::IDEMPOTENCY_WINDOW_SECS_DEFAULT)]
+    pub idempotency_window_secs: u64,
+    /// Stream states kept in memory.
+    #[arg(long, env = "KILN_STATE_CACHE_ENTRIES", default_value_t = config::STATE_CACHE_ENTRIES_DEFAULT)]
+    pub state_cache_entries: usize,
+    /// Most appends committed in one SQLite transaction (group commit).
+    #[arg(long, env = "KILN_MAX_BATCH", default_value_t = 512)]
+    pub max_batch: usize,
+    /// Disable wasmtime's pooling allocator.
+    #[arg(long, env = "KILN_NO_POOLING")]
+    pub no_pooling: bool,
+}
+
+impl ServeArgs {
+    pub fn host_config(&self, default_plugins: Option<PathBuf>) -> HostConfig {
+        let mut config = self.tuning.host_config(&self.db, self.listen);
+        config.plugins_dir = self.plugins.clone().or(default_plugins);
+        config.admin_token = self.admin_token.clone();
+        config
+    }
+}
+
+impl Tuning {
+    pub fn host_config(&self, db: &str, listen: SocketAddr) -> HostConfig {
+        let mut config = HostConfig::new(db, listen);
+        config.limits = Limits {
+            memory_bytes_max: self.memory_limit_mib.saturating_mul(1024 * 1024),
+            command_timeout_ms: self.command_timeout_ms,
+            event_bytes_max: self.event_size_limit,
+            body_bytes_max: self.body_size_limit,
+        };
+        config.pipeline = PipelineConfig {
+            snapshot_every: self.snapshot_every,
+            idempotency_window: Duration::from_secs(self.idempotency_window_secs),
+            state_cache_entries: self.state_cache_entries,
+            ..PipelineConfig::default()
+        };
+        config.sqlite = SqliteOptions {
+            max_batch: self.max_batch,
+            ..SqliteOptions::default()
+        };
+        config.pooling = !self.no_pooling;
+        config
+    }
+}

@@ -1,0 +1,9 @@
+//! The command side: a command goes through the pipeline to an aggregate
+//! plugin, and its events into the store.
+
+pub mod error;
+pub mod pipeline;
+pub mod state_cache;
+
+pub use error::CommandError;
+pub use pipeline::{CommandOutcome, CommandRequest, Pipeline, StreamState};

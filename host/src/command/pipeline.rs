@@ -1,0 +1,680 @@
+//! The command pipeline: load state, decide, append.
+//!
+//! ```text
+//! request ─► idempotency check ─► stream lock ─► state (cache │ snapshot + events │ replay)
+//!        ─► one wasm instance: apply(pending) + handle(command) ─► append(expected = loaded version)
+//! ```
+//!
+//! Commands on one stream are serialized by a striped lock; commands on
+//! different streams run in parallel (wasm on the blocking pool, appends
+//! group-committed by the store). The append always carries the version the
+//! decision was made on, so a concurrent writer elsewhere is detected and the
+//! command is retried on fresh state.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::error::CommandError;
+use super::state_cache::{CachedState, StateCache};
+use crate::config::{Limits, PipelineConfig};
+use crate::registry::Registry;
+use crate::runtime::bindings::aggregate::AggregatePre;
+use crate::runtime::bindings::{WitCommand, WitEvent, WitFailure, WitNewEvent};
+use crate::runtime::sandbox::PluginState;
+use crate::runtime::{AggregateInstance, Plugin, PluginCode, PluginError, Runtime};
+use crate::store::{
+    AppendOutcome, AppendRequest, EventStore, ExpectedVersion, IdempotencyClaim, IdempotencyEntry,
+    NewEvent, RecordedEvent, Snapshot, StoreError, StreamQuery, now_us,
+};
+
+/// Stripes of the per-stream lock. Two streams share a stripe with
+/// probability 1/STRIPES; they then wait for each other, nothing worse.
+const LOCK_STRIPES: usize = 4096;
+/// Longest aggregate id accepted.
+pub const ID_CHARS_MAX: usize = 200;
+/// Longest idempotency key accepted.
+pub const IDEMPOTENCY_KEY_CHARS_MAX: usize = 200;
+
+/// A command as the API received it.
+#[derive(Debug, Clone)]
+pub struct CommandRequest {
+    pub aggregate: String,
+    pub id: String,
+    pub command_type: String,
+    pub data: Value,
+    pub metadata: Map<String, Value>,
+    pub expected: ExpectedVersion,
+    pub idempotency_key: Option<String>,
+}
+
+/// A command's result.
+#[derive(Debug, Clone)]
+pub struct CommandOutcome {
+    pub stream_id: String,
+    /// The stream's version after the command.
+    pub version: u64,
+    /// The position of the last event written, or the head of the log when
+    /// the command wrote none: waiting for it gives read-your-writes.
+    pub position: u64,
+    pub events: Vec<RecordedEvent>,
+    /// True when this is the stored result of an earlier request with the
+    /// same idempotency key.
+    pub replayed: bool,
+}
+
+/// A stream's state as folded by its aggregate.
+#[derive(Debug, Clone)]
+pub struct StreamState {
+    pub stream_id: String,
+    pub version: u64,
+    pub state: Vec<u8>,
+}
+
+/// Which state of a stream to compute.
+#[derive(Debug, Clone, Copy)]
+pub enum StateAt {
+    Latest,
+    Version(u64),
+    /// Microseconds since the Unix epoch.
+    Time(i64),
+}
+
+/// The command pipeline. One per host.
+pub struct Pipeline {
+    store: Arc<dyn EventStore>,
+    registry: Arc<Registry>,
+    runtime: Runtime,
+    cache: StateCache,
+    locks: Vec<tokio::sync::Mutex<()>>,
+    lock_hasher: std::collections::hash_map::RandomState,
+    config: PipelineConfig,
+}
+
+/// State loaded for a unit of work: folded up to `base_version`, plus
+/// events not folded yet, plus the instance used to fold, if any.
+struct Loaded {
+    base_version: u64,
+    base_state: Arc<[u8]>,
+    pending: Vec<RecordedEvent>,
+    instance: Option<AggregateInstance>,
+}
+
+impl Loaded {
+    fn version(&self) -> u64 {
+        self.base_version + self.pending.len() as u64
+    }
+}
+
+impl Pipeline {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        registry: Arc<Registry>,
+        runtime: Runtime,
+        config: PipelineConfig,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            cache: StateCache::new(config.state_cache_entries),
+            runtime,
+            locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            lock_hasher: Default::default(),
+            config,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.runtime.limits
+    }
+
+    /// Run one command to its end: events committed, or a failure.
+    pub async fn execute(&self, request: CommandRequest) -> Result<CommandOutcome, CommandError> {
+        let plugin = self.aggregate(&request.aggregate)?;
+        validate_id(&request.id)?;
+        let stream_id = format!("{}-{}", request.aggregate, request.id);
+        let request_hash = request_hash(&request);
+        if let Some(key) = &request.idempotency_key {
+            validate_idempotency_key(key)?;
+            if let Some(entry) = self
+                .store
+                .find_idempotency(key, self.window_start())
+                .await?
+            {
+                return self.replay_idempotent(entry, &request_hash).await;
+            }
+        }
+        let issued_at_ms = now_us() / 1000;
+        let command_id = uuid::Uuid::new_v4().to_string();
+        let metadata = event_metadata(request.metadata.clone(), &command_id);
+        let command = WitCommand {
+            command_type: request.command_type.clone(),
+            data: serde_json::to_vec(&request.data).unwrap_or_else(|_| b"{}".to_vec()),
+            metadata: metadata.clone().into_bytes(),
+            stream_id: stream_id.clone(),
+            issued_at_ms,
+        };
+        let _guard = self.lock(&stream_id).await;
+        let mut attempt = 0;
+        loop {
+            let loaded = self.load(&plugin, &stream_id, issued_at_ms).await?;
+            let loaded_version = loaded.version();
+            if !request.expected.matches(loaded_version) {
+                return Err(CommandError::WrongExpectedVersion {
+                    stream_id,
+                    expected: request.expected,
+                    actual: loaded_version,
+                });
+            }
+            let (state, decision) = self
+                .decide(&plugin, &stream_id, loaded, command.clone(), issued_at_ms)
+                .await?;
+            let folded = CachedState {
+                plugin_hash: Arc::from(plugin.hash.as_str()),
+                base_version: loaded_version,
+                base_state: state,
+                pending: Arc::from(Vec::new()),
+            };
+            let new_events = match decision {
+                Err(WitFailure::Rejected(r)) => {
+                    self.cache.put(&stream_id, folded);
+                    return Err(CommandError::Rejected {
+                        code: r.code,
+                        message: r.message,
+                    });
+                }
+                Err(WitFailure::Invalid(message)) => {
+                    self.cache.put(&stream_id, folded);
+                    return Err(CommandError::InvalidCommand(message));
+                }
+                Ok(events) => self.check_events(&plugin, events, &metadata)?,
+            };
+            let append = AppendRequest {
+                stream_id: stream_id.clone(),
+                expected: ExpectedVersion::Exact(loaded_version),
+                events: new_events,
+                idempotency: request.idempotency_key.clone().map(|key| IdempotencyClaim {
+                    key,
+                    request_hash: request_hash.clone(),
+                }),
+            };
+            match self.store.append(append).await {
+                Ok(AppendOutcome::Committed { version, events }) => {
+                    let position = match events.last() {
+                        Some(e) => e.position,
+                        None => *self.store.subscribe_head().borrow(),
+                    };
+                    self.cache.put(
+                        &stream_id,
+                        CachedState {
+                            pending: Arc::from(events.clone()),
+                            ..folded
+                        },
+                    );
+                    return Ok(CommandOutcome {
+                        stream_id,
+                        version,
+                        position,
+                        events,
+                        replayed: false,
+                    });
+                }
+                Ok(AppendOutcome::AlreadyApplied(entry)) => {
+                    return self.replay_idempotent(entry, &request_hash).await;
+                }
+                Err(StoreError::WrongExpectedVersion { actual, .. }) => {
+                    // Another writer got there first: our state is stale.
+                    self.cache.remove(&stream_id);
+                    attempt += 1;
+                    let retry = matches!(request.expected, ExpectedVersion::Any)
+                        && attempt <= self.config.conflict_retries;
+                    if !retry {
+                        return Err(CommandError::WrongExpectedVersion {
+                            stream_id,
+                            expected: match request.expected {
+                                ExpectedVersion::Any => ExpectedVersion::Exact(loaded_version),
+                                other => other,
+                            },
+                            actual,
+                        });
+                    }
+                    tracing::debug!(%stream_id, attempt, "conflict with another writer; retrying");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The state of a stream, now or in the past (time travel).
+    pub async fn state(&self, stream_id: &str, at: StateAt) -> Result<StreamState, CommandError> {
+        let (category, _) = stream_id.split_once('-').ok_or_else(|| {
+            CommandError::NotFound(format!("stream {stream_id} has no aggregate category"))
+        })?;
+        let plugin = self.aggregate(category)?;
+        let now_ms = now_us() / 1000;
+        let loaded = match at {
+            StateAt::Latest => self.load(&plugin, stream_id, now_ms).await?,
+            StateAt::Version(v) => {
+                self.replay(&plugin, stream_id, None, Some(v), None, now_ms)
+                    .await?
+            }
+            StateAt::Time(t) => {
+                self.replay(&plugin, stream_id, None, None, Some(t), now_ms)
+                    .await?
+            }
+        };
+        let version = loaded.version();
+        if version == 0 {
+            return Err(CommandError::NotFound(match at {
+                StateAt::Latest => format!("stream {stream_id} has no events"),
+                StateAt::Version(_) => format!("stream {stream_id} has no events"),
+                StateAt::Time(_) => format!("stream {stream_id} had no events at that time"),
+            }));
+        }
+        if let StateAt::Version(v) = at
+            && version < v
+        {
+            return Err(CommandError::NotFound(format!(
+                "stream {stream_id} has no version {v}; it is at version {version}"
+            )));
+        }
+        let (_, state) = self.fold(&plugin, stream_id, loaded, now_ms).await?;
+        Ok(StreamState {
+            stream_id: stream_id.to_string(),
+            version,
+            state: state.to_vec(),
+        })
+    }
+
+    fn aggregate(&self, name: &str) -> Result<Arc<Plugin>, CommandError> {
+        match self.registry.get(name) {
+            Some(p) if matches!(p.code, PluginCode::Aggregate(_)) => Ok(p),
+            Some(p) => Err(CommandError::NotFound(format!(
+                "plugin {name} is a {}, not an aggregate",
+                p.kind.as_str()
+            ))),
+            None => Err(CommandError::NotFound(format!("unknown aggregate {name}"))),
+        }
+    }
+
+    fn window_start(&self) -> i64 {
+        now_us() - self.config.idempotency_window.as_micros() as i64
+    }
+
+    async fn lock(&self, stream_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let i = (self.lock_hasher.hash_one(stream_id) as usize) % self.locks.len();
+        self.locks[i].lock().await
+    }
+
+    /// The current state of a stream: from the cache, else the latest
+    /// snapshot of this plugin version plus the events after it, else a full
+    /// replay.
+    async fn load(
+        &self,
+        plugin: &Arc<Plugin>,
+        stream_id: &str,
+        now_ms: i64,
+    ) -> Result<Loaded, CommandError> {
+        if let Some(cached) = self.cache.get(stream_id, &plugin.hash) {
+            return Ok(Loaded {
+                base_version: cached.base_version,
+                base_state: cached.base_state,
+                pending: cached.pending.to_vec(),
+                instance: None,
+            });
+        }
+        let snapshot = self.store.load_snapshot(stream_id, &plugin.hash).await?;
+        self.replay(plugin, stream_id, snapshot, None, None, now_ms)
+            .await
+    }
+
+    /// Read a stream from a snapshot (or the start) up to a version or time,
+    /// folding full pages as they come so memory stays bounded. The last,
+    /// partial page is left pending for the caller's unit of work.
+    async fn replay(
+        &self,
+        plugin: &Arc<Plugin>,
+        stream_id: &str,
+        from: Option<Snapshot>,
+        to_version: Option<u64>,
+        until_us: Option<i64>,
+        now_ms: i64,
+    ) -> Result<Loaded, CommandError> {
+        let mut loaded = match from {
+            Some(s) => Loaded {
+                base_version: s.version,
+                base_state: Arc::from(s.state),
+                pending: Vec::new(),
+                instance: None,
+            },
+            None => Loaded {
+                base_version: 0,
+                base_state: Arc::from(Vec::new()),
+                pending: Vec::new(),
+                instance: None,
+            },
+        };
+        let batch = self.config.replay_batch.max(1);
+        loop {
+            let page = self
+                .store
+                .read_stream(StreamQuery {
+                    stream_id,
+                    from_version: loaded.version() + 1,
+                    to_version,
+                    recorded_until_us: until_us,
+                    limit: batch,
+                })
+                .await?;
+            let full = page.len() == batch as usize;
+            loaded.pending.extend(page);
+            if !full {
+                return Ok(loaded);
+            }
+            let base_version = loaded.version();
+            let (instance, state) = self.fold(plugin, stream_id, loaded, now_ms).await?;
+            loaded = Loaded {
+                base_version,
+                base_state: state,
+                pending: Vec::new(),
+                instance: Some(instance),
+            };
+        }
+    }
+
+    /// Fold the pending events of `loaded` in one wasm call.
+    async fn fold(
+        &self,
+        plugin: &Arc<Plugin>,
+        stream_id: &str,
+        loaded: Loaded,
+        now_ms: i64,
+    ) -> Result<(AggregateInstance, Arc<[u8]>), CommandError> {
+        let from_version = loaded.base_version;
+        let to_version = loaded.version();
+        let runtime = self.runtime.clone();
+        let p = plugin.clone();
+        let (instance, state) = blocking(move || {
+            let mut instance = instance_for(&runtime, &p, loaded.instance, now_ms)?;
+            let state = fold_pending(&mut instance, loaded.base_state, &loaded.pending)?;
+            Ok::<_, PluginError>((instance, state))
+        })
+        .await??;
+        self.maybe_snapshot(plugin, stream_id, from_version, to_version, &state);
+        Ok((instance, state))
+    }
+
+    /// Fold pending events and decide the command, in one instance and one
+    /// hop to the blocking pool.
+    async fn decide(
+        &self,
+        plugin: &Arc<Plugin>,
+        stream_id: &str,
+        loaded: Loaded,
+        command: WitCommand,
+        now_ms: i64,
+    ) -> Result<(Arc<[u8]>, Result<Vec<WitNewEvent>, WitFailure>), CommandError> {
+        let from_version = loaded.base_version;
+        let to_version = loaded.version();
+        let runtime = self.runtime.clone();
+        let p = plugin.clone();
+        let (_instance, state, decision) = blocking(move || {
+            let mut instance = instance_for(&runtime, &p, loaded.instance, now_ms)?;
+            let state = fold_pending(&mut instance, loaded.base_state, &loaded.pending)?;
+            let decision = instance.handle(&state, &command)?;
+            Ok::<_, PluginError>((instance, state, decision))
+        })
+        .await??;
+        self.maybe_snapshot(plugin, stream_id, from_version, to_version, &state);
+        Ok((state, decision))
+    }
+
+    /// Save a snapshot when folding crossed a multiple of the interval. Off
+    /// the hot path: a lost snapshot costs a longer replay, nothing else.
+    fn maybe_snapshot(
+        &self,
+        plugin: &Plugin,
+        stream_id: &str,
+        from_version: u64,
+        to_version: u64,
+        state: &Arc<[u8]>,
+    ) {
+        let every = self.config.snapshot_every;
+        if every == 0 || to_version / every <= from_version / every {
+            return;
+        }
+        let store = self.store.clone();
+        let snapshot = Snapshot {
+            stream_id: stream_id.to_string(),
+            plugin_hash: plugin.hash.clone(),
+            version: to_version,
+            state: state.to_vec(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = store.save_snapshot(snapshot).await {
+                tracing::warn!(error = %e, "snapshot not saved");
+            }
+        });
+    }
+
+    /// Validate and convert the events a plugin decided.
+    fn check_events(
+        &self,
+        plugin: &Plugin,
+        events: Vec<WitNewEvent>,
+        metadata: &str,
+    ) -> Result<Vec<NewEvent>, CommandError> {
+        let limit = self.runtime.limits.event_bytes_max;
+        events
+            .into_iter()
+            .map(|e| {
+                if e.data.len() > limit {
+                    return Err(PluginError::EventTooLarge {
+                        plugin: plugin.name.to_string(),
+                        size: e.data.len(),
+                        limit,
+                    }
+                    .into());
+                }
+                let data = String::from_utf8(e.data)
+                    .ok()
+                    .filter(|s| serde_json::from_str::<&serde_json::value::RawValue>(s).is_ok())
+                    .ok_or_else(|| PluginError::Contract {
+                        plugin: plugin.name.to_string(),
+                        message: format!("event {} has data that is not JSON", e.event_type),
+                    })?;
+                if e.event_type.is_empty() {
+                    return Err(PluginError::Contract {
+                        plugin: plugin.name.to_string(),
+                        message: "an event has an empty type".into(),
+                    }
+                    .into());
+                }
+                Ok(NewEvent {
+                    event_type: e.event_type,
+                    schema: e.schema.max(1),
+                    data,
+                    metadata: metadata.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    async fn replay_idempotent(
+        &self,
+        entry: IdempotencyEntry,
+        request_hash: &str,
+    ) -> Result<CommandOutcome, CommandError> {
+        if entry.request_hash != request_hash {
+            return Err(CommandError::IdempotencyConflict { key: entry.key });
+        }
+        let events = match entry.first_position {
+            Some(first) => self.store.read_positions(first, entry.event_count).await?,
+            None => Vec::new(),
+        };
+        let position = match events.last() {
+            Some(e) => e.position,
+            None => *self.store.subscribe_head().borrow(),
+        };
+        Ok(CommandOutcome {
+            stream_id: entry.stream_id,
+            version: entry.version,
+            position,
+            events,
+            replayed: true,
+        })
+    }
+}
+
+fn instance_for(
+    runtime: &Runtime,
+    plugin: &Plugin,
+    existing: Option<AggregateInstance>,
+    now_ms: i64,
+) -> Result<AggregateInstance, PluginError> {
+    if let Some(instance) = existing {
+        return Ok(instance);
+    }
+    let pre: &AggregatePre<PluginState> = match &plugin.code {
+        PluginCode::Aggregate(pre) => pre,
+        PluginCode::Stored(_) => {
+            return Err(PluginError::Contract {
+                plugin: plugin.name.to_string(),
+                message: "not an aggregate".into(),
+            });
+        }
+    };
+    AggregateInstance::new(runtime, plugin, pre, now_ms)
+}
+
+fn fold_pending(
+    instance: &mut AggregateInstance,
+    base: Arc<[u8]>,
+    pending: &[RecordedEvent],
+) -> Result<Arc<[u8]>, PluginError> {
+    if pending.is_empty() {
+        return Ok(base);
+    }
+    let events: Vec<WitEvent> = pending.iter().map(to_wit_event).collect();
+    Ok(Arc::from(instance.apply(&base, &events)?))
+}
+
+/// The event as a plugin sees it.
+pub fn to_wit_event(e: &RecordedEvent) -> WitEvent {
+    WitEvent {
+        position: e.position,
+        stream_id: e.stream_id.clone(),
+        version: e.version,
+        event_type: e.event_type.clone(),
+        schema: e.schema,
+        data: e.data.clone().into_bytes(),
+        metadata: e.metadata.clone().into_bytes(),
+        recorded_at_ms: e.recorded_at_us.div_euclid(1000),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, CommandError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        CommandError::Plugin(PluginError::Trap {
+            plugin: "host".into(),
+            message: format!("the host's worker failed: {e}"),
+        })
+    })
+}
+
+/// Metadata of the command's events: the caller's fields plus correlation
+/// and causation ids (the caller's, or the command's own id).
+fn event_metadata(mut fields: Map<String, Value>, command_id: &str) -> String {
+    for key in ["correlation_id", "causation_id"] {
+        if !fields.get(key).is_some_and(Value::is_string) {
+            fields.insert(key.to_string(), Value::String(command_id.to_string()));
+        }
+    }
+    Value::Object(fields).to_string()
+}
+
+/// A digest of everything that makes two requests the same command.
+fn request_hash(r: &CommandRequest) -> String {
+    let canonical = serde_json::json!({
+        "aggregate": r.aggregate,
+        "id": r.id,
+        "type": r.command_type,
+        "data": r.data,
+        "metadata": r.metadata,
+        "expected_version": r.expected.to_string(),
+    });
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+fn validate_id(id: &str) -> Result<(), CommandError> {
+    if id.is_empty() || id.chars().count() > ID_CHARS_MAX || id.chars().any(char::is_control) {
+        return Err(CommandError::InvalidRequest(format!(
+            "invalid aggregate id {id:?}: use 1 to {ID_CHARS_MAX} characters, no control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_idempotency_key(key: &str) -> Result<(), CommandError> {
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_CHARS_MAX {
+        return Err(CommandError::InvalidRequest(format!(
+            "Idempotency-Key must have 1 to {IDEMPOTENCY_KEY_CHARS_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_gets_correlation_and_causation() {
+        let mut fields = Map::new();
+        fields.insert("user".into(), "ann".into());
+        let m: Value = serde_json::from_str(&event_metadata(fields, "c1")).unwrap_or_default();
+        assert_eq!(m["user"], "ann");
+        assert_eq!(m["correlation_id"], "c1");
+        assert_eq!(m["causation_id"], "c1");
+        let mut fields = Map::new();
+        fields.insert("correlation_id".into(), "flow-7".into());
+        let m: Value = serde_json::from_str(&event_metadata(fields, "c2")).unwrap_or_default();
+        assert_eq!(m["correlation_id"], "flow-7");
+        assert_eq!(m["causation_id"], "c2");
+    }
+
+    #[test]
+    fn request_hash_tells_bodies_apart() {
+        let r = CommandRequest {
+            aggregate: "a".into(),
+            id: "1".into(),
+            command_type: "Deposit".into(),
+            data: serde_json::json!({"amount": 5}),
+            metadata: Map::new(),
+            expected: ExpectedVersion::Any,
+            idempotency_key: Some("k".into()),
+        };
+        let mut other = r.clone();
+        other.data = serde_json::json!({"amount": 6});
+        assert_eq!(request_hash(&r), request_hash(&r.clone()));
+        assert_ne!(request_hash(&r), request_hash(&other));
+    }
+
+    #[test]
+    fn ids_are_validated() {
+        assert!(validate_id("42").is_ok());
+        assert!(validate_id("").is_err());
+        assert!(validate_id("a\nb").is_err());
+        assert!(validate_id(&"x".repeat(ID_CHARS_MAX + 1)).is_err());
+    }
+}

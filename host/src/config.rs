@@ -1,0 +1,72 @@
+//! Configuration: limits and tuning, with defaults as named constants.
+
+use std::time::Duration;
+
+/// Default memory limit of one plugin instance: 64 MiB.
+pub const MEMORY_BYTES_MAX_DEFAULT: usize = 64 * 1024 * 1024;
+/// Default time limit of one plugin call while deciding a command.
+pub const COMMAND_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Default size limit of one event's payload.
+pub const EVENT_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// Default size limit of a request body.
+pub const BODY_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
+/// Default snapshot interval, in events.
+pub const SNAPSHOT_EVERY_DEFAULT: u64 = 100;
+/// Default idempotency window.
+pub const IDEMPOTENCY_WINDOW_SECS_DEFAULT: u64 = 300;
+/// Default number of stream states kept in memory.
+pub const STATE_CACHE_ENTRIES_DEFAULT: usize = 100_000;
+/// Events read and folded per `apply` call during a replay.
+pub const REPLAY_BATCH_DEFAULT: u32 = 1_000;
+
+/// Limits on what a plugin may use, per unit of work.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Linear memory one instance may grow to.
+    pub memory_bytes_max: usize,
+    /// Wall time one plugin call may take.
+    pub command_timeout_ms: u64,
+    /// Size of one event's `data`, in bytes of JSON.
+    pub event_bytes_max: usize,
+    /// Size of one HTTP request body.
+    pub body_bytes_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes_max: MEMORY_BYTES_MAX_DEFAULT,
+            command_timeout_ms: COMMAND_TIMEOUT_MS_DEFAULT,
+            event_bytes_max: EVENT_BYTES_MAX_DEFAULT,
+            body_bytes_max: BODY_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Tuning of the command pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Take a snapshot each time a stream's version crosses a multiple of this.
+    pub snapshot_every: u64,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Duration,
+    /// Stream states kept in memory (least recently used are dropped).
+    pub state_cache_entries: usize,
+    /// Events per `apply` call when replaying a stream.
+    pub replay_batch: u32,
+    /// How many times a command is retried after a conflict with another
+    /// writer before it is reported as 409.
+    pub conflict_retries: u32,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            snapshot_every: SNAPSHOT_EVERY_DEFAULT,
+            idempotency_window: Duration::from_secs(IDEMPOTENCY_WINDOW_SECS_DEFAULT),
+            state_cache_entries: STATE_CACHE_ENTRIES_DEFAULT,
+            replay_batch: REPLAY_BATCH_DEFAULT,
+            conflict_retries: 3,
+        }
+    }
+}

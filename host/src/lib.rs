@@ -1,0 +1,30 @@
+//! Kiln: a WebAssembly-plugin event processing host.
+//!
+//! One host process owns an append-only event store ([`store`]) and the
+//! command pipeline ([`command`]); domain logic lives in WebAssembly
+//! components run sandboxed by the [`runtime`]. The HTTP API is in [`api`].
+
+pub mod api;
+pub mod bench;
+pub mod cli;
+pub mod command;
+pub mod config;
+pub mod metrics;
+pub mod registry;
+pub mod runtime;
+pub mod server;
+pub mod store;
+
+/// The directory of the example plugins built with this binary, if any.
+pub fn default_plugins_dir() -> Option<std::path::PathBuf> {
+    #[cfg(feature = "examples")]
+    {
+        Some(std::path::PathBuf::from(
+            kiln_plugin_artifacts::EXAMPLES_DIR,
+        ))
+    }
+    #[cfg(not(feature = "examples"))]
+    {
+        None
+    }
+}

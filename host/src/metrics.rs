@@ -1,0 +1,108 @@
+//! Counters and a latency histogram, rendered as Prometheus text.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the command latency buckets, in seconds.
+const LATENCY_BUCKETS_S: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// The host's metrics.
+#[derive(Default)]
+pub struct Metrics {
+    commands: Mutex<BTreeMap<&'static str, u64>>,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
+impl Metrics {
+    /// Count one command by outcome (`ok` or an error code) and its latency.
+    pub fn record_command(&self, outcome: &'static str, elapsed: Duration) {
+        *self
+            .commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(outcome)
+            .or_default() += 1;
+        let s = elapsed.as_secs_f64();
+        for (i, bound) in LATENCY_BUCKETS_S.iter().enumerate() {
+            if s <= *bound {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, head_position: u64, plugins: usize) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP kiln_commands_total Commands handled, by outcome."
+        );
+        let _ = writeln!(out, "# TYPE kiln_commands_total counter");
+        for (outcome, n) in self
+            .commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "kiln_commands_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP kiln_command_duration_seconds Command latency.");
+        let _ = writeln!(out, "# TYPE kiln_command_duration_seconds histogram");
+        for (i, bound) in LATENCY_BUCKETS_S.iter().enumerate() {
+            let n = self.latency_buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "kiln_command_duration_seconds_bucket{{le=\"{bound}\"}} {n}"
+            );
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "kiln_command_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let sum = self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "kiln_command_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "kiln_command_duration_seconds_count {count}");
+        let _ = writeln!(
+            out,
+            "# HELP kiln_head_position The last committed global position."
+        );
+        let _ = writeln!(out, "# TYPE kiln_head_position gauge");
+        let _ = writeln!(out, "kiln_head_position {head_position}");
+        let _ = writeln!(out, "# HELP kiln_plugins_loaded Plugins loaded.");
+        let _ = writeln!(out, "# TYPE kiln_plugins_loaded gauge");
+        let _ = writeln!(out, "kiln_plugins_loaded {plugins}");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_and_buckets() {
+        let m = Metrics::default();
+        m.record_command("ok", Duration::from_micros(700));
+        m.record_command("rejected", Duration::from_millis(30));
+        let text = m.render(7, 2);
+        assert!(
+            text.contains("kiln_commands_total{outcome=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("kiln_commands_total{outcome=\"rejected\"} 1"));
+        assert!(text.contains("kiln_command_duration_seconds_bucket{le=\"0.001\"} 1"));
+        assert!(text.contains("kiln_command_duration_seconds_bucket{le=\"0.05\"} 2"));
+        assert!(text.contains("kiln_head_position 7"));
+    }
+}

@@ -1,0 +1,152 @@
+//! The plugins this host has loaded, by name.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use crate::runtime::{LoadError, Plugin, Runtime};
+
+/// Longest plugin name accepted.
+pub const PLUGIN_NAME_CHARS_MAX: usize = 64;
+
+/// Loaded plugins. A new version replaces the old one atomically: work that
+/// already holds the old `Arc<Plugin>` finishes with it.
+#[derive(Default)]
+pub struct Registry {
+    plugins: RwLock<HashMap<String, Arc<Plugin>>>,
+}
+
+/// Why a plugin file or upload was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Handling: 400 `invalid_request`.
+    #[error(
+        "invalid plugin name {0:?}: use 1 to 64 lowercase letters, digits and underscores, starting with a letter"
+    )]
+    BadName(String),
+    /// Handling: 400 or 422, per [`LoadError`].
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Handling: log it; the directory could not be read.
+    #[error("cannot read plugin directory {path}: {message}")]
+    Io { path: String, message: String },
+}
+
+impl Registry {
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.read().get(name).cloned()
+    }
+
+    /// All plugins, sorted by name.
+    pub fn list(&self) -> Vec<Arc<Plugin>> {
+        let mut all: Vec<_> = self.read().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Make `plugin` the current version of its name.
+    pub fn insert(&self, plugin: Plugin) -> Arc<Plugin> {
+        let plugin = Arc::new(plugin);
+        let mut map = self.plugins.write().unwrap_or_else(|p| p.into_inner());
+        map.insert(plugin.name.to_string(), plugin.clone());
+        plugin
+    }
+
+    /// Compile `bytes` off the async threads and make it the current version.
+    pub async fn deploy(
+        &self,
+        runtime: &Runtime,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Arc<Plugin>, RegistryError> {
+        validate_name(name)?;
+        let runtime = runtime.clone();
+        let owned = name.to_string();
+        let plugin = tokio::task::spawn_blocking(move || runtime.compile(&owned, &bytes))
+            .await
+            .map_err(|e| LoadError::Invalid(format!("compilation panicked: {e}")))??;
+        Ok(self.insert(plugin))
+    }
+
+    /// Load every `*.wasm` file of `dir` (not recursive); the file stem is the
+    /// plugin's name. A file that fails to load is reported and skipped.
+    pub async fn load_dir(
+        &self,
+        runtime: &Runtime,
+        dir: &Path,
+    ) -> Result<Vec<(String, Result<Arc<Plugin>, RegistryError>)>, RegistryError> {
+        let io = |e: std::io::Error| RegistryError::Io {
+            path: dir.display().to_string(),
+            message: e.to_string(),
+        };
+        let mut entries = tokio::fs::read_dir(dir).await.map_err(io)?;
+        let mut files = Vec::new();
+        while let Some(entry) = entries.next_entry().await.map_err(io)? {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
+                files.push(path);
+            }
+        }
+        files.sort();
+        let mut results = Vec::with_capacity(files.len());
+        for path in files {
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let result = match tokio::fs::read(&path).await {
+                Ok(bytes) => self.deploy(runtime, &name, bytes).await,
+                Err(e) => Err(io(e)),
+            };
+            match &result {
+                Ok(p) => {
+                    tracing::info!(plugin = %p.name, kind = p.kind.as_str(), hash = %p.hash, size = p.size, "plugin loaded")
+                }
+                Err(e) => tracing::error!(file = %path.display(), error = %e, "plugin not loaded"),
+            }
+            results.push((name, result));
+        }
+        Ok(results)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Plugin>>> {
+        self.plugins.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Plugin names become stream categories and URL segments: keep them simple.
+pub fn validate_name(name: &str) -> Result<(), RegistryError> {
+    let ok = !name.is_empty()
+        && name.len() <= PLUGIN_NAME_CHARS_MAX
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::BadName(name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("bank_account").is_ok());
+        assert!(validate_name("a1").is_ok());
+        for bad in ["", "Bank", "1abc", "bank-account", "a/b", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The one place the host binds `wit/`.
+//!
+//! Each world gets its own module; the aggregate world's `log` and `types`
+//! bindings are reused by the others through `with`, so one host `log`
+//! implementation serves all plugin kinds.
+
+/// The `aggregate` world.
+pub mod aggregate {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "aggregate",
+    });
+}
+
+pub use aggregate::kiln::plugin::log::Level as LogLevel;
+pub use aggregate::kiln::plugin::types::{
+    Command as WitCommand, Event as WitEvent, Failure as WitFailure, NewEvent as WitNewEvent,
+};

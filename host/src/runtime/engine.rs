@@ -1,0 +1,110 @@
+//! The engine: configuration, the epoch ticker, compiling plugins.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::aggregate::{Aggregate, AggregatePre};
+use super::plugin::{self, LoadError, Plugin, PluginCode, PluginKind};
+use super::sandbox::PluginState;
+use crate::config::Limits;
+
+/// How often the epoch advances. A time limit is enforced to within one tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Instance slots in the pooling allocator: the most units of work that can
+/// run at once. Each slot reserves address space, not memory.
+const POOL_INSTANCES: u32 = 256;
+
+/// The engine and what every instance shares.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    linker: Arc<Linker<PluginState>>,
+    pub(crate) limits: Limits,
+}
+
+impl Runtime {
+    /// An engine with deterministic execution, epoch interruption and (unless
+    /// `pooling` is off) the pooling allocator, and a ticker thread.
+    pub fn new(limits: Limits, pooling: bool) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        // Replay must give the same result: no NaN bit differences, no
+        // platform-dependent relaxed SIMD (threads are not compiled in).
+        config.cranelift_nan_canonicalization(true);
+        config.relaxed_simd_deterministic(true);
+        if pooling {
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(POOL_INSTANCES);
+            pool.total_core_instances(POOL_INSTANCES * 8);
+            pool.total_memories(POOL_INSTANCES * 2);
+            pool.total_tables(POOL_INSTANCES * 4);
+            pool.max_memory_size(limits.memory_bytes_max);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let mut linker = Linker::<PluginState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        Aggregate::add_to_linker::<_, wasmtime::component::HasSelf<PluginState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        spawn_epoch_ticker(&engine);
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            limits,
+        })
+    }
+
+    /// Compile and check a plugin. Blocking and CPU-heavy (tens of ms for a
+    /// small component, seconds for a large one): never call it on a request
+    /// or dispatch thread.
+    pub fn compile(&self, name: &str, bytes: &[u8]) -> Result<Plugin, LoadError> {
+        plugin::check_header(bytes)?;
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
+        let kind = plugin::detect_kind(&self.engine, &component)?;
+        let code = match kind {
+            PluginKind::Aggregate => {
+                // Imports resolve by semver (a guest built against WASI
+                // 0.2.6 links to the host's 0.2.12). An import the host does
+                // not provide refuses the plugin here, naming the import.
+                // (`define_unknown_imports_as_traps` would shadow the semver
+                // match with exact-name stubs, so it is not used.)
+                let pre = self
+                    .linker
+                    .instantiate_pre(&component)
+                    .map_err(|e| LoadError::Invalid(format!("cannot link the plugin: {e:#}")))?;
+                let pre = AggregatePre::new(pre).map_err(|e| {
+                    LoadError::Invalid(format!("does not match the aggregate world: {e:#}"))
+                })?;
+                PluginCode::Aggregate(pre)
+            }
+            PluginKind::Projection | PluginKind::Saga => PluginCode::Stored(component),
+        };
+        Ok(Plugin::new(name, bytes, kind, code))
+    }
+}
+
+/// Advance the engine's epoch every tick for as long as the engine lives.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("kiln-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the epoch ticker; time limits are not enforced");
+    }
+}

@@ -1,0 +1,425 @@
+//! The JSON mapping between the WIT payloads (bytes) and an aggregate's Rust
+//! types. The wasm exports and the native test harness both go through these
+//! functions, so a native test checks exactly what the host will see.
+
+use std::any::type_name;
+
+use serde::Serialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde_json::Value;
+
+use crate::{Aggregate, CommandContext, Failure};
+
+/// The schema version the SDK writes on every event it encodes.
+pub const EVENT_SCHEMA: u32 = 1;
+
+/// An event decided by `handle`, encoded for the host (the WIT `new-event`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EncodedEvent {
+    pub(crate) event_type: String,
+    pub(crate) schema: u32,
+    pub(crate) data: Vec<u8>,
+}
+
+/// The state the host passed, decoded; empty bytes are the initial state.
+///
+/// # Panics
+/// When the bytes are not this aggregate's state: the host only ever passes
+/// back what `encode_state` made, so this is a bug (or a changed state type).
+pub(crate) fn decode_state<A: Aggregate>(bytes: &[u8]) -> A {
+    if bytes.is_empty() {
+        return A::default();
+    }
+    serde_json::from_slice(bytes).unwrap_or_else(|error| {
+        panic!(
+            "kiln-sdk: cannot decode the state of {} from {} bytes of JSON: {error}",
+            type_name::<A>(),
+            bytes.len()
+        )
+    })
+}
+
+/// The state as JSON bytes for the host to keep.
+///
+/// # Panics
+/// When serde cannot serialize the state (e.g. a map with non-string keys).
+pub(crate) fn encode_state<A: Aggregate>(state: &A) -> Vec<u8> {
+    serde_json::to_vec(state).unwrap_or_else(|error| {
+        panic!(
+            "kiln-sdk: cannot serialize the state of {} as JSON: {error}",
+            type_name::<A>()
+        )
+    })
+}
+
+/// Decode a command of type `command_type` with payload `data`.
+///
+/// Every failure is [`Failure::Invalid`] with serde's message.
+pub(crate) fn decode_command<C: DeserializeOwned>(
+    command_type: &str,
+    data: &[u8],
+) -> Result<C, Failure> {
+    decode_tagged(command_type, data)
+        .map_err(|message| Failure::invalid(format!("command `{command_type}`: {message}")))
+}
+
+/// Decode a committed event of type `event_type` with payload `data`.
+///
+/// # Panics
+/// When the event does not decode: the plugin has a bug, or the stream holds
+/// events another plugin (or an older version of this one) wrote.
+pub(crate) fn decode_event<E: DeserializeOwned>(event_type: &str, data: &[u8]) -> E {
+    decode_tagged(event_type, data).unwrap_or_else(|message| {
+        panic!(
+            "kiln-sdk: cannot decode event `{event_type}` as {}: {message}; data: {}",
+            type_name::<E>(),
+            String::from_utf8_lossy(&data[..data.len().min(200)])
+        )
+    })
+}
+
+/// Encode an event decided by `handle`.
+///
+/// # Panics
+/// When the event type does not serialize as `{"type": "...", "data": ...}`,
+/// i.e. it lacks `#[serde(tag = "type", content = "data")]`.
+pub(crate) fn encode_event<E: Serialize>(event: &E) -> EncodedEvent {
+    let (event_type, data) = encode_tagged(event).unwrap_or_else(|message| {
+        panic!(
+            "kiln-sdk: cannot encode an event of {}: {message}",
+            type_name::<E>()
+        )
+    });
+    EncodedEvent {
+        event_type,
+        schema: EVENT_SCHEMA,
+        data,
+    }
+}
+
+/// Split a value that serializes as `{"type": t, "data": d}` into `t` and the
+/// JSON bytes of `d` (`{}` when there is no `data`, as for a unit variant).
+pub(crate) fn encode_tagged<T: Serialize>(value: &T) -> Result<(String, Vec<u8>), String> {
+    const SHAPE: &str = "expected an enum with #[serde(tag = \"type\", content = \"data\")]";
+    let Value::Object(mut object) = serde_json::to_value(value).map_err(|e| e.to_string())? else {
+        return Err(format!("it does not serialize as a JSON object; {SHAPE}"));
+    };
+    let tag = match object.remove("type") {
+        Some(Value::String(tag)) => tag,
+        _ => return Err(format!("it has no string field `type`; {SHAPE}")),
+    };
+    let data = object
+        .remove("data")
+        .unwrap_or_else(|| Value::Object(serde_json::Map::new()));
+    if let Some(key) = object.keys().next() {
+        return Err(format!(
+            "it has a field `{key}` besides `type` and `data`; {SHAPE}"
+        ));
+    }
+    let data = serde_json::to_vec(&data).map_err(|e| e.to_string())?;
+    Ok((tag, data))
+}
+
+/// Deserialize `{"type": tag, "data": <data>}` into `T`.
+///
+/// Empty or `null` data means "no fields": it is tried as `{}` (a struct
+/// variant without fields), then with no `data` at all (a unit variant), and
+/// `{}` falls back to no `data` the same way. The error is serde's message for
+/// the first attempt.
+fn decode_tagged<T: DeserializeOwned>(tag: &str, data: &[u8]) -> Result<T, String> {
+    let data = data.trim_ascii();
+    // Check the payload on its own first, so a syntax error's position refers
+    // to the caller's bytes, not to the document assembled below.
+    if !data.is_empty() {
+        serde_json::from_slice::<IgnoredAny>(data)
+            .map_err(|error| format!("data is not valid JSON: {error}"))?;
+    }
+    let tag_json = serde_json::to_string(tag).map_err(|e| e.to_string())?;
+    let no_fields = data.is_empty() || data == b"null";
+    let first: &[u8] = if no_fields { b"{}" } else { data };
+
+    let mut document = Vec::with_capacity(tag_json.len() + first.len() + 20);
+    document.extend_from_slice(b"{\"type\":");
+    document.extend_from_slice(tag_json.as_bytes());
+    document.extend_from_slice(b",\"data\":");
+    document.extend_from_slice(first);
+    document.push(b'}');
+
+    match serde_json::from_slice::<T>(&document) {
+        Ok(value) => Ok(value),
+        Err(error) if no_fields || is_empty_object(data) => {
+            let bare = format!("{{\"type\":{tag_json}}}");
+            serde_json::from_str::<T>(&bare).map_err(|_| message_of(&error))
+        }
+        Err(error) => Err(message_of(&error)),
+    }
+}
+
+fn is_empty_object(data: &[u8]) -> bool {
+    data.first() == Some(&b'{')
+        && data.last() == Some(&b'}')
+        && data[1..data.len() - 1].trim_ascii().is_empty()
+}
+
+/// serde's message without the position, which points into a document the
+/// caller never saw.
+fn message_of(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    let suffix = format!(" at line {} column {}", error.line(), error.column());
+    match message.strip_suffix(&suffix) {
+        Some(stripped) => stripped.to_owned(),
+        None => message,
+    }
+}
+
+/// `handle` as the host calls it, on encoded inputs and outputs.
+pub(crate) fn handle<A: Aggregate>(
+    state: &[u8],
+    command_type: &str,
+    data: &[u8],
+    ctx: &CommandContext,
+) -> Result<Vec<EncodedEvent>, Failure> {
+    let command: A::Command = decode_command(command_type, data)?;
+    let state: A = decode_state(state);
+    let events = state.handle(command, ctx)?;
+    Ok(events.iter().map(encode_event).collect())
+}
+
+/// `apply` as the host calls it: fold a batch of `(event-type, data)` pairs.
+pub(crate) fn apply<'a, A: Aggregate>(
+    state: &[u8],
+    events: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Vec<u8> {
+    let mut events = events.into_iter().peekable();
+    if events.peek().is_none() {
+        return state.to_vec();
+    }
+    let mut aggregate: A = decode_state(state);
+    for (event_type, data) in events {
+        aggregate.apply(decode_event(event_type, data));
+    }
+    encode_state(&aggregate)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(tag = "type", content = "data")]
+    enum Cmd {
+        Open { owner: String },
+        Deposit { amount: i64 },
+        Close {},
+        Ping,
+        Rename(String),
+    }
+
+    #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+    struct Counter {
+        total: i64,
+        closed: bool,
+    }
+
+    impl Aggregate for Counter {
+        type Command = Cmd;
+        type Event = Cmd;
+
+        fn handle(&self, command: Cmd, _ctx: &CommandContext) -> Result<Vec<Cmd>, Failure> {
+            match command {
+                Cmd::Deposit { amount } if amount <= 0 => Err(Failure::invalid("amount")),
+                Cmd::Close {} if self.closed => Err(Failure::rejected("closed")),
+                other => Ok(vec![other]),
+            }
+        }
+
+        fn apply(&mut self, event: Cmd) {
+            match event {
+                Cmd::Deposit { amount } => self.total += amount,
+                Cmd::Close {} => self.closed = true,
+                _ => {}
+            }
+        }
+    }
+
+    fn cmd(tag: &str, data: &str) -> Result<Cmd, Failure> {
+        decode_command(tag, data.as_bytes())
+    }
+
+    fn invalid_message(result: Result<Cmd, Failure>) -> String {
+        match result {
+            Err(Failure::Invalid(message)) => message,
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn commands_decode_from_type_and_data() {
+        assert_eq!(
+            cmd("Deposit", r#"{"amount": 5}"#).unwrap(),
+            Cmd::Deposit { amount: 5 }
+        );
+        assert_eq!(
+            cmd("Rename", r#""new""#).unwrap(),
+            Cmd::Rename("new".into())
+        );
+        // Unknown fields are ignored, as serde does by default.
+        assert_eq!(
+            cmd("Deposit", r#"{"amount": 5, "note": "x"}"#).unwrap(),
+            Cmd::Deposit { amount: 5 }
+        );
+    }
+
+    #[test]
+    fn fieldless_commands_accept_empty_null_and_empty_object() {
+        for data in ["", "null", "{}", " { } ", "  "] {
+            assert_eq!(cmd("Close", data).unwrap(), Cmd::Close {}, "data {data:?}");
+            assert_eq!(cmd("Ping", data).unwrap(), Cmd::Ping, "data {data:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_type_is_invalid_with_serde_message() {
+        let message = invalid_message(cmd("Explode", "{}"));
+        assert!(message.contains("unknown variant `Explode`"), "{message}");
+        assert!(message.contains("expected one of"), "{message}");
+        assert!(!message.contains("line 1"), "{message}");
+    }
+
+    #[test]
+    fn missing_and_mistyped_fields_are_invalid() {
+        let message = invalid_message(cmd("Deposit", "{}"));
+        assert!(message.contains("missing field `amount`"), "{message}");
+        let message = invalid_message(cmd("Deposit", ""));
+        assert!(message.contains("missing field `amount`"), "{message}");
+        let message = invalid_message(cmd("Deposit", r#"{"amount": "5"}"#));
+        assert!(message.contains("invalid type: string"), "{message}");
+        let message = invalid_message(cmd("Deposit", r#"{"amount": 1e400}"#));
+        assert!(message.contains("number out of range"), "{message}");
+        let message = invalid_message(cmd("Deposit", r#"{"amount": 99999999999999999999}"#));
+        assert!(message.contains("expected i64"), "{message}");
+    }
+
+    #[test]
+    fn unparseable_data_is_invalid_with_its_own_position() {
+        let message = invalid_message(cmd("Deposit", r#"{"amount": 5"#));
+        assert!(
+            message.starts_with("command `Deposit`: data is not valid JSON"),
+            "{message}"
+        );
+        assert!(message.contains("line 1 column 12"), "{message}");
+        // Trailing content after the payload must not be smuggled in.
+        let message = invalid_message(cmd("Deposit", r#"{"amount": 5}, "x": 1"#));
+        assert!(message.contains("not valid JSON"), "{message}");
+        let message = invalid_message(cmd("Deposit", "\u{0}"));
+        assert!(message.contains("not valid JSON"), "{message}");
+    }
+
+    #[test]
+    fn events_encode_as_type_data_and_schema_one() {
+        let event = encode_event(&Cmd::Deposit { amount: 3 });
+        assert_eq!(event.event_type, "Deposit");
+        assert_eq!(event.schema, EVENT_SCHEMA);
+        assert_eq!(event.data, br#"{"amount":3}"#);
+        assert_eq!(encode_event(&Cmd::Close {}).data, b"{}");
+        assert_eq!(encode_event(&Cmd::Ping).data, b"{}");
+        assert_eq!(encode_event(&Cmd::Rename("a".into())).data, br#""a""#);
+    }
+
+    #[test]
+    fn events_round_trip() {
+        for event in [
+            Cmd::Open {
+                owner: "Ann".into(),
+            },
+            Cmd::Deposit { amount: -1 },
+            Cmd::Close {},
+            Cmd::Ping,
+            Cmd::Rename("b".into()),
+        ] {
+            let encoded = encode_event(&event);
+            let decoded: Cmd = decode_event(&encoded.event_type, &encoded.data);
+            assert_eq!(decoded, event);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot encode an event")]
+    fn untagged_event_types_are_a_bug() {
+        #[derive(Serialize)]
+        struct NotTagged {
+            amount: i64,
+        }
+        let _ = encode_event(&NotTagged { amount: 1 });
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot decode event `Unknown`")]
+    fn undecodable_events_panic() {
+        let _: Cmd = decode_event("Unknown", b"{}");
+    }
+
+    #[test]
+    fn empty_state_is_default_and_state_is_plain_json() {
+        assert_eq!(decode_state::<Counter>(b""), Counter::default());
+        let state = apply::<Counter>(b"", [("Deposit", &br#"{"amount":2}"#[..])]);
+        assert_eq!(state, br#"{"total":2,"closed":false}"#);
+        let state = apply::<Counter>(
+            &state,
+            [("Deposit", &br#"{"amount":3}"#[..]), ("Close", &b""[..])],
+        );
+        assert_eq!(
+            decode_state::<Counter>(&state),
+            Counter {
+                total: 5,
+                closed: true
+            }
+        );
+    }
+
+    #[test]
+    fn an_empty_batch_returns_the_state_unchanged() {
+        assert_eq!(apply::<Counter>(b"", []), b"");
+        assert_eq!(
+            apply::<Counter>(b"{\"total\":1,\"closed\":false}", []),
+            b"{\"total\":1,\"closed\":false}"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot decode the state")]
+    fn undecodable_state_panics() {
+        let _ = decode_state::<Counter>(b"[1]");
+    }
+
+    #[test]
+    fn handle_maps_results_and_failures() {
+        let ctx = CommandContext::default();
+        let events = handle::<Counter>(b"", "Deposit", br#"{"amount":4}"#, &ctx).unwrap();
+        assert_eq!(
+            events,
+            vec![EncodedEvent {
+                event_type: "Deposit".into(),
+                schema: 1,
+                data: br#"{"amount":4}"#.to_vec()
+            }]
+        );
+        assert_eq!(
+            handle::<Counter>(b"", "Deposit", br#"{"amount":0}"#, &ctx),
+            Err(Failure::invalid("amount"))
+        );
+        let closed = br#"{"total":0,"closed":true}"#;
+        assert_eq!(
+            handle::<Counter>(closed, "Close", b"", &ctx),
+            Err(Failure::rejected("closed"))
+        );
+        assert!(matches!(
+            handle::<Counter>(closed, "Nope", b"", &ctx),
+            Err(Failure::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,161 @@
+//! Write Kiln plugins in Rust.
+//!
+//! A Kiln aggregate is a WebAssembly component that decides commands into
+//! events and folds events into state (the `aggregate` world of the WIT
+//! contract in `wit/`). This crate turns a plain Rust type into such a
+//! component: implement [`Aggregate`] and call [`export_aggregate!`] once.
+//! The plugin crate depends on `kiln-sdk` and `serde` only.
+//!
+//! # The JSON mapping
+//!
+//! Payloads cross the boundary as UTF-8 JSON bytes. The SDK maps them as
+//! follows, and [`testing`] goes through the very same code:
+//!
+//! - **State** is the aggregate type itself, serialized with `serde_json`.
+//!   The empty byte string (a stream with no event yet) is
+//!   [`Default::default()`].
+//! - **Commands** arrive as a command type and a data payload. The SDK
+//!   deserializes `{"type": <command-type>, "data": <data>}` into
+//!   [`Aggregate::Command`], so the command enum is adjacently tagged with
+//!   `#[serde(tag = "type", content = "data")]` and the variant name is the
+//!   command type. Empty or `null` data stands for "no fields": a field-less
+//!   variant such as `Close {}` (or the unit variant `Close`) accepts
+//!   `{}`, `null` and no data at all. An unknown command type, a missing or
+//!   mistyped field, or data that is not JSON becomes [`Failure::Invalid`]
+//!   carrying serde's message.
+//! - **Events** are tagged the same way: the variant name is the event type,
+//!   the variant's content is the event's data, and the schema is
+//!   [`EVENT_SCHEMA`]. An event that `apply` cannot decode is a bug in the
+//!   plugin (or a store that holds events this plugin never wrote): the plugin
+//!   panics, which the host sees as a trap.
+//!
+//! # Example
+//!
+//! ```
+//! use kiln_sdk::{Aggregate, CommandContext, Failure};
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// A counter that refuses to go above a limit.
+//! #[derive(Debug, Default, Serialize, Deserialize)]
+//! pub struct Counter {
+//!     value: u32,
+//! }
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! #[serde(tag = "type", content = "data")]
+//! pub enum Command {
+//!     Increment { by: u32 },
+//!     Reset {},
+//! }
+//!
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! #[serde(tag = "type", content = "data")]
+//! pub enum Event {
+//!     Incremented { by: u32 },
+//!     Reset {},
+//! }
+//!
+//! impl Aggregate for Counter {
+//!     type Command = Command;
+//!     type Event = Event;
+//!
+//!     fn handle(&self, command: Command, _ctx: &CommandContext) -> Result<Vec<Event>, Failure> {
+//!         match command {
+//!             Command::Increment { by: 0 } => Err(Failure::invalid("`by` must be positive")),
+//!             Command::Increment { by } if self.value.saturating_add(by) > 10 => {
+//!                 Err(Failure::rejected_with_code("limit", "the counter cannot exceed 10"))
+//!             }
+//!             Command::Increment { by } => Ok(vec![Event::Incremented { by }]),
+//!             Command::Reset {} => Ok(vec![Event::Reset {}]),
+//!         }
+//!     }
+//!
+//!     fn apply(&mut self, event: Event) {
+//!         match event {
+//!             Event::Incremented { by } => self.value += by,
+//!             Event::Reset {} => self.value = 0,
+//!         }
+//!     }
+//! }
+//!
+//! // One line makes `Counter` the component's `apply` and `handle` exports
+//! // when built for wasm32-wasip2 (natively it only checks the type).
+//! kiln_sdk::export_aggregate!(Counter);
+//!
+//! // Native given/when/then tests go through the same JSON mapping as the host.
+//! use kiln_sdk::testing::AggregateTest;
+//!
+//! AggregateTest::<Counter>::given(vec![Event::Incremented { by: 7 }])
+//!     .when(Command::Increment { by: 2 })
+//!     .then_expect_events(vec![Event::Incremented { by: 2 }])
+//!     .then_expect_state(|counter| assert_eq!(counter.value, 9));
+//!
+//! AggregateTest::<Counter>::given(vec![Event::Incremented { by: 7 }])
+//!     .when(Command::Increment { by: 5 })
+//!     .then_expect_rejection("cannot exceed 10");
+//!
+//! AggregateTest::<Counter>::given_no_previous_events()
+//!     .when_json("Increment", r#"{"by": "two"}"#)
+//!     .then_expect_invalid_message("invalid type: string");
+//! ```
+
+mod aggregate;
+#[doc(hidden)]
+pub mod bindings;
+mod codec;
+mod export;
+pub mod log;
+pub mod testing;
+
+pub use aggregate::{Aggregate, CommandContext, Failure};
+pub use codec::EVENT_SCHEMA;
+/// `serde_json`, re-exported so a plugin can name [`serde_json::Value`] without
+/// depending on it.
+pub use serde_json;
+
+/// Items used by the code that [`export_aggregate!`] generates. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::export::AggregateExport;
+}
+
+/// Export an [`Aggregate`] as the component's implementation of the Kiln
+/// `aggregate` world: its `apply` and `handle` functions.
+///
+/// Call it once, at the root of the plugin crate, with the aggregate's type:
+///
+/// ```text
+/// kiln_sdk::export_aggregate!(BankAccount);
+/// ```
+///
+/// The generated glue lives in an anonymous `const _: () = { ... };` item, so
+/// it adds no name to the plugin crate. When the crate is built for a target
+/// other than `wasm32` the macro only checks that the type implements
+/// [`Aggregate`]: native builds run the plugin's unit tests and have nothing to
+/// export.
+#[macro_export]
+macro_rules! export_aggregate {
+    ($aggregate:ty) => {
+        #[doc(hidden)]
+        #[allow(
+            unsafe_code,
+            reason = "the canonical ABI exports wit-bindgen generates are unsafe"
+        )]
+        const _: () = {
+            // The generated `export!` macro accepts an identifier only, so the
+            // adapter is named by a local alias first.
+            #[allow(dead_code, reason = "used only when building for wasm32")]
+            type __KilnAggregateExport = $crate::__private::AggregateExport<$aggregate>;
+
+            #[cfg(target_arch = "wasm32")]
+            $crate::bindings::export_aggregate_world!(
+                __KilnAggregateExport with_types_in $crate::bindings
+            );
+
+            #[cfg(not(target_arch = "wasm32"))]
+            fn __kiln_assert_aggregate<A: $crate::Aggregate>() {}
+            #[cfg(not(target_arch = "wasm32"))]
+            let _ = __kiln_assert_aggregate::<$aggregate>;
+        };
+    };
+}

@@ -1,0 +1,200 @@
+//! A host on a real loopback socket, in this process, on a fresh SQLite file.
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+pub use kiln_plugin_artifacts as artifacts;
+
+/// The admin token test hosts use.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// A short plugin time limit keeps the spin fixture's test fast.
+pub const TEST_COMMAND_TIMEOUT_MS: u64 = 500;
+
+/// A running host and a client for it.
+pub struct TestHost {
+    host: Option<kiln::server::Host>,
+    pub base: String,
+    pub client: reqwest::Client,
+    /// Holds the database and plugin directory until the test ends.
+    _dir: tempfile::TempDir,
+    config: kiln::server::HostConfig,
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The `error.code` of an error body.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or("")
+    }
+
+    /// Assert the status and, for an error, the code; return self.
+    #[track_caller]
+    pub fn expect(&self, status: u16, code: &str) -> &Self {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.body
+        );
+        if !code.is_empty() {
+            assert_eq!(self.code(), code, "unexpected code; body: {}", self.body);
+            assert!(
+                !self.message().is_empty(),
+                "error without a message: {}",
+                self.body
+            );
+        }
+        self
+    }
+}
+
+impl TestHost {
+    /// The example plugins plus the fixtures (all but the one that fits no
+    /// world), loaded from a plugin directory.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tune: impl FnOnce(&mut kiln::server::HostConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir(&plugins).expect("plugins dir");
+        for file in [
+            artifacts::BANK_ACCOUNT,
+            artifacts::WORKFLOW_EXECUTION,
+            artifacts::FIXTURE_PANIC,
+            artifacts::FIXTURE_SPIN,
+            artifacts::FIXTURE_OOM,
+            artifacts::FIXTURE_OVERSIZE,
+            artifacts::FIXTURE_SNOOP,
+        ] {
+            copy_into(Path::new(file), &plugins);
+        }
+        let db = format!("sqlite://{}", dir.path().join("kiln.db").display());
+        let mut config = kiln::server::HostConfig::new(db, "127.0.0.1:0".parse().expect("addr"));
+        config.plugins_dir = Some(plugins);
+        config.admin_token = Some(ADMIN_TOKEN.to_string());
+        config.limits.command_timeout_ms = TEST_COMMAND_TIMEOUT_MS;
+        tune(&mut config);
+        let host = kiln::server::start(config.clone())
+            .await
+            .expect("host starts");
+        Self {
+            base: format!("http://{}", host.addr),
+            host: Some(host),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            _dir: dir,
+            config,
+        }
+    }
+
+    /// Stop gracefully and start again on the same database and plugins.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let host = kiln::server::start(self.config.clone())
+            .await
+            .expect("host restarts");
+        self.base = format!("http://{}", host.addr);
+        self.host = Some(host);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(host) = self.host.take() {
+            host.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    /// `POST /commands/{aggregate}/{id}` with a JSON body.
+    pub async fn command(&self, aggregate: &str, id: &str, body: Value) -> Answer {
+        self.command_with(aggregate, id, body, &[]).await
+    }
+
+    pub async fn command_with(
+        &self,
+        aggregate: &str,
+        id: &str,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = self
+            .client
+            .post(format!("{}/commands/{aggregate}/{id}", self.base))
+            .json(&body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        answer(req.send().await.expect("request")).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        answer(
+            self.client
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
+        answer(req.send().await.expect("request")).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if self.host.is_some() {
+            eprintln!("TestHost dropped without stop(); the runtime's shutdown closes it");
+        }
+    }
+}
+
+pub async fn answer(response: reqwest::Response) -> Answer {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.expect("body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn copy_into(file: &Path, dir: &Path) {
+    let name = file.file_name().expect("file name");
+    std::fs::copy(file, dir.join(name)).unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
+}
+
+/// The JSON body of a command.
+pub fn cmd(command_type: &str, data: Value) -> Value {
+    serde_json::json!({ "type": command_type, "data": data })
+}

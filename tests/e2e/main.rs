@@ -1,0 +1,12 @@
+//! End-to-end tests: a real host on a loopback socket, spoken to over HTTP
+//! exactly as `API.md` describes.
+
+mod common;
+
+mod bank_account;
+mod commands;
+mod durability;
+mod plugins;
+mod sandbox;
+mod streams;
+mod workflow;
