@@ -80,6 +80,9 @@ pub struct IdempotencyClaim {
     pub key: String,
     /// A digest of the request, to tell a repeat from a reuse of the key.
     pub request_hash: String,
+    /// Entries created before this time (microseconds) have expired: the key
+    /// is free again and its old entry is replaced.
+    pub window_start_us: i64,
 }
 
 /// The stored result of a command that carried an idempotency key.
@@ -251,3 +254,6 @@ pub trait EventStore: Send + Sync + 'static {
 pub fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
+
+#[cfg(test)]
+mod conformance;

@@ -232,3 +232,32 @@ async fn commands_on_one_stream_are_serialized() {
     };
     h.stop().await;
 }
+
+#[tokio::test]
+async fn idempotency_keys_expire_after_the_window() {
+    let mut h = TestHost::start_with(|c| {
+        c.pipeline.idempotency_window = std::time::Duration::from_millis(300)
+    })
+    .await;
+    h.command("bank_account", "w1", cmd("Open", json!({"owner": "ann"})))
+        .await
+        .expect(200, "");
+    let key = [("Idempotency-Key", "short-lived")];
+    let body = cmd("Deposit", json!({"amount": 1}));
+    h.command_with("bank_account", "w1", body.clone(), &key)
+        .await
+        .expect(200, "");
+    let again = h
+        .command_with("bank_account", "w1", body.clone(), &key)
+        .await;
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let later = h.command_with("bank_account", "w1", body, &key).await;
+    later.expect(200, "");
+    assert!(
+        later.headers.get("idempotent-replayed").is_none(),
+        "a new command once the window has passed"
+    );
+    assert_eq!(later.body["version"], 3);
+    h.stop().await;
+}

@@ -48,9 +48,14 @@ async fn events_state_and_idempotency_survive_a_restart() {
 
 #[tokio::test]
 async fn snapshots_and_long_replays_give_the_same_state() {
-    // Snapshots every 10 events and replay pages of 1000: a fresh host (empty
-    // cache) must fold 250 events to the same state, from a snapshot.
-    let mut h = TestHost::start_with(|c| c.pipeline.snapshot_every = 10).await;
+    // Snapshots every 10 events and replay pages of 16: a fresh host (empty
+    // cache) must fold 250 events to the same state, from a snapshot, and
+    // time travel must replay the pages from the start.
+    let mut h = TestHost::start_with(|c| {
+        c.pipeline.snapshot_every = 10;
+        c.pipeline.replay_batch = 16;
+    })
+    .await;
     h.command("bank_account", "long", cmd("Open", json!({"owner": "ann"})))
         .await
         .expect(200, "");

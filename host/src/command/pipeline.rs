@@ -204,6 +204,7 @@ impl Pipeline {
                 idempotency: request.idempotency_key.clone().map(|key| IdempotencyClaim {
                     key,
                     request_hash: request_hash.clone(),
+                    window_start_us: self.window_start(),
                 }),
             };
             match self.store.append(append).await {

@@ -372,7 +372,14 @@ async fn append_one(
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = existing {
-            return Ok(idempotency_from_row(&row).map(AppendOutcome::AlreadyApplied));
+            match idempotency_from_row(&row) {
+                Ok(entry) if entry.created_at_us >= claim.window_start_us => {
+                    return Ok(Ok(AppendOutcome::AlreadyApplied(entry)));
+                }
+                // Expired: the key is free again; the row is replaced below.
+                Ok(_) => {}
+                Err(e) => return Ok(Err(e)),
+            }
         }
     }
     let actual = match batch.versions.get(&request.stream_id) {
@@ -453,7 +460,7 @@ async fn append_one(
             created_at_us: recorded_at_us,
         };
         sqlx::query(
-            "INSERT INTO idempotency_keys (key, request_hash, stream_id, version, first_position, event_count, created_at) \
+            "INSERT OR REPLACE INTO idempotency_keys (key, request_hash, stream_id, version, first_position, event_count, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&entry.key)
