@@ -141,7 +141,11 @@ impl Pipeline {
         let plugin = self.aggregate(&request.aggregate)?;
         validate_id(&request.id)?;
         let stream_id = format!("{}-{}", request.aggregate, request.id);
-        let request_hash = request_hash(&request);
+        // Only a request with a key needs its digest.
+        let request_hash = match &request.idempotency_key {
+            Some(_) => request_hash(&request),
+            None => String::new(),
+        };
         if let Some(key) = &request.idempotency_key {
             validate_idempotency_key(key)?;
             if let Some(entry) = self
