@@ -1,6 +1,11 @@
 //! The `kiln` binary as an operator runs it: start, serve, stop on SIGTERM,
 //! survive SIGKILL without losing an acknowledged command.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test on any error"
+)]
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

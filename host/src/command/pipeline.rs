@@ -91,6 +91,9 @@ pub struct Pipeline {
     locks: Vec<tokio::sync::Mutex<()>>,
     lock_hasher: std::collections::hash_map::RandomState,
     config: PipelineConfig,
+    /// Units of work running wasm at once, bounded by the instance pool, so
+    /// a burst waits for a slot instead of failing to instantiate.
+    wasm_slots: tokio::sync::Semaphore,
 }
 
 /// State loaded for a unit of work: folded up to `base_version`, plus
@@ -125,6 +128,9 @@ impl Pipeline {
                 .collect(),
             lock_hasher: Default::default(),
             config,
+            wasm_slots: tokio::sync::Semaphore::new(
+                crate::runtime::engine::POOL_INSTANCES as usize,
+            ),
         }
     }
 
@@ -407,6 +413,7 @@ impl Pipeline {
         let to_version = loaded.version();
         let runtime = self.runtime.clone();
         let p = plugin.clone();
+        let _slot = self.wasm_slot().await?;
         let (instance, state) = blocking(move || {
             let mut instance = instance_for(&runtime, &p, loaded.instance, now_ms)?;
             let state = fold_pending(&mut instance, loaded.base_state, &loaded.pending)?;
@@ -431,6 +438,7 @@ impl Pipeline {
         let to_version = loaded.version();
         let runtime = self.runtime.clone();
         let p = plugin.clone();
+        let _slot = self.wasm_slot().await?;
         let (_instance, state, decision) = blocking(move || {
             let mut instance = instance_for(&runtime, &p, loaded.instance, now_ms)?;
             let state = fold_pending(&mut instance, loaded.base_state, &loaded.pending)?;
@@ -440,6 +448,13 @@ impl Pipeline {
         .await??;
         self.maybe_snapshot(plugin, stream_id, from_version, to_version, &state);
         Ok((state, decision))
+    }
+
+    async fn wasm_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, CommandError> {
+        self.wasm_slots
+            .acquire()
+            .await
+            .map_err(|_| CommandError::Store(StoreError::ShuttingDown))
     }
 
     /// Save a snapshot when folding crossed a multiple of the interval. Off

@@ -16,7 +16,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Instance slots in the pooling allocator: the most units of work that can
 /// run at once. Each slot reserves address space, not memory.
-const POOL_INSTANCES: u32 = 256;
+pub const POOL_INSTANCES: u32 = 256;
 
 /// The engine and what every instance shares.
 #[derive(Clone)]
