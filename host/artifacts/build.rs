@@ -114,7 +114,14 @@ fn main() {
     let examples_dir = target_dir.join("plugins");
     let fixtures_dir = examples_dir.join("fixtures");
 
-    for path in ["plugins", "sdk/rust", "wit", "Cargo.toml", "Cargo.lock"] {
+    for path in [
+        "plugins",
+        "sdk/rust",
+        "wit",
+        "Cargo.toml",
+        "Cargo.lock",
+        ".cargo/config.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");

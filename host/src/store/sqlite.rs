@@ -9,10 +9,12 @@
 //! before an earlier one.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use lru::LruCache;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -93,7 +95,15 @@ impl SqliteStore {
         let (head_tx, head) = watch::channel(tail.position);
         let (writer, rx) = mpsc::channel(options.queue_depth.max(1));
         let max_batch = options.max_batch.max(1);
-        tokio::spawn(run_writer(conn, rx, tail, head_tx, max_batch));
+        let state = Writer {
+            conn,
+            tail,
+            versions: LruCache::new(
+                NonZeroUsize::new(VERSION_CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN),
+            ),
+            head_tx,
+        };
+        tokio::spawn(run_writer(state, rx, max_batch));
         Ok(Self {
             readers,
             writer,
@@ -182,13 +192,21 @@ fn idempotency_from_row(row: &SqliteRow) -> Result<IdempotencyEntry, StoreError>
     })
 }
 
-async fn run_writer(
-    mut conn: SqliteConnection,
-    mut rx: mpsc::Receiver<WriteOp>,
-    mut tail: Tail,
+/// The writer task's state.
+struct Writer {
+    conn: SqliteConnection,
+    tail: Tail,
+    /// Committed versions of recently written streams. The writer is the
+    /// only writer of the file, so an entry stays true until it writes that
+    /// stream again; a failed batch clears it all.
+    versions: LruCache<String, u64>,
     head_tx: watch::Sender<Position>,
-    max_batch: usize,
-) {
+}
+
+/// Streams whose versions the writer remembers.
+const VERSION_CACHE_ENTRIES: usize = 100_000;
+
+async fn run_writer(mut writer: Writer, mut rx: mpsc::Receiver<WriteOp>, max_batch: usize) {
     let mut ops = Vec::with_capacity(max_batch);
     loop {
         let Some(first) = rx.recv().await else { break };
@@ -199,31 +217,35 @@ async fn run_writer(
                 Err(_) => break,
             }
         }
-        let shutdown = commit_batch(&mut conn, &mut tail, &mut ops).await;
-        let _ = head_tx.send(tail.position);
+        let shutdown = writer.commit_batch(&mut ops).await;
+        let _ = writer.head_tx.send(writer.tail.position);
         if let Some(done) = shutdown {
             rx.close();
             // Requests that raced the shutdown are refused, never dropped silently.
             while let Ok(op) = rx.try_recv() {
-                refuse(op);
+                refuse(op, &StoreError::ShuttingDown);
             }
-            let _ = conn.close().await;
+            let _ = writer.conn.close().await;
             let _ = done.send(());
             return;
         }
     }
 }
 
-fn refuse(op: WriteOp) {
+fn refuse(op: WriteOp, error: &StoreError) {
+    let err = || match error {
+        StoreError::ShuttingDown => StoreError::ShuttingDown,
+        other => StoreError::Unavailable(other.to_string()),
+    };
     match op {
         WriteOp::Append(_, reply) => {
-            let _ = reply.send(Err(StoreError::ShuttingDown));
+            let _ = reply.send(Err(err()));
         }
         WriteOp::Snapshot(_, reply) => {
-            let _ = reply.send(Err(StoreError::ShuttingDown));
+            let _ = reply.send(Err(err()));
         }
         WriteOp::Purge(_, reply) => {
-            let _ = reply.send(Err(StoreError::ShuttingDown));
+            let _ = reply.send(Err(err()));
         }
         WriteOp::Shutdown(done) => {
             let _ = done.send(());
@@ -231,167 +253,301 @@ fn refuse(op: WriteOp) {
     }
 }
 
-/// What one batch will answer once its transaction has committed.
-enum Reply {
-    Append(
-        oneshot::Sender<Result<AppendOutcome, StoreError>>,
-        Result<AppendOutcome, StoreError>,
-    ),
-    Snapshot(oneshot::Sender<Result<(), StoreError>>),
-    Purge(oneshot::Sender<Result<u64, StoreError>>, u64),
+/// The operations of one batch, by kind, with their reply channels.
+#[derive(Default)]
+struct Batch {
+    appends: Vec<AppendRequest>,
+    append_replies: Vec<oneshot::Sender<Result<AppendOutcome, StoreError>>>,
+    snapshots: Vec<Snapshot>,
+    snapshot_replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    purges: Vec<i64>,
+    purge_replies: Vec<oneshot::Sender<Result<u64, StoreError>>>,
 }
 
-/// Apply `ops` in one transaction and answer each. Returns the shutdown
-/// acknowledgement if the batch contained a shutdown request.
-async fn commit_batch(
-    conn: &mut SqliteConnection,
-    tail: &mut Tail,
-    ops: &mut Vec<WriteOp>,
-) -> Option<oneshot::Sender<()>> {
-    let mut replies = Vec::with_capacity(ops.len());
-    let mut shutdown = None;
-    let mut tentative = *tail;
-    let mut pending: std::collections::VecDeque<WriteOp> = ops.drain(..).collect();
-    let result = async {
-        let mut tx = conn.begin().await?;
-        let mut batch = BatchState::default();
-        while let Some(op) = pending.pop_front() {
+/// What a batch wrote, to be published once it has committed.
+struct Written {
+    outcomes: Vec<Result<AppendOutcome, StoreError>>,
+    purged: Vec<u64>,
+    tail: Tail,
+    versions: HashMap<String, u64>,
+}
+
+impl Writer {
+    /// Apply `ops` in one transaction (one fsync) and answer each. Returns
+    /// the shutdown acknowledgement if the batch contained a shutdown.
+    async fn commit_batch(&mut self, ops: &mut Vec<WriteOp>) -> Option<oneshot::Sender<()>> {
+        let mut batch = Batch::default();
+        let mut shutdown = None;
+        for op in ops.drain(..) {
             match op {
                 WriteOp::Append(request, reply) => {
-                    let outcome = append_one(&mut tx, &mut tentative, &mut batch, request).await?;
-                    replies.push(Reply::Append(reply, outcome));
+                    batch.appends.push(request);
+                    batch.append_replies.push(reply);
                 }
                 WriteOp::Snapshot(snapshot, reply) => {
-                    save_snapshot(&mut tx, &snapshot).await?;
-                    replies.push(Reply::Snapshot(reply));
+                    batch.snapshots.push(snapshot);
+                    batch.snapshot_replies.push(reply);
                 }
-                WriteOp::Purge(before_us, reply) => {
-                    let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
-                        .bind(before_us)
-                        .execute(&mut *tx)
-                        .await?;
-                    replies.push(Reply::Purge(reply, done.rows_affected()));
+                WriteOp::Purge(before, reply) => {
+                    batch.purges.push(before);
+                    batch.purge_replies.push(reply);
                 }
                 WriteOp::Shutdown(done) => shutdown = Some(done),
             }
         }
-        tx.commit().await?;
-        Ok::<(), sqlx::Error>(())
-    }
-    .await;
-    match result {
-        Ok(()) => {
-            *tail = tentative;
-            for reply in replies {
-                match reply {
-                    Reply::Append(tx, outcome) => {
-                        let _ = tx.send(outcome);
-                    }
-                    Reply::Snapshot(tx) => {
-                        let _ = tx.send(Ok(()));
-                    }
-                    Reply::Purge(tx, n) => {
-                        let _ = tx.send(Ok(n));
-                    }
+        let appends = std::mem::take(&mut batch.appends);
+        match self.write(appends, &batch.snapshots, &batch.purges).await {
+            Ok(written) => {
+                self.tail = written.tail;
+                for (stream, version) in written.versions {
+                    self.versions.put(stream, version);
+                }
+                for (reply, outcome) in batch.append_replies.into_iter().zip(written.outcomes) {
+                    let _ = reply.send(outcome);
+                }
+                for reply in batch.snapshot_replies {
+                    let _ = reply.send(Ok(()));
+                }
+                for (reply, n) in batch.purge_replies.into_iter().zip(written.purged) {
+                    let _ = reply.send(Ok(n));
                 }
             }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "event store batch failed; nothing of it was committed");
-            let message = e.to_string();
-            // Requests not reached before the failure were drained too; all
-            // of them are answered with the error.
-            for op in pending.drain(..) {
-                if let WriteOp::Shutdown(done) = op {
-                    shutdown = Some(done);
-                } else {
-                    refuse_with(op, &message);
-                }
-            }
-            for reply in replies {
+            Err(e) => {
+                tracing::error!(error = %e, "event store batch failed; nothing of it was committed");
+                self.versions.clear();
+                let message = e.to_string();
                 let err = || StoreError::Unavailable(message.clone());
-                match reply {
-                    Reply::Append(tx, _) => {
-                        let _ = tx.send(Err(err()));
-                    }
-                    Reply::Snapshot(tx) => {
-                        let _ = tx.send(Err(err()));
-                    }
-                    Reply::Purge(tx, _) => {
-                        let _ = tx.send(Err(err()));
-                    }
+                for reply in batch.append_replies {
+                    let _ = reply.send(Err(err()));
+                }
+                for reply in batch.snapshot_replies {
+                    let _ = reply.send(Err(err()));
+                }
+                for reply in batch.purge_replies {
+                    let _ = reply.send(Err(err()));
                 }
             }
         }
+        shutdown
     }
-    shutdown
-}
 
-fn refuse_with(op: WriteOp, message: &str) {
-    let err = || StoreError::Unavailable(message.to_string());
-    match op {
-        WriteOp::Append(_, reply) => {
-            let _ = reply.send(Err(err()));
+    /// One transaction: look up what the batch needs in one query per table,
+    /// stage every append in memory, then write each table with one
+    /// statement. Per-statement overhead, not fsync, is what limits SQLite
+    /// through sqlx, so the statement count does not grow with the batch.
+    async fn write(
+        &mut self,
+        appends: Vec<AppendRequest>,
+        snapshots: &[Snapshot],
+        purges: &[i64],
+    ) -> Result<Written, sqlx::Error> {
+        let mut tail = self.tail;
+        let mut tx = self.conn.begin().await?;
+        let mut versions = lookup_versions(&mut self.versions, &mut tx, &appends).await?;
+        let mut keys = lookup_keys(&mut tx, &appends).await?;
+        let mut rows = EventRows::default();
+        let mut key_rows: Vec<IdempotencyEntry> = Vec::new();
+        let mut outcomes = Vec::with_capacity(appends.len());
+        for request in appends {
+            outcomes.push(stage_append(
+                request,
+                &mut tail,
+                &mut versions,
+                &mut keys,
+                &mut rows,
+                &mut key_rows,
+            ));
         }
-        WriteOp::Snapshot(_, reply) => {
-            let _ = reply.send(Err(err()));
+        if !rows.is_empty() {
+            sqlx::query(
+                "INSERT INTO events (position, stream_id, version, event_type, schema, data, metadata, recorded_at, hash) \
+                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7, unhex(value->>8) \
+                 FROM json_each(?)",
+            )
+            .bind(rows.finish())
+            .execute(&mut *tx)
+            .await?;
         }
-        WriteOp::Purge(_, reply) => {
-            let _ = reply.send(Err(err()));
+        if !key_rows.is_empty() {
+            let json = serde_json::to_string(
+                &key_rows
+                    .iter()
+                    .map(|e| {
+                        (
+                            &e.key,
+                            &e.request_hash,
+                            &e.stream_id,
+                            e.version,
+                            e.first_position,
+                            e.event_count,
+                            e.created_at_us,
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            sqlx::query(
+                "INSERT OR REPLACE INTO idempotency_keys (key, request_hash, stream_id, version, first_position, event_count, created_at) \
+                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6 FROM json_each(?)",
+            )
+            .bind(json)
+            .execute(&mut *tx)
+            .await?;
         }
-        WriteOp::Shutdown(done) => {
-            let _ = done.send(());
+        for snapshot in snapshots {
+            save_snapshot(&mut tx, snapshot).await?;
         }
+        let mut purged = Vec::with_capacity(purges.len());
+        for before_us in purges {
+            let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+                .bind(before_us)
+                .execute(&mut *tx)
+                .await?;
+            purged.push(done.rows_affected());
+        }
+        tx.commit().await?;
+        Ok(Written {
+            outcomes,
+            purged,
+            tail,
+            versions,
+        })
     }
 }
 
-/// Versions and idempotency keys written earlier in the same batch.
-#[derive(Default)]
-struct BatchState {
-    versions: HashMap<String, u64>,
-    keys: HashMap<String, IdempotencyEntry>,
-}
-
-/// Check and stage one append. The outer error aborts the whole batch (a
-/// database failure); the inner one is this request's own answer.
-async fn append_one(
-    tx: &mut SqliteConnection,
-    tail: &mut Tail,
-    batch: &mut BatchState,
-    request: AppendRequest,
-) -> Result<Result<AppendOutcome, StoreError>, sqlx::Error> {
-    if let Some(claim) = &request.idempotency {
-        if let Some(entry) = batch.keys.get(&claim.key) {
-            return Ok(Ok(AppendOutcome::AlreadyApplied(entry.clone())));
+/// Current versions of the batch's streams: from the cache, the rest in one
+/// query.
+async fn lookup_versions(
+    cache: &mut LruCache<String, u64>,
+    conn: &mut SqliteConnection,
+    appends: &[AppendRequest],
+) -> Result<HashMap<String, u64>, sqlx::Error> {
+    let mut versions = HashMap::with_capacity(appends.len());
+    let mut unknown = Vec::new();
+    for request in appends {
+        let stream = &request.stream_id;
+        if versions.contains_key(stream) {
+            continue;
         }
-        let existing = sqlx::query(
-            "SELECT key, request_hash, stream_id, version, first_position, event_count, created_at \
-             FROM idempotency_keys WHERE key = ?",
+        match cache.get(stream) {
+            Some(v) => {
+                versions.insert(stream.clone(), *v);
+            }
+            None => {
+                versions.insert(stream.clone(), 0);
+                unknown.push(stream.as_str());
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        let json = serde_json::to_string(&unknown).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let rows = sqlx::query(
+            "SELECT stream_id, MAX(version) FROM events \
+                 WHERE stream_id IN (SELECT value FROM json_each(?)) GROUP BY stream_id",
         )
-        .bind(&claim.key)
-        .fetch_optional(&mut *tx)
+        .bind(json)
+        .fetch_all(&mut *conn)
         .await?;
-        if let Some(row) = existing {
-            match idempotency_from_row(&row) {
-                Ok(entry) if entry.created_at_us >= claim.window_start_us => {
-                    return Ok(Ok(AppendOutcome::AlreadyApplied(entry)));
-                }
-                // Expired: the key is free again; the row is replaced below.
-                Ok(_) => {}
-                Err(e) => return Ok(Err(e)),
-            }
+        for row in rows {
+            let stream: String = row.try_get(0)?;
+            let version: i64 = row.try_get(1)?;
+            versions.insert(stream, version as u64);
         }
     }
-    let actual = match batch.versions.get(&request.stream_id) {
-        Some(v) => *v,
-        None => current_version(tx, &request.stream_id).await?,
-    };
+    Ok(versions)
+}
+
+/// Idempotency entries of the batch's keys, in one query.
+async fn lookup_keys(
+    conn: &mut SqliteConnection,
+    appends: &[AppendRequest],
+) -> Result<HashMap<String, IdempotencyEntry>, sqlx::Error> {
+    let keys: Vec<&str> = appends
+        .iter()
+        .filter_map(|r| r.idempotency.as_ref().map(|c| c.key.as_str()))
+        .collect();
+    let mut found = HashMap::new();
+    if keys.is_empty() {
+        return Ok(found);
+    }
+    let json = serde_json::to_string(&keys).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let rows = sqlx::query(
+        "SELECT key, request_hash, stream_id, version, first_position, event_count, created_at \
+         FROM idempotency_keys WHERE key IN (SELECT value FROM json_each(?))",
+    )
+    .bind(json)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        let entry = idempotency_from_row(&row).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        found.insert(entry.key.clone(), entry);
+    }
+    Ok(found)
+}
+
+/// Event rows of a batch, as one JSON array bound to one statement.
+#[derive(Default)]
+struct EventRows {
+    json: String,
+    count: usize,
+}
+
+impl EventRows {
+    fn push(&mut self, e: &RecordedEvent) {
+        let row = (
+            e.position,
+            &e.stream_id,
+            e.version,
+            &e.event_type,
+            e.schema,
+            &e.data,
+            &e.metadata,
+            e.recorded_at_us,
+            hex::encode(e.hash),
+        );
+        self.json.push(if self.count == 0 { '[' } else { ',' });
+        // A tuple of strings and integers always serializes.
+        if let Ok(text) = serde_json::to_string(&row) {
+            self.json.push_str(&text);
+        }
+        self.count += 1;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn finish(mut self) -> String {
+        self.json.push(']');
+        self.json
+    }
+}
+
+/// Check one append against the batch's view of versions and keys, and
+/// stage its rows. The result is this request's own answer.
+fn stage_append(
+    request: AppendRequest,
+    tail: &mut Tail,
+    versions: &mut HashMap<String, u64>,
+    keys: &mut HashMap<String, IdempotencyEntry>,
+    rows: &mut EventRows,
+    key_rows: &mut Vec<IdempotencyEntry>,
+) -> Result<AppendOutcome, StoreError> {
+    if let Some(claim) = &request.idempotency
+        && let Some(entry) = keys.get(&claim.key)
+        && entry.created_at_us >= claim.window_start_us
+    {
+        // Expired entries fall through: the key is free again and its row
+        // is replaced.
+        return Ok(AppendOutcome::AlreadyApplied(entry.clone()));
+    }
+    let actual = versions.get(&request.stream_id).copied().unwrap_or(0);
     if !request.expected.matches(actual) {
-        return Ok(Err(StoreError::WrongExpectedVersion {
+        return Err(StoreError::WrongExpectedVersion {
             stream_id: request.stream_id,
             expected: request.expected,
             actual,
-        }));
+        });
     }
     // Recorded times never decrease along positions, so time travel by
     // recorded time agrees with the order of the log. They are kept to the
@@ -415,27 +571,12 @@ async fn append_one(
                 recorded_at_us,
             },
         );
-        sqlx::query(
-            "INSERT INTO events (position, stream_id, version, event_type, schema, data, metadata, recorded_at, hash) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(position as i64)
-        .bind(&request.stream_id)
-        .bind(version as i64)
-        .bind(&event.event_type)
-        .bind(i64::from(event.schema))
-        .bind(&event.data)
-        .bind(&event.metadata)
-        .bind(recorded_at_us)
-        .bind(&hash[..])
-        .execute(&mut *tx)
-        .await?;
         *tail = Tail {
             position,
             hash,
             recorded_at_us,
         };
-        recorded.push(RecordedEvent {
+        let e = RecordedEvent {
             position,
             stream_id: request.stream_id.clone(),
             version,
@@ -445,10 +586,12 @@ async fn append_one(
             metadata: event.metadata,
             recorded_at_us,
             hash,
-        });
+        };
+        rows.push(&e);
+        recorded.push(e);
     }
     let version = actual + recorded.len() as u64;
-    batch.versions.insert(request.stream_id.clone(), version);
+    versions.insert(request.stream_id.clone(), version);
     if let Some(claim) = request.idempotency {
         let entry = IdempotencyEntry {
             key: claim.key,
@@ -459,25 +602,13 @@ async fn append_one(
             event_count: recorded.len() as u32,
             created_at_us: recorded_at_us,
         };
-        sqlx::query(
-            "INSERT OR REPLACE INTO idempotency_keys (key, request_hash, stream_id, version, first_position, event_count, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&entry.key)
-        .bind(&entry.request_hash)
-        .bind(&entry.stream_id)
-        .bind(entry.version as i64)
-        .bind(entry.first_position.map(|p| p as i64))
-        .bind(i64::from(entry.event_count))
-        .bind(entry.created_at_us)
-        .execute(&mut *tx)
-        .await?;
-        batch.keys.insert(entry.key.clone(), entry);
+        keys.insert(entry.key.clone(), entry.clone());
+        key_rows.push(entry);
     }
-    Ok(Ok(AppendOutcome::Committed {
+    Ok(AppendOutcome::Committed {
         version,
         events: recorded,
-    }))
+    })
 }
 
 async fn current_version(conn: &mut SqliteConnection, stream_id: &str) -> Result<u64, sqlx::Error> {
