@@ -278,10 +278,9 @@ async fn one_run(
         .host_config("unused", ([127, 0, 0, 1], 0).into())
         .limits;
     let pooling = !args.tuning.no_pooling;
-    let dir_for_wasm = plugins.to_path_buf();
-    let w = tokio::task::spawn_blocking(move || wasm::measure(limits, pooling, &dir_for_wasm))
+    let w = wasm::measure(limits, pooling, plugins)
         .await
-        .context("the wasm measurement failed")??;
+        .context("the wasm measurement failed")?;
 
     let d = &h.deposits;
     let http_rate = d.per_s();

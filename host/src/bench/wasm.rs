@@ -49,8 +49,12 @@ fn median_us(samples: &[f64]) -> f64 {
     stats::median(samples)
 }
 
-/// Blocking: compiles the plugin and runs every measurement.
-pub fn measure(limits: Limits, pooling: bool, plugins_dir: &Path) -> anyhow::Result<WasmCost> {
+/// Compiles the plugin and runs every measurement.
+pub async fn measure(
+    limits: Limits,
+    pooling: bool,
+    plugins_dir: &Path,
+) -> anyhow::Result<WasmCost> {
     let path = plugins_dir.join("bank_account.wasm");
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let runtime = Runtime::new(limits, pooling)?;
@@ -61,8 +65,11 @@ pub fn measure(limits: Limits, pooling: bool, plugins_dir: &Path) -> anyhow::Res
         bail!("bank_account is not an aggregate");
     };
     let now_ms = now_us() / 1000;
-    let new_instance =
-        || AggregateInstance::new(&runtime, &plugin, pre, now_ms).map_err(|e| anyhow!("{e}"));
+    let new_instance = || async {
+        AggregateInstance::new(&runtime, &plugin, pre, now_ms)
+            .await
+            .map_err(|e| anyhow!("{e}"))
+    };
     let opened = [event(
         1,
         "Opened",
@@ -80,21 +87,23 @@ pub fn measure(limits: Limits, pooling: bool, plugins_dir: &Path) -> anyhow::Res
     let mut samples = Vec::with_capacity(HANDLES);
     for _ in 0..INSTANTIATIONS {
         let t0 = Instant::now();
-        let instance = new_instance()?;
+        let instance = new_instance().await?;
         samples.push(t0.elapsed().as_secs_f64() * 1e6);
         drop(instance);
     }
     let instantiate_us = median_us(&samples);
 
-    let mut instance = new_instance()?;
+    let mut instance = new_instance().await?;
     let open_state = instance
         .apply(&[], &opened)
+        .await
         .map_err(|e| anyhow!("apply: {e}"))?;
     samples.clear();
     for _ in 0..HANDLES {
         let t0 = Instant::now();
         let decision = instance
             .handle(&open_state, &deposit)
+            .await
             .map_err(|e| anyhow!("handle: {e}"))?;
         samples.push(t0.elapsed().as_secs_f64() * 1e6);
         if decision.is_err() {
@@ -115,6 +124,7 @@ pub fn measure(limits: Limits, pooling: bool, plugins_dir: &Path) -> anyhow::Res
         let t0 = Instant::now();
         let state = instance
             .apply(&open_state, &batch)
+            .await
             .map_err(|e| anyhow!("apply: {e}"))?;
         samples.push(t0.elapsed().as_secs_f64() * 1e6 / APPLY_BATCH as f64);
         if state.is_empty() {
@@ -128,12 +138,14 @@ pub fn measure(limits: Limits, pooling: bool, plugins_dir: &Path) -> anyhow::Res
     samples.clear();
     for _ in 0..UNITS {
         let t0 = Instant::now();
-        let mut instance = new_instance()?;
+        let mut instance = new_instance().await?;
         let state = instance
             .apply(&open_state, &pending)
+            .await
             .map_err(|e| anyhow!("apply: {e}"))?;
         let decision = instance
             .handle(&state, &deposit)
+            .await
             .map_err(|e| anyhow!("handle: {e}"))?;
         drop(instance);
         samples.push(t0.elapsed().as_secs_f64() * 1e6);

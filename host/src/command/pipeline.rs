@@ -414,12 +414,8 @@ impl Pipeline {
         let runtime = self.runtime.clone();
         let p = plugin.clone();
         let _slot = self.wasm_slot().await?;
-        let (instance, state) = blocking(move || {
-            let mut instance = instance_for(&runtime, &p, loaded.instance, now_ms)?;
-            let state = fold_pending(&mut instance, loaded.base_state, &loaded.pending)?;
-            Ok::<_, PluginError>((instance, state))
-        })
-        .await??;
+        let mut instance = instance_for(&runtime, &p, loaded.instance, now_ms).await?;
+        let state = fold_pending(&mut instance, loaded.base_state, &loaded.pending).await?;
         self.maybe_snapshot(plugin, stream_id, from_version, to_version, &state);
         Ok((instance, state))
     }
@@ -439,13 +435,9 @@ impl Pipeline {
         let runtime = self.runtime.clone();
         let p = plugin.clone();
         let _slot = self.wasm_slot().await?;
-        let (_instance, state, decision) = blocking(move || {
-            let mut instance = instance_for(&runtime, &p, loaded.instance, now_ms)?;
-            let state = fold_pending(&mut instance, loaded.base_state, &loaded.pending)?;
-            let decision = instance.handle(&state, &command)?;
-            Ok::<_, PluginError>((instance, state, decision))
-        })
-        .await??;
+        let mut instance = instance_for(&runtime, &p, loaded.instance, now_ms).await?;
+        let state = fold_pending(&mut instance, loaded.base_state, &loaded.pending).await?;
+        let decision = instance.handle(&state, &command).await?;
         self.maybe_snapshot(plugin, stream_id, from_version, to_version, &state);
         Ok((state, decision))
     }
@@ -554,7 +546,7 @@ impl Pipeline {
     }
 }
 
-fn instance_for(
+async fn instance_for(
     runtime: &Runtime,
     plugin: &Plugin,
     existing: Option<AggregateInstance>,
@@ -572,10 +564,10 @@ fn instance_for(
             });
         }
     };
-    AggregateInstance::new(runtime, plugin, pre, now_ms)
+    AggregateInstance::new(runtime, plugin, pre, now_ms).await
 }
 
-fn fold_pending(
+async fn fold_pending(
     instance: &mut AggregateInstance,
     base: Arc<[u8]>,
     pending: &[RecordedEvent],
@@ -584,7 +576,7 @@ fn fold_pending(
         return Ok(base);
     }
     let events: Vec<WitEvent> = pending.iter().map(to_wit_event).collect();
-    Ok(Arc::from(instance.apply(&base, &events)?))
+    Ok(Arc::from(instance.apply(&base, &events).await?))
 }
 
 /// The event as a plugin sees it.
@@ -599,17 +591,6 @@ pub fn to_wit_event(e: &RecordedEvent) -> WitEvent {
         metadata: e.metadata.clone().into_bytes(),
         recorded_at_ms: e.recorded_at_us.div_euclid(1000),
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, CommandError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        CommandError::Plugin(PluginError::Trap {
-            plugin: "host".into(),
-            message: format!("the host's worker failed: {e}"),
-        })
-    })
 }
 
 /// Metadata of the command's events: the caller's fields plus correlation

@@ -1,7 +1,7 @@
 //! Running an aggregate: one sandboxed instance per unit of work (one
 //! command on one stream), never shared between streams.
 
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::PluginError;
 use super::bindings::aggregate::{Aggregate, AggregatePre};
@@ -20,7 +20,7 @@ pub struct AggregateInstance {
 
 impl AggregateInstance {
     /// Instantiate `plugin` in a fresh sandbox whose clocks read `now_ms`.
-    pub fn new(
+    pub async fn new(
         runtime: &Runtime,
         plugin: &Plugin,
         pre: &AggregatePre<PluginState>,
@@ -30,14 +30,26 @@ impl AggregateInstance {
         let state = PluginState::new(plugin.name.clone(), now_ms, limits.memory_bytes_max);
         let mut store = Store::new(&runtime.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(deadline_ticks(limits.command_timeout_ms));
-        let bindings = pre
-            .instantiate(&mut store)
-            .map_err(|e| PluginError::Instantiate {
-                plugin: plugin.name.to_string(),
-                message: format!("{e:#}"),
-            })?;
+        // At every tick: yield to the async runtime, and stop the call once
+        // it has used up its ticks.
+        let limit_ticks = deadline_ticks(limits.command_timeout_ms);
+        store.epoch_deadline_callback(move |mut ctx| {
+            let used = &mut ctx.data_mut().ticks_used;
+            *used += 1;
+            if *used >= limit_ticks {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+        let bindings =
+            pre.instantiate_async(&mut store)
+                .await
+                .map_err(|e| PluginError::Instantiate {
+                    plugin: plugin.name.to_string(),
+                    message: format!("{e:#}"),
+                })?;
         Ok(Self {
             store,
             bindings,
@@ -47,25 +59,39 @@ impl AggregateInstance {
     }
 
     /// Fold `events` into `state` in one call.
-    pub fn apply(&mut self, state: &[u8], events: &[WitEvent]) -> Result<Vec<u8>, PluginError> {
-        self.store.set_epoch_deadline(deadline_ticks(self.limit_ms));
+    pub async fn apply(
+        &mut self,
+        state: &[u8],
+        events: &[WitEvent],
+    ) -> Result<Vec<u8>, PluginError> {
+        self.start_call();
+        let state = state.to_vec();
         let result = self
             .bindings
-            .call_apply(&mut self.store, &state.to_vec(), events);
+            .call_apply(&mut self.store, &state, events)
+            .await;
         result.map_err(|e| self.classify(e))
     }
 
     /// Decide `command` against `state`.
-    pub fn handle(
+    pub async fn handle(
         &mut self,
         state: &[u8],
         command: &WitCommand,
     ) -> Result<Result<Vec<WitNewEvent>, WitFailure>, PluginError> {
-        self.store.set_epoch_deadline(deadline_ticks(self.limit_ms));
+        self.start_call();
+        let state = state.to_vec();
         let result = self
             .bindings
-            .call_handle(&mut self.store, &state.to_vec(), command);
+            .call_handle(&mut self.store, &state, command)
+            .await;
         result.map_err(|e| self.classify(e))
+    }
+
+    /// Each call gets the whole time budget.
+    fn start_call(&mut self) {
+        self.store.data_mut().ticks_used = 0;
+        self.store.set_epoch_deadline(1);
     }
 
     /// The plugin's name.
@@ -116,8 +142,8 @@ impl Drop for AggregateInstance {
     }
 }
 
-/// Ticks until the deadline, rounded up, plus one so that a tick landing
-/// right after the call starts does not cut it short.
+/// Ticks a call may see before it is stopped: the limit rounded up, plus one
+/// so that a tick landing right after the call starts does not cut it short.
 fn deadline_ticks(limit_ms: u64) -> u64 {
     let tick_ms = EPOCH_TICK.as_millis().max(1) as u64;
     limit_ms.div_ceil(tick_ms).max(1) + 1

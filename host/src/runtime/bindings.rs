@@ -9,6 +9,9 @@ pub mod aggregate {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "aggregate",
+        // Calls run on the async runtime's threads and yield at every epoch
+        // tick, so a slow plugin never holds a thread for its whole budget.
+        exports: { default: async },
     });
 }
 

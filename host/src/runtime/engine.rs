@@ -55,11 +55,14 @@ impl Runtime {
             // costly in a VM), and a Rust plugin's memory is small.
             pool.linear_memory_keep_resident(LINEAR_MEMORY_KEEP_RESIDENT_BYTES);
             pool.table_keep_resident(TABLE_KEEP_RESIDENT_BYTES);
+            // One fiber stack per running instance (async calls).
+            pool.total_stacks(POOL_INSTANCES);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let mut linker = Linker::<PluginState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         Aggregate::add_to_linker::<_, wasmtime::component::HasSelf<PluginState>>(
             &mut linker,
             |s| s,

@@ -24,6 +24,8 @@ pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub limits: StoreLimits,
+    /// Epoch ticks seen by the current call.
+    pub ticks_used: u64,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
 }
@@ -56,6 +58,7 @@ impl PluginState {
             wasi,
             table: ResourceTable::new(),
             limits,
+            ticks_used: 0,
             stdout,
             stderr,
         }
