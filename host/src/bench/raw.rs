@@ -54,14 +54,29 @@ impl Ceiling {
     }
 }
 
+/// How the raw ceiling writes a transaction's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertMode {
+    /// One `INSERT` statement per event.
+    RowByRow,
+    /// Multi-row `INSERT … VALUES (…), (…)`, up to [`ROWS_PER_STATEMENT`]
+    /// rows per statement: SQLite's own rate without a statement per event.
+    MultiRow,
+}
+
+/// Rows per multi-row statement: 9 parameters each stays far below SQLite's
+/// limit of 32,766 parameters.
+const ROWS_PER_STATEMENT: usize = 256;
+
 /// (a): the opens, then `commands` deposits, `batch` per transaction.
 pub async fn plain_sql(
     args: &BenchArgs,
     dir: &Path,
     run_no: usize,
     batch: usize,
+    mode: InsertMode,
 ) -> anyhow::Result<Ceiling> {
-    let path = dir.join(format!("raw-{run_no}-{batch}.db"));
+    let path = dir.join(format!("raw-{run_no}-{batch}-{mode:?}.db"));
     let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -92,11 +107,11 @@ pub async fn plain_sql(
             )
         })
         .collect();
-    insert(&mut conn, &opens, 512).await?;
-    insert(&mut conn, &rows[..args.warmup], batch).await?;
+    insert(&mut conn, &opens, 512, mode).await?;
+    insert(&mut conn, &rows[..args.warmup], batch, mode).await?;
     let cpu_before = CpuSample::now();
     let started = Instant::now();
-    insert(&mut conn, &rows[args.warmup..], batch).await?;
+    insert(&mut conn, &rows[args.warmup..], batch, mode).await?;
     let wall = started.elapsed();
     let cpu = CpuSample::now()
         .zip(cpu_before)
@@ -155,9 +170,35 @@ impl Row {
     }
 }
 
-async fn insert(conn: &mut SqliteConnection, rows: &[Row], batch: usize) -> anyhow::Result<()> {
+async fn insert(
+    conn: &mut SqliteConnection,
+    rows: &[Row],
+    batch: usize,
+    mode: InsertMode,
+) -> anyhow::Result<()> {
     for chunk in rows.chunks(batch.max(1)) {
         let mut tx = conn.begin().await?;
+        if mode == InsertMode::MultiRow {
+            for statement in chunk.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "INSERT INTO events (position, stream_id, version, event_type, schema, data, metadata, recorded_at, hash) ",
+                );
+                q.push_values(statement, |mut b, r| {
+                    b.push_bind(r.position)
+                        .push_bind(&r.stream_id)
+                        .push_bind(r.version)
+                        .push_bind(r.event_type)
+                        .push_bind(1i64)
+                        .push_bind(r.data)
+                        .push_bind(&r.metadata)
+                        .push_bind(r.recorded_at)
+                        .push_bind(&r.hash[..]);
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            continue;
+        }
         for r in chunk {
             sqlx::query(
                 "INSERT INTO events (position, stream_id, version, event_type, schema, data, metadata, recorded_at, hash) \
