@@ -65,6 +65,38 @@ async fn fixture_spin() {
     h.stop().await;
 }
 
+/// A plugin burning its whole time budget does not stall other commands
+/// meanwhile: wasm yields at every epoch tick. The test runtime has one
+/// thread, so a call that held it would block the second command until the
+/// first timed out.
+#[tokio::test]
+async fn a_spinning_plugin_does_not_stall_other_commands() {
+    let h = std::sync::Arc::new(TestHost::start().await);
+    let spinner = {
+        let h = h.clone();
+        tokio::spawn(async move { h.command("fixture_spin", "2", cmd("Spin", json!({}))).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    h.command(
+        "bank_account",
+        "during-spin",
+        cmd("Open", json!({"owner": "x"})),
+    )
+    .await
+    .expect(200, "");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(TEST_COMMAND_TIMEOUT_MS / 2),
+        "a command waited {took:?} behind a spinning plugin"
+    );
+    spinner.await.unwrap().expect(503, "plugin_timeout");
+    let Ok(mut h) = std::sync::Arc::try_unwrap(h) else {
+        panic!("host still shared")
+    };
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn fixture_oom() {
     let mut h = TestHost::start_with(|c| c.limits.memory_bytes_max = 16 * 1024 * 1024).await;
