@@ -10,6 +10,8 @@
 pub mod hash_chain;
 pub mod sqlite;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::Serialize;
 
@@ -146,6 +148,174 @@ pub struct Snapshot {
     pub state: Vec<u8>,
 }
 
+/// A slice of the global log.
+#[derive(Debug, Clone, Copy)]
+pub struct GlobalQuery<'a> {
+    /// First position to return.
+    pub from_position: Position,
+    /// Last position to consider, inclusive.
+    pub until_position: Option<Position>,
+    pub limit: u32,
+    /// Only events of these types (`None` or empty: all).
+    pub types: Option<&'a [String]>,
+}
+
+/// Events committed together, in position order, as the live feed carries them.
+pub type CommittedBatch = Arc<[RecordedEvent]>;
+
+/// One generation of a projection's view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ViewId<'a> {
+    pub projection: &'a str,
+    pub generation: u64,
+}
+
+/// What a generation is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GenerationRole {
+    /// Serves reads.
+    Active,
+    /// Being built from history; takes over reads once caught up.
+    Building,
+    /// Being built, but reads stay on the active one until an operator promotes it.
+    Shadow,
+    /// Replaced; its rows are being dropped.
+    Retired,
+}
+
+impl GenerationRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GenerationRole::Active => "active",
+            GenerationRole::Building => "building",
+            GenerationRole::Shadow => "shadow",
+            GenerationRole::Retired => "retired",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, StoreError> {
+        Ok(match text {
+            "active" => GenerationRole::Active,
+            "building" => GenerationRole::Building,
+            "shadow" => GenerationRole::Shadow,
+            "retired" => GenerationRole::Retired,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "unknown generation role {other:?}"
+                )));
+            }
+        })
+    }
+}
+
+/// A projection generation as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationRecord {
+    pub name: String,
+    pub generation: u64,
+    pub plugin_hash: String,
+    pub role: GenerationRole,
+    /// The checkpoint: the last position processed.
+    pub position: Position,
+}
+
+/// A change to one view row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowWrite {
+    Put(Vec<u8>),
+    Delete,
+}
+
+/// An event skipped by an operator's decision, recorded with the checkpoint
+/// that moves past it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkipRecord {
+    pub position: Position,
+    pub stream_id: String,
+    pub event_type: String,
+    pub reason: String,
+}
+
+/// The result of one projection batch: its view writes and its new
+/// checkpoint, committed in one transaction or not at all.
+#[derive(Debug, Clone)]
+pub struct ViewCommit {
+    pub projection: String,
+    pub generation: u64,
+    /// The checkpoint the batch started from. The commit fails with
+    /// [`StoreError::CheckpointMoved`] if the stored one differs, so two
+    /// runners of one generation can never both write.
+    pub from_position: Position,
+    /// The new checkpoint.
+    pub to_position: Position,
+    /// At most one write per key, in any order.
+    pub writes: Vec<(String, RowWrite)>,
+    pub skip: Option<SkipRecord>,
+}
+
+/// How a plugin version got deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployMode {
+    /// Takes over (a projection rebuilds, then switches).
+    Live,
+    /// A projection built beside the active one, not serving reads.
+    Shadow,
+    /// A previous version deployed again.
+    Rollback,
+}
+
+impl DeployMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployMode::Live => "live",
+            DeployMode::Shadow => "shadow",
+            DeployMode::Rollback => "rollback",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, StoreError> {
+        Ok(match text {
+            "live" => DeployMode::Live,
+            "shadow" => DeployMode::Shadow,
+            "rollback" => DeployMode::Rollback,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "unknown deploy mode {other:?}"
+                )));
+            }
+        })
+    }
+}
+
+/// One deployment of a plugin version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deployment {
+    pub id: u64,
+    pub name: String,
+    /// `sha256:<hex>` of the component.
+    pub hash: String,
+    pub kind: String,
+    pub mode: DeployMode,
+    /// `upload` or `directory`.
+    pub source: String,
+    pub size: u64,
+    /// Microseconds since the Unix epoch.
+    pub deployed_at_us: i64,
+}
+
+/// A deployment to record, with the component's bytes.
+#[derive(Debug, Clone)]
+pub struct NewDeployment {
+    pub name: String,
+    pub hash: String,
+    pub kind: String,
+    pub mode: DeployMode,
+    pub source: String,
+    pub bytes: Arc<Vec<u8>>,
+}
+
 /// Errors at the store boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -174,6 +344,27 @@ pub enum StoreError {
     /// Handling: 500; an operator must look.
     #[error("event store data is corrupt: {0}")]
     Corrupt(String),
+    /// A projection generation's checkpoint is not where the committing
+    /// runner started: another runner wrote, or the generation was dropped.
+    ///
+    /// Handling: the runner stops and reloads its checkpoint.
+    #[error(
+        "checkpoint of {projection} generation {generation} is at {actual:?}, expected {expected}"
+    )]
+    CheckpointMoved {
+        projection: String,
+        generation: u64,
+        expected: Position,
+        actual: Option<Position>,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed (the database was unreachable),
+    /// as opposed to a refusal that will not change.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -205,7 +396,18 @@ pub trait EventStore: Send + Sync + 'static {
         from_position: Position,
         limit: u32,
         types: Option<&[String]>,
-    ) -> Result<Vec<RecordedEvent>, StoreError>;
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_global(GlobalQuery {
+            from_position,
+            until_position: None,
+            limit,
+            types,
+        })
+        .await
+    }
+
+    /// Events of a slice of the global log, in order.
+    async fn read_global(&self, query: GlobalQuery<'_>) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// Events at the given positions range `[first, first + count)`.
     async fn read_positions(
@@ -242,6 +444,57 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// A receiver that sees the head position after every commit.
     fn subscribe_head(&self) -> tokio::sync::watch::Receiver<Position>;
+
+    /// The events of every commit, as they are committed. The channel is
+    /// bounded: a receiver that falls behind gets `Lagged` and must read
+    /// what it missed from the store.
+    fn subscribe_commits(&self) -> tokio::sync::broadcast::Receiver<CommittedBatch>;
+
+    /// Commit a projection batch: view writes and checkpoint together.
+    async fn commit_view(&self, commit: ViewCommit) -> Result<(), StoreError>;
+
+    /// One view row.
+    async fn view_get(&self, view: ViewId<'_>, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` view rows whose key starts with `prefix` and sorts after
+    /// `after`, in key order.
+    async fn view_scan(
+        &self,
+        view: ViewId<'_>,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Every generation of every projection.
+    async fn generations(&self) -> Result<Vec<GenerationRecord>, StoreError>;
+
+    /// Create a generation (checkpoint 0, no rows) or change its role.
+    async fn save_generation(&self, record: GenerationRecord) -> Result<(), StoreError>;
+
+    /// Make `generation` the active one of `projection` and retire the
+    /// active one, atomically.
+    async fn promote_generation(&self, projection: &str, generation: u64)
+    -> Result<(), StoreError>;
+
+    /// Delete up to `limit` rows of a generation; when none are left, the
+    /// generation itself. Returns the rows deleted (0: the generation is gone).
+    async fn drop_generation(&self, view: ViewId<'_>, limit: u32) -> Result<u64, StoreError>;
+
+    /// Events skipped in a projection, newest first.
+    async fn skips(&self, projection: &str) -> Result<Vec<(u64, SkipRecord)>, StoreError>;
+
+    /// Store a plugin version (content-addressed) and record its deployment.
+    async fn record_deployment(&self, deployment: NewDeployment) -> Result<Deployment, StoreError>;
+
+    /// Deployments of a plugin name, newest first.
+    async fn plugin_history(&self, name: &str) -> Result<Vec<Deployment>, StoreError>;
+
+    /// The latest deployment of every plugin name.
+    async fn current_deployments(&self) -> Result<Vec<Deployment>, StoreError>;
+
+    /// The bytes of a stored plugin version.
+    async fn plugin_bytes(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

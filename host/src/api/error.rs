@@ -84,7 +84,7 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %e, "store unavailable");
                 ApiError::unavailable("the event store is unavailable; retry later")
             }
-            StoreError::Corrupt(_) => {
+            StoreError::Corrupt(_) | StoreError::CheckpointMoved { .. } => {
                 tracing::error!(error = %e, "store corrupt");
                 ApiError::internal("the event store reported corrupt data; see the host's log")
             }

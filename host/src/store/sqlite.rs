@@ -20,13 +20,19 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Connection, Row, SqliteConnection};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::hash_chain::{self, HashInput};
 use super::{
-    AppendOutcome, AppendRequest, EventStore, IdempotencyEntry, Position, RecordedEvent, Snapshot,
-    StoreError, StreamQuery, now_us,
+    AppendOutcome, AppendRequest, CommittedBatch, Deployment, EventStore, GenerationRecord,
+    GlobalQuery, IdempotencyEntry, NewDeployment, Position, RecordedEvent, SkipRecord, Snapshot,
+    StoreError, StreamQuery, ViewCommit, ViewId, now_us,
 };
+
+mod catalog;
+mod jobs;
+
+use jobs::{Job, JobFn, TypedJob};
 
 /// Tuning of the SQLite backend.
 #[derive(Debug, Clone)]
@@ -38,6 +44,8 @@ pub struct SqliteOptions {
     pub read_connections: u32,
     /// Queue of requests waiting for the writer; senders wait when it is full.
     pub queue_depth: usize,
+    /// Commits the live feed buffers for a receiver that falls behind.
+    pub feed_buffer: usize,
 }
 
 impl Default for SqliteOptions {
@@ -46,6 +54,7 @@ impl Default for SqliteOptions {
             max_batch: 512,
             read_connections: 8,
             queue_depth: 4096,
+            feed_buffer: 1024,
         }
     }
 }
@@ -57,6 +66,7 @@ pub struct SqliteStore {
     readers: SqlitePool,
     writer: mpsc::Sender<WriteOp>,
     head: watch::Receiver<Position>,
+    commits: broadcast::Sender<CommittedBatch>,
 }
 
 enum WriteOp {
@@ -66,6 +76,8 @@ enum WriteOp {
     ),
     Snapshot(Snapshot, oneshot::Sender<Result<(), StoreError>>),
     Purge(i64, oneshot::Sender<Result<u64, StoreError>>),
+    /// Any other write, run inside the batch's transaction.
+    Job(Box<dyn Job>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -93,6 +105,7 @@ impl SqliteStore {
             .connect_with(connect.read_only(true))
             .await?;
         let (head_tx, head) = watch::channel(tail.position);
+        let (commits, _) = broadcast::channel(options.feed_buffer.max(1));
         let (writer, rx) = mpsc::channel(options.queue_depth.max(1));
         let max_batch = options.max_batch.max(1);
         let state = Writer {
@@ -102,13 +115,22 @@ impl SqliteStore {
                 NonZeroUsize::new(VERSION_CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN),
             ),
             head_tx,
+            commits_tx: commits.clone(),
         };
         tokio::spawn(run_writer(state, rx, max_batch));
         Ok(Self {
             readers,
             writer,
             head,
+            commits,
         })
+    }
+
+    /// Run `job` in the writer's next transaction; its result is answered
+    /// once that transaction has committed.
+    async fn run_job<T: Send + 'static>(&self, job: JobFn<T>) -> Result<T, StoreError> {
+        self.send(|reply| WriteOp::Job(Box::new(TypedJob::new(job, reply))))
+            .await
     }
 
     async fn send<T>(
@@ -201,6 +223,7 @@ struct Writer {
     /// stream again; a failed batch clears it all.
     versions: LruCache<String, u64>,
     head_tx: watch::Sender<Position>,
+    commits_tx: broadcast::Sender<CommittedBatch>,
 }
 
 /// Streams whose versions the writer remembers.
@@ -247,6 +270,7 @@ fn refuse(op: WriteOp, error: &StoreError) {
         WriteOp::Purge(_, reply) => {
             let _ = reply.send(Err(err()));
         }
+        WriteOp::Job(job) => job.finish(Err(err().to_string())),
         WriteOp::Shutdown(done) => {
             let _ = done.send(());
         }
@@ -262,6 +286,7 @@ struct Batch {
     snapshot_replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
     purges: Vec<i64>,
     purge_replies: Vec<oneshot::Sender<Result<u64, StoreError>>>,
+    jobs: Vec<Box<dyn Job>>,
 }
 
 /// What a batch wrote, to be published once it has committed.
@@ -292,13 +317,21 @@ impl Writer {
                     batch.purges.push(before);
                     batch.purge_replies.push(reply);
                 }
+                WriteOp::Job(job) => batch.jobs.push(job),
                 WriteOp::Shutdown(done) => shutdown = Some(done),
             }
         }
         let appends = std::mem::take(&mut batch.appends);
-        match self.write(appends, &batch.snapshots, &batch.purges).await {
+        match self
+            .write(appends, &batch.snapshots, &batch.purges, &mut batch.jobs)
+            .await
+        {
             Ok(written) => {
                 self.tail = written.tail;
+                self.publish(&written.outcomes);
+                for job in batch.jobs {
+                    job.finish(Ok(()));
+                }
                 for (stream, version) in written.versions {
                     self.versions.put(stream, version);
                 }
@@ -326,9 +359,30 @@ impl Writer {
                 for reply in batch.purge_replies {
                     let _ = reply.send(Err(err()));
                 }
+                for job in batch.jobs {
+                    job.finish(Err(message.clone()));
+                }
             }
         }
         shutdown
+    }
+
+    /// Hand the batch's committed events to the live feed, if anyone listens.
+    fn publish(&self, outcomes: &[Result<AppendOutcome, StoreError>]) {
+        if self.commits_tx.receiver_count() == 0 {
+            return;
+        }
+        let events: Vec<RecordedEvent> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Ok(AppendOutcome::Committed { events, .. }) => Some(events.iter().cloned()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        if !events.is_empty() {
+            let _ = self.commits_tx.send(events.into());
+        }
     }
 
     /// One transaction: look up what the batch needs in one query per table,
@@ -340,6 +394,7 @@ impl Writer {
         appends: Vec<AppendRequest>,
         snapshots: &[Snapshot],
         purges: &[i64],
+        jobs: &mut [Box<dyn Job>],
     ) -> Result<Written, sqlx::Error> {
         let mut tail = self.tail;
         let mut tx = self.conn.begin().await?;
@@ -404,6 +459,9 @@ impl Writer {
                 .execute(&mut *tx)
                 .await?;
             purged.push(done.rows_affected());
+        }
+        for job in jobs.iter_mut() {
+            job.run(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(Written {
@@ -657,19 +715,21 @@ impl EventStore for SqliteStore {
         rows.iter().map(event_from_row).collect()
     }
 
-    async fn read_all(
-        &self,
-        from_position: Position,
-        limit: u32,
-        types: Option<&[String]>,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let from = from_position.min(i64::MAX as u64) as i64;
-        let rows = match types {
+    async fn read_global(&self, q: GlobalQuery<'_>) -> Result<Vec<RecordedEvent>, StoreError> {
+        let from = q.from_position.min(i64::MAX as u64) as i64;
+        let until = q
+            .until_position
+            .unwrap_or(i64::MAX as u64)
+            .min(i64::MAX as u64) as i64;
+        let rows = match q.types {
             None | Some([]) => {
-                let sql = format!("{SELECT_EVENT} WHERE position >= ? ORDER BY position LIMIT ?");
+                let sql = format!(
+                    "{SELECT_EVENT} WHERE position >= ? AND position <= ? ORDER BY position LIMIT ?"
+                );
                 sqlx::query(&sql)
                     .bind(from)
-                    .bind(i64::from(limit))
+                    .bind(until)
+                    .bind(i64::from(q.limit))
                     .fetch_all(&self.readers)
                     .await?
             }
@@ -677,15 +737,16 @@ impl EventStore for SqliteStore {
                 // The types travel as one JSON array parameter: no SQL is built
                 // from input.
                 let sql = format!(
-                    "{SELECT_EVENT} WHERE position >= ? AND event_type IN (SELECT value FROM json_each(?)) \
-                     ORDER BY position LIMIT ?"
+                    "{SELECT_EVENT} WHERE position >= ? AND position <= ? \
+                     AND event_type IN (SELECT value FROM json_each(?)) ORDER BY position LIMIT ?"
                 );
                 let types = serde_json::to_string(types)
                     .map_err(|e| StoreError::Unavailable(e.to_string()))?;
                 sqlx::query(&sql)
                     .bind(from)
+                    .bind(until)
                     .bind(types)
-                    .bind(i64::from(limit))
+                    .bind(i64::from(q.limit))
                     .fetch_all(&self.readers)
                     .await?
             }
@@ -768,6 +829,100 @@ impl EventStore for SqliteStore {
 
     fn subscribe_head(&self) -> watch::Receiver<Position> {
         self.head.clone()
+    }
+
+    fn subscribe_commits(&self) -> broadcast::Receiver<CommittedBatch> {
+        self.commits.subscribe()
+    }
+
+    async fn commit_view(&self, commit: ViewCommit) -> Result<(), StoreError> {
+        self.run_job(Box::new(move |conn| {
+            Box::pin(catalog::commit_view(conn, commit))
+        }))
+        .await
+    }
+
+    async fn view_get(&self, view: ViewId<'_>, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT value FROM view_rows WHERE projection = ? AND generation = ? AND key = ?",
+        )
+        .bind(view.projection)
+        .bind(view.generation as i64)
+        .bind(key)
+        .fetch_optional(&self.readers)
+        .await?)
+    }
+
+    async fn view_scan(
+        &self,
+        view: ViewId<'_>,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        catalog::view_scan(&self.readers, view, prefix, after, limit).await
+    }
+
+    async fn generations(&self) -> Result<Vec<GenerationRecord>, StoreError> {
+        catalog::generations(&self.readers).await
+    }
+
+    async fn save_generation(&self, record: GenerationRecord) -> Result<(), StoreError> {
+        self.run_job(Box::new(move |conn| {
+            Box::pin(catalog::save_generation(conn, record))
+        }))
+        .await
+    }
+
+    async fn promote_generation(
+        &self,
+        projection: &str,
+        generation: u64,
+    ) -> Result<(), StoreError> {
+        let projection = projection.to_string();
+        self.run_job(Box::new(move |conn| {
+            Box::pin(catalog::promote_generation(conn, projection, generation))
+        }))
+        .await
+    }
+
+    async fn drop_generation(&self, view: ViewId<'_>, limit: u32) -> Result<u64, StoreError> {
+        let projection = view.projection.to_string();
+        let generation = view.generation;
+        self.run_job(Box::new(move |conn| {
+            Box::pin(catalog::drop_generation(
+                conn, projection, generation, limit,
+            ))
+        }))
+        .await
+    }
+
+    async fn skips(&self, projection: &str) -> Result<Vec<(u64, SkipRecord)>, StoreError> {
+        catalog::skips(&self.readers, projection).await
+    }
+
+    async fn record_deployment(&self, deployment: NewDeployment) -> Result<Deployment, StoreError> {
+        self.run_job(Box::new(move |conn| {
+            Box::pin(catalog::record_deployment(conn, deployment))
+        }))
+        .await
+    }
+
+    async fn plugin_history(&self, name: &str) -> Result<Vec<Deployment>, StoreError> {
+        catalog::plugin_history(&self.readers, Some(name)).await
+    }
+
+    async fn current_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
+        catalog::plugin_history(&self.readers, None).await
+    }
+
+    async fn plugin_bytes(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT bytes FROM plugin_blobs WHERE hash = ?")
+                .bind(hash)
+                .fetch_optional(&self.readers)
+                .await?,
+        )
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
