@@ -4,20 +4,24 @@
 pub mod commands;
 pub mod error;
 pub mod json;
+pub mod live;
 pub mod openapi;
 pub mod ops;
 pub mod plugins;
+pub mod projections;
 pub mod streams;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 
 pub use error::ApiError;
 
 use crate::command::Pipeline;
+use crate::deploy::Deployer;
+use crate::projection::Projections;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
@@ -27,9 +31,13 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     pub registry: Arc<Registry>,
     pub runtime: Runtime,
+    pub projections: Arc<Projections>,
+    pub deployer: Arc<Deployer>,
     pub metrics: Arc<Metrics>,
     /// The bearer token of admin routes; `None` locks them.
     pub admin_token: Option<String>,
+    /// The live feeds' configuration and shutdown signal.
+    pub live: live::LiveFeeds,
 }
 
 /// The router, separate from serving it, so tests can call it directly.
@@ -39,8 +47,22 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/streams/{stream_id}/events", get(streams::stream_events))
         .route("/streams/{stream_id}/state", get(streams::stream_state))
         .route("/events", get(streams::global_events))
+        .route("/events/live", get(live::global_live))
+        .route("/streams/{stream_id}/live", get(live::stream_live))
         .route("/plugins", get(plugins::list_plugins))
         .route("/plugins/{name}", put(plugins::put_plugin))
+        .route("/plugins/{name}/history", get(plugins::history))
+        .route("/plugins/{name}/rollback", post(plugins::rollback))
+        .route("/projections", get(projections::list))
+        .route("/projections/{name}", get(projections::status))
+        .route("/projections/{name}/rows", get(projections::rows))
+        .route("/projections/{name}/rows/{key}", get(projections::row))
+        .route("/projections/{name}/rebuild", post(projections::rebuild))
+        .route("/projections/{name}/resume", post(projections::resume))
+        .route("/projections/{name}/skips", get(projections::skips))
+        .route("/projections/{name}/diff", get(projections::diff))
+        .route("/projections/{name}/promote", post(projections::promote))
+        .route("/projections/{name}/shadow", delete(projections::drop_shadow))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Limits, PipelineConfig};
+use crate::projection::ProjectionConfig;
 use crate::server::HostConfig;
 use crate::store::sqlite::SqliteOptions;
 
@@ -59,6 +60,18 @@ pub struct Tuning {
     /// Wall time one plugin call may take, in ms.
     #[arg(long, env = "KILN_COMMAND_TIMEOUT_MS", default_value_t = config::COMMAND_TIMEOUT_MS_DEFAULT)]
     pub command_timeout_ms: u64,
+    /// Wall time one projection batch may take, in ms.
+    #[arg(long, env = "KILN_BATCH_TIMEOUT_MS", default_value_t = config::BATCH_TIMEOUT_MS_DEFAULT)]
+    pub batch_timeout_ms: u64,
+    /// Largest view row a projection may write, in bytes.
+    #[arg(long, env = "KILN_VIEW_VALUE_SIZE_LIMIT", default_value_t = config::VIEW_VALUE_BYTES_MAX_DEFAULT)]
+    pub view_value_size_limit: usize,
+    /// Events per projection batch.
+    #[arg(long, env = "KILN_PROJECTION_BATCH", default_value_t = crate::projection::BATCH_SIZE_DEFAULT)]
+    pub projection_batch: u32,
+    /// View rows each projection runner keeps in memory.
+    #[arg(long, env = "KILN_PROJECTION_CACHE_ROWS", default_value_t = crate::projection::CACHE_ROWS_DEFAULT)]
+    pub projection_cache_rows: usize,
     /// Largest event payload, in bytes.
     #[arg(long, env = "KILN_EVENT_SIZE_LIMIT", default_value_t = config::EVENT_BYTES_MAX_DEFAULT)]
     pub event_size_limit: usize,
@@ -97,7 +110,9 @@ impl Tuning {
         config.limits = Limits {
             memory_bytes_max: self.memory_limit_mib.saturating_mul(1024 * 1024),
             command_timeout_ms: self.command_timeout_ms,
+            batch_timeout_ms: self.batch_timeout_ms,
             event_bytes_max: self.event_size_limit,
+            view_value_bytes_max: self.view_value_size_limit,
             body_bytes_max: self.body_size_limit,
         };
         config.pipeline = PipelineConfig {
@@ -109,6 +124,11 @@ impl Tuning {
         config.sqlite = SqliteOptions {
             max_batch: self.max_batch,
             ..SqliteOptions::default()
+        };
+        config.projections = ProjectionConfig {
+            batch_size: self.projection_batch.max(1),
+            cache_rows: self.projection_cache_rows,
+            ..ProjectionConfig::default()
         };
         config.pooling = !self.no_pooling;
         config

@@ -6,6 +6,10 @@ use std::time::Duration;
 pub const MEMORY_BYTES_MAX_DEFAULT: usize = 64 * 1024 * 1024;
 /// Default time limit of one plugin call while deciding a command.
 pub const COMMAND_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Default time limit of one projection batch.
+pub const BATCH_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default size limit of one view row's value.
+pub const VIEW_VALUE_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
 /// Default size limit of one event's payload.
 pub const EVENT_BYTES_MAX_DEFAULT: usize = 64 * 1024;
 /// Default size limit of a request body.
@@ -26,8 +30,12 @@ pub struct Limits {
     pub memory_bytes_max: usize,
     /// Wall time one plugin call may take.
     pub command_timeout_ms: u64,
+    /// Wall time one projection batch may take.
+    pub batch_timeout_ms: u64,
     /// Size of one event's `data`, in bytes of JSON.
     pub event_bytes_max: usize,
+    /// Size of one view row a projection writes.
+    pub view_value_bytes_max: usize,
     /// Size of one HTTP request body.
     pub body_bytes_max: usize,
 }
@@ -37,7 +45,9 @@ impl Default for Limits {
         Self {
             memory_bytes_max: MEMORY_BYTES_MAX_DEFAULT,
             command_timeout_ms: COMMAND_TIMEOUT_MS_DEFAULT,
+            batch_timeout_ms: BATCH_TIMEOUT_MS_DEFAULT,
             event_bytes_max: EVENT_BYTES_MAX_DEFAULT,
+            view_value_bytes_max: VIEW_VALUE_BYTES_MAX_DEFAULT,
             body_bytes_max: BODY_BYTES_MAX_DEFAULT,
         }
     }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use crate::runtime::{LoadError, Plugin, Runtime};
+use crate::runtime::{LoadError, Plugin};
 
 /// Longest plugin name accepted.
 pub const PLUGIN_NAME_CHARS_MAX: usize = 64;
@@ -60,66 +60,31 @@ impl Registry {
         plugin
     }
 
-    /// Compile `bytes` off the async threads and make it the current version.
-    pub async fn deploy(
-        &self,
-        runtime: &Runtime,
-        name: &str,
-        bytes: Vec<u8>,
-    ) -> Result<Arc<Plugin>, RegistryError> {
-        validate_name(name)?;
-        let runtime = runtime.clone();
-        let owned = name.to_string();
-        let plugin = tokio::task::spawn_blocking(move || runtime.compile(&owned, &bytes))
-            .await
-            .map_err(|e| LoadError::Invalid(format!("compilation panicked: {e}")))??;
-        Ok(self.insert(plugin))
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Plugin>>> {
+        self.plugins.read().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    /// Load every `*.wasm` file of `dir` (not recursive); the file stem is the
-    /// plugin's name. A file that fails to load is reported and skipped.
-    pub async fn load_dir(
-        &self,
-        runtime: &Runtime,
-        dir: &Path,
-    ) -> Result<Vec<(String, Result<Arc<Plugin>, RegistryError>)>, RegistryError> {
-        let io = |e: std::io::Error| RegistryError::Io {
-            path: dir.display().to_string(),
-            message: e.to_string(),
-        };
-        let mut entries = tokio::fs::read_dir(dir).await.map_err(io)?;
-        let mut files = Vec::new();
-        while let Some(entry) = entries.next_entry().await.map_err(io)? {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
-                files.push(path);
-            }
-        }
-        files.sort();
-        let mut results = Vec::with_capacity(files.len());
-        for path in files {
+/// The `*.wasm` files of `dir` (not recursive), sorted, with the plugin
+/// name each stands for (its file stem).
+pub fn wasm_files(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>, RegistryError> {
+    let io = |e: std::io::Error| RegistryError::Io {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
             let name = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let result = match tokio::fs::read(&path).await {
-                Ok(bytes) => self.deploy(runtime, &name, bytes).await,
-                Err(e) => Err(io(e)),
-            };
-            match &result {
-                Ok(p) => {
-                    tracing::info!(plugin = %p.name, kind = p.kind.as_str(), hash = %p.hash, size = p.size, "plugin loaded")
-                }
-                Err(e) => tracing::error!(file = %path.display(), error = %e, "plugin not loaded"),
-            }
-            results.push((name, result));
+            files.push((name, path));
         }
-        Ok(results)
     }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Plugin>>> {
-        self.plugins.read().unwrap_or_else(|p| p.into_inner())
-    }
+    files.sort();
+    Ok(files)
 }
 
 /// Plugin names become stream categories and URL segments: keep them simple.

@@ -3,9 +3,13 @@
 
 pub mod aggregate;
 pub mod bindings;
+pub mod call;
+pub mod compile_cache;
 pub mod engine;
 pub mod plugin;
+pub mod projection;
 pub mod sandbox;
+pub mod view;
 
 pub use aggregate::AggregateInstance;
 pub use engine::Runtime;

@@ -13,7 +13,9 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState};
 use crate::command::Pipeline;
 use crate::config::{Limits, PipelineConfig};
+use crate::deploy::Deployer;
 use crate::metrics::Metrics;
+use crate::projection::{ProjectionConfig, Projections};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
@@ -33,6 +35,11 @@ pub struct HostConfig {
     pub admin_token: Option<String>,
     /// Use wasmtime's pooling allocator (fast instantiation).
     pub pooling: bool,
+    pub projections: ProjectionConfig,
+    /// Where compiled plugins are cached; by default beside the database.
+    pub compile_cache_dir: Option<PathBuf>,
+    /// How often the plugin directory is checked for changes (`None`: not watched).
+    pub watch_interval: Option<Duration>,
 }
 
 impl HostConfig {
@@ -47,7 +54,25 @@ impl HostConfig {
             sqlite: SqliteOptions::default(),
             admin_token: None,
             pooling: true,
+            projections: ProjectionConfig::default(),
+            compile_cache_dir: None,
+            watch_interval: Some(Duration::from_secs(1)),
         }
+    }
+
+    /// The compile cache directory: the configured one, or `<db file>.compiled`
+    /// beside a file database.
+    pub fn compile_cache_dir(&self) -> Option<PathBuf> {
+        if let Some(dir) = &self.compile_cache_dir {
+            return Some(dir.clone());
+        }
+        let path = self
+            .db
+            .strip_prefix("sqlite://")
+            .or_else(|| self.db.strip_prefix("sqlite:"))
+            .unwrap_or(&self.db);
+        let path = path.split('?').next().unwrap_or(path);
+        (!path.is_empty() && !path.contains(":memory:")).then(|| PathBuf::from(format!("{path}.compiled")))
     }
 }
 
@@ -60,6 +85,7 @@ pub struct Host {
     served: JoinHandle<std::io::Result<()>>,
     store: Arc<dyn EventStore>,
     purger: JoinHandle<()>,
+    watcher: Option<JoinHandle<()>>,
 }
 
 /// Open the store, load the plugins, bind the socket and start serving.
@@ -69,15 +95,29 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
             .await
             .with_context(|| format!("opening the event store {}", config.db))?,
     );
-    let runtime = Runtime::new(config.limits.clone(), config.pooling)
+    let mut runtime = Runtime::new(config.limits.clone(), config.pooling)
         .context("starting the WebAssembly runtime")?;
-    let registry = Arc::new(Registry::default());
-    if let Some(dir) = &config.plugins_dir {
-        registry
-            .load_dir(&runtime, dir)
-            .await
-            .with_context(|| format!("loading plugins from {}", dir.display()))?;
+    if let Some(dir) = config.compile_cache_dir() {
+        runtime = runtime
+            .with_compile_cache(&dir)
+            .with_context(|| format!("opening the compile cache {}", dir.display()))?;
     }
+    let registry = Arc::new(Registry::default());
+    let projections = Projections::new(store.clone(), runtime.clone(), config.projections.clone());
+    let deployer = Arc::new(Deployer::new(
+        store.clone(),
+        runtime.clone(),
+        registry.clone(),
+        projections.clone(),
+    ));
+    deployer
+        .restore(config.plugins_dir.as_deref())
+        .await
+        .context("loading plugins")?;
+    let watcher = match (&config.plugins_dir, config.watch_interval) {
+        (Some(dir), Some(interval)) => Some(deployer.watch(dir, interval)),
+        _ => None,
+    };
     let pipeline = Arc::new(Pipeline::new(
         store.clone(),
         registry.clone(),
@@ -88,8 +128,11 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
         pipeline,
         registry,
         runtime,
+        projections,
+        deployer,
         metrics: Arc::new(Metrics::default()),
         admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
+        live: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -113,6 +156,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
         served,
         store,
         purger,
+        watcher,
     })
 }
 
@@ -120,9 +164,15 @@ impl Host {
     /// Stop taking connections, let in-flight requests finish, then flush
     /// and close the store: nothing acknowledged is lost.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        // Live feeds never end by themselves; graceful shutdown would wait for them.
+        self.state.live.shutdown();
         let _ = self.stop.send(());
         let served = self.served.await;
         self.purger.abort();
+        if let Some(watcher) = self.watcher {
+            watcher.abort();
+        }
+        self.state.projections.stop_all().await;
         self.store.close().await;
         served.context("the HTTP server task failed")??;
         Ok(())

@@ -6,6 +6,7 @@ mod common;
 mod bank_account;
 mod commands;
 mod durability;
+mod live;
 mod plugins;
 mod sandbox;
 mod streams;

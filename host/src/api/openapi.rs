@@ -14,6 +14,9 @@ struct Op {
     responses: &'static [(&'static str, &'static str)],
 }
 
+/// Operations whose success body is Server-Sent Events rather than JSON.
+const EVENT_STREAM_PATHS: &[&str] = &["/events/live", "/streams/{stream_id}/live"];
+
 const OPS: &[Op] = &[
     Op {
         method: "post",
@@ -72,6 +75,45 @@ const OPS: &[Op] = &[
         ],
         body: None,
         responses: &[("200", "a page of events")],
+    },
+    Op {
+        method: "get",
+        path: "/events/live",
+        summary: "Follow the global log as Server-Sent Events (catch-up, then live); \
+                  resumes after Last-Event-ID; without from_position, starts at the head",
+        params: &[
+            ("from_position", "query", "integer"),
+            ("Last-Event-ID", "header", "integer"),
+        ],
+        body: None,
+        responses: &[
+            (
+                "200",
+                "text/event-stream of `event: event`, `id: <position>`, `data: <event JSON>`",
+            ),
+            ("400", "invalid_request"),
+            ("503", "unavailable (shutting down)"),
+        ],
+    },
+    Op {
+        method: "get",
+        path: "/streams/{stream_id}/live",
+        summary: "Follow one stream as Server-Sent Events (catch-up, then live); \
+                  resumes after Last-Event-ID; a stream with no events yet is waited for",
+        params: &[
+            ("stream_id", "path", "string"),
+            ("from_version", "query", "integer"),
+            ("Last-Event-ID", "header", "integer"),
+        ],
+        body: None,
+        responses: &[
+            (
+                "200",
+                "text/event-stream of `event: event`, `id: <position>`, `data: <event JSON>`",
+            ),
+            ("400", "invalid_request"),
+            ("503", "unavailable (shutting down)"),
+        ],
     },
     Op {
         method: "get",
@@ -140,9 +182,14 @@ pub fn document() -> Value {
                 } else {
                     json!({"$ref": "#/components/schemas/Error"})
                 };
+                let media = if status.starts_with('2') && EVENT_STREAM_PATHS.contains(&op.path) {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                };
                 (
                     status.to_string(),
-                    json!({"description": description, "content": {"application/json": {"schema": schema}}}),
+                    json!({"description": description, "content": {media: {"schema": schema}}}),
                 )
             })
             .collect();

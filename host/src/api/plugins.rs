@@ -4,16 +4,21 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::json::{format_time_us, read_body};
+use super::streams::query;
 use super::{ApiError, AppState};
+use crate::deploy::{DeployError, SOURCE_UPLOAD};
 use crate::runtime::Plugin;
+use crate::store::{DeployMode, Deployment};
+use serde::Deserialize;
 
-fn plugin_json(p: &Plugin) -> Value {
+pub fn plugin_json(p: &Plugin) -> Value {
     json!({
         "name": &*p.name,
         "kind": p.kind.as_str(),
@@ -34,21 +39,98 @@ pub async fn list_plugins(State(app): State<Arc<AppState>>) -> Json<Value> {
 /// Python components are 10–20 MB.
 pub const PLUGIN_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// `PUT /plugins/{name}` (admin): deploy a new version.
+#[derive(Deserialize)]
+pub struct DeployQuery {
+    /// `live` (default) or `shadow`.
+    mode: Option<String>,
+}
+
+/// `PUT /plugins/{name}?mode=live|shadow` (admin): deploy a new version.
 pub async fn put_plugin(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    q: Result<Query<DeployQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let mode = match query(q)?.mode.as_deref() {
+        None | Some("live") => DeployMode::Live,
+        Some("shadow") => DeployMode::Shadow,
+        Some(other) => {
+            return Err(ApiError::invalid_request(format!(
+                "mode must be live or shadow, not {other:?}"
+            )));
+        }
+    };
+    let bytes = read_body(body, PLUGIN_BYTES_MAX).await?;
+    let plugin = app
+        .deployer
+        .deploy(&name, bytes.to_vec(), mode, SOURCE_UPLOAD)
+        .await?;
+    Ok(Json(plugin_json(&plugin)))
+}
+
+fn deployment_json(d: &Deployment) -> Value {
+    json!({
+        "id": d.id,
+        "name": d.name,
+        "kind": d.kind,
+        "hash": d.hash,
+        "size": d.size,
+        "mode": d.mode,
+        "source": d.source,
+        "deployed_at": format_time_us(d.deployed_at_us),
+    })
+}
+
+/// `GET /plugins/{name}/history`: versions deployed, newest first.
+pub async fn history(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let history = app.deployer.history(&name).await?;
+    Ok(Json(json!({
+        "name": name,
+        "versions": history.iter().map(deployment_json).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize, Default)]
+struct RollbackBody {
+    /// The version to deploy again; by default the newest one that differs
+    /// from the current one.
+    hash: Option<String>,
+}
+
+/// `POST /plugins/{name}/rollback` (admin) `{"hash": "sha256:…"}` (optional).
+pub async fn rollback(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers)?;
-    let bytes = read_body(body, PLUGIN_BYTES_MAX).await?;
-    let plugin = app
-        .registry
-        .deploy(&app.runtime, &name, bytes.to_vec())
-        .await?;
-    tracing::info!(plugin = %plugin.name, kind = plugin.kind.as_str(), hash = %plugin.hash, "plugin deployed over HTTP");
+    let bytes = read_body(body, 4096).await?;
+    let body: RollbackBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        RollbackBody::default()
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::invalid_request(format!("bad body: {e}")))?
+    };
+    let plugin = app.deployer.rollback(&name, body.hash.as_deref()).await?;
     Ok(Json(plugin_json(&plugin)))
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::Registry(e) => e.into(),
+            DeployError::NotFound(m) => ApiError::not_found(m),
+            DeployError::Store(e) => e.into(),
+            DeployError::Projection(e) => e.into(),
+        }
+    }
 }
 
 /// Admin routes need `Authorization: Bearer $KILN_ADMIN_TOKEN`, compared in

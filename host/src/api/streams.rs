@@ -37,7 +37,7 @@ pub struct GlobalEventsQuery {
     types: Option<String>,
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(q)| q)
         .map_err(|e| ApiError::invalid_request(format!("bad query parameter: {}", e.body_text())))
 }

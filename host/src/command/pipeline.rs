@@ -557,7 +557,7 @@ async fn instance_for(
     }
     let pre: &AggregatePre<PluginState> = match &plugin.code {
         PluginCode::Aggregate(pre) => pre,
-        PluginCode::Stored(_) => {
+        PluginCode::Projection(_) | PluginCode::Stored(_) => {
             return Err(PluginError::Contract {
                 plugin: plugin.name.to_string(),
                 message: "not an aggregate".into(),

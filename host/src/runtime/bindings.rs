@@ -15,6 +15,26 @@ pub mod aggregate {
     });
 }
 
+/// The `projection` world. `log` and `types` are the aggregate world's;
+/// the `view` reads are async (they may go to the store) and trappable (a
+/// store failure or a value over the limit stops the batch).
+pub mod projection {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "projection",
+        exports: { default: async },
+        imports: {
+            "kiln:plugin/view.get": async | trappable,
+            "kiln:plugin/view.scan": async | trappable,
+            default: trappable,
+        },
+        with: {
+            "kiln:plugin/log": super::aggregate::kiln::plugin::log,
+            "kiln:plugin/types": super::aggregate::kiln::plugin::types,
+        },
+    });
+}
+
 pub use aggregate::kiln::plugin::log::Level as LogLevel;
 pub use aggregate::kiln::plugin::types::{
     Command as WitCommand, Event as WitEvent, Failure as WitFailure, NewEvent as WitNewEvent,

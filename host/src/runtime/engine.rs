@@ -7,6 +7,8 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::aggregate::{Aggregate, AggregatePre};
+use super::bindings::projection::{ProjectionPre, kiln::plugin::view};
+use super::compile_cache::CompileCache;
 use super::plugin::{self, LoadError, Plugin, PluginCode, PluginKind};
 use super::sandbox::PluginState;
 use crate::config::Limits;
@@ -30,6 +32,8 @@ pub struct Runtime {
     pub(crate) engine: Engine,
     linker: Arc<Linker<PluginState>>,
     pub(crate) limits: Limits,
+    /// Compiled components on disk, so a restart loads in milliseconds.
+    compile_cache: Option<Arc<CompileCache>>,
 }
 
 impl Runtime {
@@ -68,12 +72,22 @@ impl Runtime {
             |s| s,
         )
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        // The projection world adds `view`; `log` is already linked.
+        view::add_to_linker::<_, wasmtime::component::HasSelf<PluginState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         spawn_epoch_ticker(&engine);
         Ok(Self {
             engine,
             linker: Arc::new(linker),
             limits,
+            compile_cache: None,
         })
+    }
+
+    /// Keep compiled components in `dir`, keyed by content and engine.
+    pub fn with_compile_cache(mut self, dir: &std::path::Path) -> std::io::Result<Self> {
+        self.compile_cache = Some(Arc::new(CompileCache::open(dir)?));
+        Ok(self)
     }
 
     /// Compile and check a plugin. Blocking and CPU-heavy (tens of ms for a
@@ -81,8 +95,14 @@ impl Runtime {
     /// or dispatch thread.
     pub fn compile(&self, name: &str, bytes: &[u8]) -> Result<Plugin, LoadError> {
         plugin::check_header(bytes)?;
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
+        let component = match &self.compile_cache {
+            Some(cache) => cache.load_or_compile(&self.engine, bytes).map(|(c, outcome)| {
+                tracing::debug!(plugin = name, ?outcome, "compile cache");
+                c
+            }),
+            None => Component::new(&self.engine, bytes),
+        }
+        .map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
         let kind = plugin::detect_kind(&self.engine, &component)?;
         let code = match kind {
             PluginKind::Aggregate => {
@@ -100,7 +120,17 @@ impl Runtime {
                 })?;
                 PluginCode::Aggregate(pre)
             }
-            PluginKind::Projection | PluginKind::Saga => PluginCode::Stored(component),
+            PluginKind::Projection => {
+                let pre = self
+                    .linker
+                    .instantiate_pre(&component)
+                    .map_err(|e| LoadError::Invalid(format!("cannot link the plugin: {e:#}")))?;
+                let pre = ProjectionPre::new(pre).map_err(|e| {
+                    LoadError::Invalid(format!("does not match the projection world: {e:#}"))
+                })?;
+                PluginCode::Projection(pre)
+            }
+            PluginKind::Saga => PluginCode::Stored(component),
         };
         Ok(Plugin::new(name, bytes, kind, code))
     }

@@ -9,6 +9,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, types::ComponentItem};
 
 use super::bindings::aggregate::AggregatePre;
+use super::bindings::projection::ProjectionPre;
 use super::sandbox::PluginState;
 
 /// The three plugin worlds of `wit/`.
@@ -71,6 +72,8 @@ pub enum LoadError {
 pub enum PluginCode {
     /// An aggregate, with its imports resolved once.
     Aggregate(AggregatePre<PluginState>),
+    /// A projection, with its imports resolved once.
+    Projection(ProjectionPre<PluginState>),
     /// A kind this host stores and lists but does not run yet.
     Stored(Component),
 }

@@ -28,6 +28,8 @@ pub struct PluginState {
     pub ticks_used: u64,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
+    /// The view of the batch a projection is processing.
+    pub view: Option<super::view::ViewSession>,
 }
 
 impl PluginState {
@@ -61,6 +63,7 @@ impl PluginState {
             ticks_used: 0,
             stdout,
             stderr,
+            view: None,
         }
     }
 

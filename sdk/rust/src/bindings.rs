@@ -1,13 +1,17 @@
 //! The one place the Rust SDK binds the WIT contract in `wit/`.
 //!
-//! Only the `aggregate` world is bound for now. The export macro is public
-//! (`pub_export_macro`) so that `export_aggregate!` can call it from a plugin
-//! crate, and it has a world-specific name so that the `projection` and `saga`
-//! worlds can get `generate!` modules of their own beside this one without
-//! their macros clashing. With `pub_export_macro` wit-bindgen emits the custom
-//! section that declares the world's exports only where the export macro is
-//! called, so a plugin built with this crate exports nothing it did not ask
-//! for.
+//! Each world the SDK supports gets a `generate!` module of its own:
+//! [`aggregate`] and [`projection`] (the `saga` world will get one beside
+//! them). Their export macros are public (`pub_export_macro`) so that
+//! `export_aggregate!` and `export_projection!` can call them from a plugin
+//! crate, and they have world-specific names so that they do not clash.
+//!
+//! With `pub_export_macro` wit-bindgen emits the custom section that declares
+//! a world's exports only where its export macro is called; the sections for
+//! the imports of every world are always linked in, but `wit-component` drops
+//! the imports a plugin does not call. So a plugin built with this crate
+//! exports only the world it asked for and imports only what it uses (an
+//! aggregate does not import `view`).
 
 #![allow(
     unsafe_code,
@@ -19,12 +23,26 @@
     reason = "generated code"
 )]
 
-wit_bindgen::generate!({
-    // Relative paths are resolved against this crate's CARGO_MANIFEST_DIR.
-    // (`concat!(env!(..))` would need wit-bindgen's `macro-string` feature,
-    // which is not in the lock file.)
-    path: "../../wit",
-    world: "aggregate",
-    pub_export_macro: true,
-    export_macro_name: "export_aggregate_world",
-});
+/// The `aggregate` world: exports `apply` and `handle`, imports `log`.
+pub mod aggregate {
+    wit_bindgen::generate!({
+        // Relative paths are resolved against this crate's CARGO_MANIFEST_DIR.
+        // (`concat!(env!(..))` would need wit-bindgen's `macro-string` feature,
+        // which is not in the lock file.)
+        path: "../../wit",
+        world: "aggregate",
+        pub_export_macro: true,
+        export_macro_name: "export_aggregate_world",
+    });
+}
+
+/// The `projection` world: exports `subscriptions` and `handle-batch`,
+/// imports `log` and `view`.
+pub mod projection {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "projection",
+        pub_export_macro: true,
+        export_macro_name: "export_projection_world",
+    });
+}

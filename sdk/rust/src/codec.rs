@@ -69,13 +69,22 @@ pub(crate) fn decode_command<C: DeserializeOwned>(
 /// When the event does not decode: the plugin has a bug, or the stream holds
 /// events another plugin (or an older version of this one) wrote.
 pub(crate) fn decode_event<E: DeserializeOwned>(event_type: &str, data: &[u8]) -> E {
-    decode_tagged(event_type, data).unwrap_or_else(|message| {
+    try_decode_event(event_type, data).unwrap_or_else(|message| {
         panic!(
             "kiln-sdk: cannot decode event `{event_type}` as {}: {message}; data: {}",
             type_name::<E>(),
             String::from_utf8_lossy(&data[..data.len().min(200)])
         )
     })
+}
+
+/// Decode a committed event of type `event_type` with payload `data`, or
+/// serde's message.
+pub(crate) fn try_decode_event<E: DeserializeOwned>(
+    event_type: &str,
+    data: &[u8],
+) -> Result<E, String> {
+    decode_tagged(event_type, data)
 }
 
 /// Encode an event decided by `handle`.

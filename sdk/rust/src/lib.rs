@@ -1,10 +1,19 @@
 //! Write Kiln plugins in Rust.
 //!
-//! A Kiln aggregate is a WebAssembly component that decides commands into
-//! events and folds events into state (the `aggregate` world of the WIT
-//! contract in `wit/`). This crate turns a plain Rust type into such a
-//! component: implement [`Aggregate`] and call [`export_aggregate!`] once.
-//! The plugin crate depends on `kiln-sdk` and `serde` only.
+//! A Kiln plugin is a WebAssembly component written against one world of the
+//! WIT contract in `wit/`. This crate turns plain Rust types into such
+//! components; the plugin crate depends on `kiln-sdk` and `serde` only.
+//!
+//! - An **aggregate** decides commands into events and folds events into
+//!   state (the `aggregate` world): implement [`Aggregate`] and call
+//!   [`export_aggregate!`] once.
+//! - A **projection** turns committed events into the rows of a key-value
+//!   read model (the `projection` world): implement [`Projection`], write
+//!   through [`View`], and call [`export_projection!`] once. See
+//!   [Projections](#projections).
+//!
+//! Both are tested natively, without wasm or a host, with the given/then
+//! harnesses in [`testing`].
 //!
 //! # The JSON mapping
 //!
@@ -98,6 +107,92 @@
 //!     .when_json("Increment", r#"{"by": "two"}"#)
 //!     .then_expect_invalid_message("invalid type: string");
 //! ```
+//!
+//! # Projections
+//!
+//! A projection receives batches of committed events in global order and
+//! writes rows (string keys, JSON values) into its [`View`]; the host commits
+//! a batch's writes together with the projection's checkpoint. Its event type
+//! decodes exactly like an aggregate's (it is often the aggregate's own
+//! event enum). A value of the projection type lives for one batch:
+//! [`Projection::begin`] and [`Projection::finish`] load and save what it
+//! keeps across the batch's events, and the view caches rows for the batch,
+//! so each distinct key costs the host one read and one write per batch.
+//! Events of types the enum does not know are skipped when the projection
+//! subscribes to every event, and are an error when it subscribed to them by
+//! name (see [`Projection`]).
+//!
+//! ```
+//! use kiln_sdk::{Envelope, Projection, View};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! #[serde(tag = "type", content = "data")]
+//! pub enum Event {
+//!     Incremented { by: u32 },
+//!     Reset {},
+//! }
+//!
+//! /// One row per counter, `{"value": n}` under the counter's id, and the
+//! /// number of increments of all counters under `_increments`.
+//! #[derive(Default)]
+//! pub struct Counters {
+//!     increments: u64,
+//! }
+//!
+//! #[derive(Default, Serialize, Deserialize)]
+//! struct Row {
+//!     value: u32,
+//! }
+//!
+//! impl Projection for Counters {
+//!     type Event = Event;
+//!     const SUBSCRIPTIONS: &'static [&'static str] = &["Incremented", "Reset"];
+//!
+//!     fn accepts(stream_id: &str, _event_type: &str) -> bool {
+//!         stream_id.starts_with("counter-")
+//!     }
+//!
+//!     fn begin(&mut self, view: &mut View) -> Result<(), String> {
+//!         self.increments = view.get("_increments")?.unwrap_or(0);
+//!         Ok(())
+//!     }
+//!
+//!     fn handle(&mut self, view: &mut View, event: &Envelope<Event>) -> Result<(), String> {
+//!         let key = event.aggregate_id();
+//!         let mut row: Row = view.get(key)?.unwrap_or_default();
+//!         match event.event {
+//!             Event::Incremented { by } => {
+//!                 row.value += by;
+//!                 self.increments += 1;
+//!             }
+//!             Event::Reset {} => row.value = 0,
+//!         }
+//!         view.put(key, &row)
+//!     }
+//!
+//!     fn finish(&mut self, view: &mut View) -> Result<(), String> {
+//!         view.put("_increments", &self.increments)
+//!     }
+//! }
+//!
+//! // The component's `subscriptions` and `handle-batch` exports.
+//! kiln_sdk::export_projection!(Counters);
+//!
+//! use kiln_sdk::testing::{ProjectionTest, json};
+//!
+//! ProjectionTest::<Counters>::new()
+//!     .given(vec![
+//!         ("counter-a", Event::Incremented { by: 2 }),
+//!         ("counter-b", Event::Incremented { by: 5 }),
+//!         ("counter-a", Event::Incremented { by: 1 }),
+//!     ])
+//!     .then_expect_row("a", json!({"value": 3}))
+//!     .then_expect_row("_increments", json!(3))
+//!     .given_json(vec![("counter-b", "Reset", "{}"), ("other-1", "Reset", "{}")])
+//!     .then_expect_row("b", json!({"value": 0}))
+//!     .then_expect_no_row("1");
+//! ```
 
 mod aggregate;
 #[doc(hidden)]
@@ -105,18 +200,24 @@ pub mod bindings;
 mod codec;
 mod export;
 pub mod log;
+mod projection;
 pub mod testing;
+mod variants;
+mod view;
 
 pub use aggregate::{Aggregate, CommandContext, Failure};
 pub use codec::EVENT_SCHEMA;
+pub use projection::{Envelope, Projection};
+pub use view::{StoreCalls, View};
 /// `serde_json`, re-exported so a plugin can name [`serde_json::Value`] without
 /// depending on it.
 pub use serde_json;
 
-/// Items used by the code that [`export_aggregate!`] generates. Not public API.
+/// Items used by the code that [`export_aggregate!`] and
+/// [`export_projection!`] generate. Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::export::AggregateExport;
+    pub use crate::export::{AggregateExport, ProjectionExport};
 }
 
 /// Export an [`Aggregate`] as the component's implementation of the Kiln
@@ -148,14 +249,54 @@ macro_rules! export_aggregate {
             type __KilnAggregateExport = $crate::__private::AggregateExport<$aggregate>;
 
             #[cfg(target_arch = "wasm32")]
-            $crate::bindings::export_aggregate_world!(
-                __KilnAggregateExport with_types_in $crate::bindings
+            $crate::bindings::aggregate::export_aggregate_world!(
+                __KilnAggregateExport with_types_in $crate::bindings::aggregate
             );
 
             #[cfg(not(target_arch = "wasm32"))]
             fn __kiln_assert_aggregate<A: $crate::Aggregate>() {}
             #[cfg(not(target_arch = "wasm32"))]
             let _ = __kiln_assert_aggregate::<$aggregate>;
+        };
+    };
+}
+
+/// Export a [`Projection`] as the component's implementation of the Kiln
+/// `projection` world: its `subscriptions` and `handle-batch` functions.
+///
+/// Call it once, at the root of the plugin crate, with the projection's type:
+///
+/// ```text
+/// kiln_sdk::export_projection!(AccountBalances);
+/// ```
+///
+/// Like [`export_aggregate!`], the glue lives in an anonymous `const`, and
+/// outside `wasm32` the macro only checks that the type implements
+/// [`Projection`]. A crate exports one world: call one export macro, once.
+/// A crate whose projection logic another plugin crate reuses should put that
+/// logic in a library crate of its own: the export of every crate linked into
+/// a component is part of it.
+#[macro_export]
+macro_rules! export_projection {
+    ($projection:ty) => {
+        #[doc(hidden)]
+        #[allow(
+            unsafe_code,
+            reason = "the canonical ABI exports wit-bindgen generates are unsafe"
+        )]
+        const _: () = {
+            #[allow(dead_code, reason = "used only when building for wasm32")]
+            type __KilnProjectionExport = $crate::__private::ProjectionExport<$projection>;
+
+            #[cfg(target_arch = "wasm32")]
+            $crate::bindings::projection::export_projection_world!(
+                __KilnProjectionExport with_types_in $crate::bindings::projection
+            );
+
+            #[cfg(not(target_arch = "wasm32"))]
+            fn __kiln_assert_projection<P: $crate::Projection>() {}
+            #[cfg(not(target_arch = "wasm32"))]
+            let _ = __kiln_assert_projection::<$projection>;
         };
     };
 }

@@ -43,7 +43,7 @@ impl fmt::Display for Level {
 pub fn log(level: Level, message: &str) {
     #[cfg(target_arch = "wasm32")]
     {
-        use crate::bindings::kiln::plugin::log as wit;
+        use crate::bindings::aggregate::kiln::plugin::log as wit;
         let level = match level {
             Level::Trace => wit::Level::Trace,
             Level::Debug => wit::Level::Debug,

@@ -1,6 +1,13 @@
-//! Given/when/then tests for aggregates, run natively without wasm or a host.
+//! Given/when/then tests for aggregates ([`AggregateTest`]) and given/then
+//! tests for projections ([`ProjectionTest`]), run natively without wasm or a
+//! host.
 //!
-//! The harness goes through the same JSON mapping as the component's exports:
+//! The projection harness feeds batches of events through the
+//! `handle-batch` export's code (decoding, the [`View`](crate::View) and its
+//! per-batch cache) over rows kept in memory; see [`ProjectionTest`] and the
+//! [crate documentation](crate#projections) for an example.
+//!
+//! The aggregate harness goes through the same JSON mapping as the component's exports:
 //! the given events are encoded the way `handle` encodes them and folded the
 //! way the host's `apply` call folds them; the command is serialized and then
 //! decoded from its type and data; the state travels between steps as the
@@ -51,6 +58,10 @@ pub use serde_json::json;
 
 use crate::codec::{self, EncodedEvent};
 use crate::{Aggregate, CommandContext, Failure};
+
+mod projection;
+
+pub use projection::{ProjectionTest, TestEvent};
 
 /// The "given" step: an aggregate with some history, about to get a command.
 #[must_use = "call `when` or `when_json` to run a command"]

@@ -1,0 +1,320 @@
+//! Projections: status, rows (with read-your-writes), and the operator's
+//! controls (rebuild, resume, shadow diff, promote, drop).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::json::read_body;
+use super::plugins::{authorize, plugin_json};
+use super::streams::query;
+use super::{ApiError, AppState};
+use crate::projection::diff::diff_views;
+use crate::projection::{Entry, ProjectionError, Serving};
+use crate::store::{Position, ViewId};
+
+/// Default wait of a read with `min_position`, in ms.
+pub const MIN_POSITION_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Longest wait a reader may ask for, in ms.
+pub const MIN_POSITION_TIMEOUT_MS_MAX: u64 = 60_000;
+/// Rows per page when not asked otherwise, and at most.
+pub const ROWS_PAGE_DEFAULT: u32 = 100;
+pub const ROWS_PAGE_MAX: u32 = 1_000;
+/// Keys named per kind of difference in a diff, by default and at most.
+pub const DIFF_SAMPLE_DEFAULT: usize = 10;
+pub const DIFF_SAMPLE_MAX: usize = 1_000;
+
+impl From<ProjectionError> for ApiError {
+    fn from(e: ProjectionError) -> Self {
+        match e {
+            ProjectionError::NotFound(name) => {
+                ApiError::not_found(format!("no projection named {name}"))
+            }
+            ProjectionError::Conflict(message) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            ProjectionError::Store(e) => e.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct WaitQuery {
+    min_position: Option<Position>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+pub struct RowsQuery {
+    prefix: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+    min_position: Option<Position>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+pub struct DiffQuery {
+    sample: Option<usize>,
+}
+
+fn entry(app: &AppState, name: &str) -> Result<Arc<Entry>, ApiError> {
+    app.projections
+        .get(name)
+        .ok_or_else(|| ApiError::not_found(format!("no projection named {name}")))
+}
+
+/// Read-your-writes: wait until the serving generation has processed
+/// `min_position` (if asked), then name the generation to read.
+async fn serving_after(
+    entry: &Entry,
+    min_position: Option<Position>,
+    timeout_ms: Option<u64>,
+) -> Result<Serving, ApiError> {
+    let Some(position) = min_position else {
+        return Ok(entry.serving());
+    };
+    let timeout_ms = timeout_ms.unwrap_or(MIN_POSITION_TIMEOUT_MS_DEFAULT);
+    if timeout_ms > MIN_POSITION_TIMEOUT_MS_MAX {
+        return Err(ApiError::invalid_request(format!(
+            "timeout_ms must be at most {MIN_POSITION_TIMEOUT_MS_MAX}"
+        )));
+    }
+    entry
+        .wait_for(position, Duration::from_millis(timeout_ms))
+        .await
+        .map_err(|reached| {
+            ApiError::unavailable(format!(
+                "projection {} has processed position {} and not yet {position} after {timeout_ms} ms",
+                entry.name, reached.position
+            ))
+            .with_details(json!({ "position": reached.position, "min_position": position }))
+        })
+}
+
+/// A stored value as JSON (a value that is not JSON comes back as a string).
+fn value_json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// `GET /projections`
+pub async fn list(State(app): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!(app.projections.statuses().await))
+}
+
+/// `GET /projections/{name}`
+pub async fn status(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(app.projections.status(&name).await?)))
+}
+
+/// `GET /projections/{name}/rows/{key}`: served from the store, no wasm.
+pub async fn row(
+    State(app): State<Arc<AppState>>,
+    Path((name, key)): Path<(String, String)>,
+    q: Result<Query<WaitQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let entry = entry(&app, &name)?;
+    let serving = serving_after(&entry, q.min_position, q.timeout_ms).await?;
+    let view = ViewId {
+        projection: &name,
+        generation: serving.generation,
+    };
+    let value = app
+        .pipeline
+        .store()
+        .view_get(view, &key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("projection {name} has no row {key:?}")))?;
+    let position = serving.position.to_string();
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&value).is_ok() {
+        // Already JSON: send the bytes as they are.
+        return Ok((
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::HeaderName::from_static("kiln-position"), position.as_str()),
+            ],
+            value,
+        )
+            .into_response());
+    }
+    Ok((
+        [(header::HeaderName::from_static("kiln-position"), position.as_str())],
+        Json(value_json(&value)),
+    )
+        .into_response())
+}
+
+/// `GET /projections/{name}/rows?prefix=&after=&limit=`
+pub async fn rows(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    q: Result<Query<RowsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let limit = match q.limit.unwrap_or(ROWS_PAGE_DEFAULT) {
+        0 => return Err(ApiError::invalid_request("limit must be at least 1")),
+        n if n > ROWS_PAGE_MAX => {
+            return Err(ApiError::invalid_request(format!(
+                "limit must be at most {ROWS_PAGE_MAX}"
+            )));
+        }
+        n => n,
+    };
+    let entry = entry(&app, &name)?;
+    let serving = serving_after(&entry, q.min_position, q.timeout_ms).await?;
+    let view = ViewId {
+        projection: &name,
+        generation: serving.generation,
+    };
+    let prefix = q.prefix.unwrap_or_default();
+    let found = app
+        .pipeline
+        .store()
+        .view_scan(view, &prefix, q.after.as_deref(), limit)
+        .await?;
+    let next = (found.len() == limit as usize)
+        .then(|| found.last().map(|(k, _)| k.clone()))
+        .flatten();
+    let rows: Vec<Value> = found
+        .iter()
+        .map(|(key, value)| json!({ "key": key, "value": value_json(value) }))
+        .collect();
+    Ok(Json(json!({ "rows": rows, "next": next, "position": serving.position })))
+}
+
+/// `POST /projections/{name}/rebuild` (admin)
+pub async fn rebuild(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    authorize(&app, &headers)?;
+    let generation = app.projections.rebuild(&name).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "name": name, "generation": generation, "state": "rebuilding" })),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+struct ResumeBody {
+    #[serde(default)]
+    skip: bool,
+}
+
+/// `POST /projections/{name}/resume` (admin) `{"skip": false}`
+pub async fn resume(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let bytes = read_body(body, 4096).await?;
+    let body: ResumeBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        ResumeBody::default()
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::invalid_request(format!("bad body: {e}")))?
+    };
+    let resumed = app.projections.resume(&name, body.skip).await?;
+    Ok(Json(json!({ "name": name, "resumed": resumed, "skip": body.skip })))
+}
+
+/// `GET /projections/{name}/skips`: events skipped by operators.
+pub async fn skips(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    entry(&app, &name)?;
+    let skips = app.pipeline.store().skips(&name).await?;
+    let list: Vec<Value> = skips
+        .iter()
+        .map(|(generation, s)| {
+            json!({
+                "generation": generation,
+                "position": s.position,
+                "stream_id": s.stream_id,
+                "event_type": s.event_type,
+                "reason": s.reason,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "skips": list })))
+}
+
+/// `GET /projections/{name}/diff`: the active generation against the
+/// shadow (or building) one.
+pub async fn diff(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    q: Result<Query<DiffQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let sample = q.sample.unwrap_or(DIFF_SAMPLE_DEFAULT).min(DIFF_SAMPLE_MAX);
+    let (old, new) = app.projections.pair(&name).await?;
+    let store = app.pipeline.store();
+    let diff = diff_views(
+        store.as_ref(),
+        ViewId {
+            projection: &name,
+            generation: old.generation,
+        },
+        ViewId {
+            projection: &name,
+            generation: new.generation,
+        },
+        sample,
+    )
+    .await?;
+    let (po, pn) = (old.progress().position, new.progress().position);
+    Ok(Json(json!({
+        "name": name,
+        "old": { "generation": old.generation, "plugin": old.plugin.hash, "position": po },
+        "new": { "generation": new.generation, "plugin": new.plugin.hash, "position": pn },
+        // Both have processed the same events: the differences are the logic's.
+        "comparable": po == pn,
+        "only_in_old": diff.only_in_old,
+        "only_in_new": diff.only_in_new,
+        "changed": diff.changed,
+        "unchanged": diff.unchanged,
+    })))
+}
+
+/// `POST /projections/{name}/promote` (admin): cut over to the shadow.
+pub async fn promote(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    authorize(&app, &headers)?;
+    let generation = app.projections.promote(&name).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "name": name, "generation": generation })),
+    ))
+}
+
+/// `DELETE /projections/{name}/shadow` (admin): drop the shadow.
+pub async fn drop_shadow(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let plugin = app.deployer.drop_shadow(&name).await?;
+    Ok(Json(plugin_json(&plugin)))
+}

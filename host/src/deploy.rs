@@ -1,0 +1,294 @@
+//! Deploying plugin versions: compile off the async threads, store the bytes
+//! content-addressed with a deployment record, make the version current,
+//! and start a projection's new generation. Also what happens at start
+//! (restore the stored versions, then apply the plugin directory) and while
+//! running (the directory is watched).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::plugin_watch::PluginDirWatcher;
+use crate::projection::{ProjectionError, Projections};
+use crate::registry::{Registry, RegistryError, validate_name};
+use crate::runtime::{LoadError, Plugin, PluginKind, Runtime};
+use crate::store::{DeployMode, Deployment, EventStore, NewDeployment, StoreError};
+
+/// Why a deployment failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// Handling: 400 or 422, per [`RegistryError`].
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Handling: 404 `not_found`.
+    #[error("{0}")]
+    NotFound(String),
+    /// Handling: per [`StoreError`].
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Handling: per [`ProjectionError`].
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+}
+
+impl From<LoadError> for DeployError {
+    fn from(e: LoadError) -> Self {
+        DeployError::Registry(RegistryError::Load(e))
+    }
+}
+
+/// Where a deployment came from.
+pub const SOURCE_UPLOAD: &str = "upload";
+pub const SOURCE_DIRECTORY: &str = "directory";
+
+/// Deploys plugin versions.
+pub struct Deployer {
+    store: Arc<dyn EventStore>,
+    runtime: Runtime,
+    registry: Arc<Registry>,
+    projections: Arc<Projections>,
+}
+
+impl Deployer {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        runtime: Runtime,
+        registry: Arc<Registry>,
+        projections: Arc<Projections>,
+    ) -> Self {
+        Self {
+            store,
+            runtime,
+            registry,
+            projections,
+        }
+    }
+
+    /// Compile on the blocking pool (a cache hit takes a millisecond, a
+    /// compile tens of milliseconds to seconds).
+    async fn compile(&self, name: &str, bytes: Arc<Vec<u8>>) -> Result<Plugin, DeployError> {
+        validate_name(name)?;
+        let runtime = self.runtime.clone();
+        let owned = name.to_string();
+        let plugin = tokio::task::spawn_blocking(move || runtime.compile(&owned, &bytes))
+            .await
+            .map_err(|e| LoadError::Invalid(format!("compilation panicked: {e}")))??;
+        Ok(plugin)
+    }
+
+    /// Deploy `bytes` as the new current version of `name`.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        mode: DeployMode,
+        source: &str,
+    ) -> Result<Arc<Plugin>, DeployError> {
+        let bytes = Arc::new(bytes);
+        let plugin = self.compile(name, bytes.clone()).await?;
+        if let Some(current) = self.registry.get(name)
+            && current.kind != plugin.kind
+        {
+            return Err(LoadError::Invalid(format!(
+                "plugin {name} is {} {}; a {} cannot replace it under the same name",
+                article(current.kind),
+                current.kind.as_str(),
+                plugin.kind.as_str()
+            ))
+            .into());
+        }
+        if mode == DeployMode::Shadow && plugin.kind != PluginKind::Projection {
+            return Err(LoadError::Invalid(format!(
+                "only a projection can be deployed as a shadow; this is {} {}",
+                article(plugin.kind),
+                plugin.kind.as_str()
+            ))
+            .into());
+        }
+        self.store
+            .record_deployment(NewDeployment {
+                name: name.to_string(),
+                hash: plugin.hash.clone(),
+                kind: plugin.kind.as_str().to_string(),
+                mode,
+                source: source.to_string(),
+                bytes,
+            })
+            .await?;
+        let plugin = self.registry.insert(plugin);
+        tracing::info!(plugin = %plugin.name, kind = plugin.kind.as_str(), hash = %plugin.hash, mode = mode.as_str(), source, "plugin deployed");
+        if plugin.kind == PluginKind::Projection {
+            self.projections.deploy(plugin.clone(), mode).await?;
+        }
+        Ok(plugin)
+    }
+
+    /// Deploy an earlier version again: `hash`, or the newest one that
+    /// differs from the current version.
+    pub async fn rollback(&self, name: &str, hash: Option<&str>) -> Result<Arc<Plugin>, DeployError> {
+        let history = self.store.plugin_history(name).await?;
+        let current = history
+            .first()
+            .ok_or_else(|| DeployError::NotFound(format!("plugin {name} has no stored versions")))?;
+        let target = match hash {
+            Some(hash) => history.iter().find(|d| d.hash == hash).ok_or_else(|| {
+                DeployError::NotFound(format!("plugin {name} has no version {hash}"))
+            })?,
+            None => history.iter().find(|d| d.hash != current.hash).ok_or_else(|| {
+                DeployError::NotFound(format!("plugin {name} has no earlier version to roll back to"))
+            })?,
+        };
+        let bytes = self
+            .store
+            .plugin_bytes(&target.hash)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("the bytes of {} are missing", target.hash)))?;
+        self.deploy(name, bytes, DeployMode::Rollback, "rollback").await
+    }
+
+    /// Versions deployed under `name`, newest first.
+    pub async fn history(&self, name: &str) -> Result<Vec<Deployment>, DeployError> {
+        let history = self.store.plugin_history(name).await?;
+        if history.is_empty() {
+            return Err(DeployError::NotFound(format!("no plugin named {name}")));
+        }
+        Ok(history)
+    }
+
+    /// `DELETE /projections/{name}/shadow`: drop the shadow and make the
+    /// serving version current again (recorded as a rollback).
+    pub async fn drop_shadow(&self, name: &str) -> Result<Arc<Plugin>, DeployError> {
+        let serving = self.projections.drop_shadow(name).await?;
+        let bytes = self
+            .store
+            .plugin_bytes(&serving.hash)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("the bytes of {} are missing", serving.hash)))?;
+        self.store
+            .record_deployment(NewDeployment {
+                name: name.to_string(),
+                hash: serving.hash.clone(),
+                kind: serving.kind.as_str().to_string(),
+                mode: DeployMode::Rollback,
+                source: "drop-shadow".into(),
+                bytes: Arc::new(bytes),
+            })
+            .await?;
+        Ok(self.registry.insert((*serving).clone()))
+    }
+
+    /// At start: load the stored current versions, apply the plugin
+    /// directory (a file whose bytes differ from the stored version is a new
+    /// deployment), then resume every projection where it stopped.
+    pub async fn restore(&self, dir: Option<&Path>) -> Result<(), DeployError> {
+        let mut modes: HashMap<String, DeployMode> = HashMap::new();
+        for deployment in self.store.current_deployments().await? {
+            let Some(bytes) = self.store.plugin_bytes(&deployment.hash).await? else {
+                tracing::error!(plugin = %deployment.name, hash = %deployment.hash, "stored plugin bytes missing; skipped");
+                continue;
+            };
+            match self.compile(&deployment.name, Arc::new(bytes)).await {
+                Ok(plugin) => {
+                    modes.insert(deployment.name.clone(), deployment.mode);
+                    self.registry.insert(plugin);
+                }
+                Err(e) => tracing::error!(plugin = %deployment.name, error = %e, "stored plugin does not load; skipped"),
+            }
+        }
+        if let Some(dir) = dir {
+            let files = crate::registry::wasm_files(dir)?;
+            for (name, path) in files {
+                let bytes = match tokio::fs::read(&path).await {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), error = %e, "plugin file not readable");
+                        continue;
+                    }
+                };
+                let hash = crate::runtime::plugin::content_hash(&bytes);
+                if self.registry.get(&name).is_some_and(|p| p.hash == hash) {
+                    continue;
+                }
+                match self.deploy_quietly(&name, bytes).await {
+                    Ok(plugin) => {
+                        modes.insert(name.clone(), DeployMode::Live);
+                        tracing::info!(plugin = %plugin.name, kind = plugin.kind.as_str(), hash = %plugin.hash, "plugin loaded from the directory");
+                    }
+                    Err(e) => tracing::error!(file = %path.display(), error = %e, "plugin not loaded"),
+                }
+            }
+        }
+        let records = self.store.generations().await?;
+        for plugin in self.registry.list() {
+            if plugin.kind != PluginKind::Projection {
+                continue;
+            }
+            let mine: Vec<_> = records.iter().filter(|r| *r.name == *plugin.name).cloned().collect();
+            let mut versions = HashMap::new();
+            for record in &mine {
+                if record.plugin_hash == plugin.hash || versions.contains_key(&record.plugin_hash) {
+                    continue;
+                }
+                if let Some(bytes) = self.store.plugin_bytes(&record.plugin_hash).await?
+                    && let Ok(version) = self.compile(&plugin.name, Arc::new(bytes)).await
+                {
+                    versions.insert(record.plugin_hash.clone(), Arc::new(version));
+                }
+            }
+            let mode = modes.get(&*plugin.name).copied().unwrap_or(DeployMode::Live);
+            self.projections.restore(plugin, mode, &mine, &versions).await?;
+        }
+        Ok(())
+    }
+
+    /// Compile, record and make current, without starting projections
+    /// (used at start, before they are restored).
+    async fn deploy_quietly(&self, name: &str, bytes: Vec<u8>) -> Result<Arc<Plugin>, DeployError> {
+        let bytes = Arc::new(bytes);
+        let plugin = self.compile(name, bytes.clone()).await?;
+        self.store
+            .record_deployment(NewDeployment {
+                name: name.to_string(),
+                hash: plugin.hash.clone(),
+                kind: plugin.kind.as_str().to_string(),
+                mode: DeployMode::Live,
+                source: SOURCE_DIRECTORY.to_string(),
+                bytes,
+            })
+            .await?;
+        Ok(self.registry.insert(plugin))
+    }
+
+    /// Watch `dir`: a new or changed `.wasm` file is deployed like an upload.
+    pub fn watch(self: &Arc<Self>, dir: &Path, interval: Duration) -> JoinHandle<()> {
+        let (tx, mut rx) = mpsc::channel(16);
+        let watcher = PluginDirWatcher::new(dir, true).spawn(interval, tx);
+        let deployer = self.clone();
+        tokio::spawn(async move {
+            while let Some(change) = rx.recv().await {
+                if deployer.registry.get(&change.name).is_some_and(|p| p.hash == change.hash) {
+                    continue;
+                }
+                match deployer
+                    .deploy(&change.name, change.bytes, DeployMode::Live, SOURCE_DIRECTORY)
+                    .await
+                {
+                    Ok(plugin) => tracing::info!(plugin = %plugin.name, hash = %plugin.hash, file = %change.path.display(), "changed plugin file deployed"),
+                    Err(e) => tracing::error!(file = %change.path.display(), error = %e, "changed plugin file not deployed"),
+                }
+            }
+            watcher.abort();
+        })
+    }
+}
+
+fn article(kind: PluginKind) -> &'static str {
+    match kind {
+        PluginKind::Aggregate => "an",
+        _ => "a",
+    }
+}

@@ -1,0 +1,606 @@
+//! Projections: one runner per generation, hot swap between generations,
+//! shadow builds, poison handling, and the status operators watch.
+//!
+//! A projection has at most two live generations: the *active* one, which
+//! serves reads, and a *next* one being built from the start of history by
+//! a new plugin version (or a rebuild). A `building` next generation takes
+//! over reads as soon as it has caught up with the head and with the active
+//! one; a `shadow` one waits for an operator to promote it. The replaced
+//! generation stops, and its rows are dropped after a grace period (so a
+//! read that started on it finishes).
+
+pub mod diff;
+pub mod runner;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{Mutex, mpsc, watch};
+
+use crate::runtime::{Plugin, Runtime};
+use crate::store::{
+    DeployMode, EventStore, GenerationRecord, GenerationRole, Position, StoreError, ViewId,
+};
+pub use runner::{Control, Generation, Poison, RunnerContext, RunnerEvent, Serving};
+
+/// Default events per projection batch.
+pub const BATCH_SIZE_DEFAULT: u32 = 256;
+/// Default view rows a runner keeps in memory.
+pub const CACHE_ROWS_DEFAULT: usize = 100_000;
+
+/// Tuning of the projection runners.
+#[derive(Debug, Clone)]
+pub struct ProjectionConfig {
+    /// Events per batch (one instance and one commit per batch).
+    pub batch_size: u32,
+    /// View rows each runner remembers between batches.
+    pub cache_rows: usize,
+    /// Longest wait between retries after a store error.
+    pub retry_backoff_max: Duration,
+    /// Rows deleted per transaction when dropping an old generation.
+    pub drop_chunk: u32,
+    /// How long a replaced generation's rows stay readable after a switch.
+    pub retire_grace: Duration,
+}
+
+impl Default for ProjectionConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: BATCH_SIZE_DEFAULT,
+            cache_rows: CACHE_ROWS_DEFAULT,
+            retry_backoff_max: Duration::from_secs(5),
+            drop_chunk: 10_000,
+            retire_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a projection operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// Handling: 404 `not_found`.
+    #[error("no projection named {0}")]
+    NotFound(String),
+    /// Handling: 409 with the message (the operation does not fit the state).
+    #[error("{0}")]
+    Conflict(String),
+    /// Handling: per [`StoreError`].
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One projection: its generations and where reads go.
+pub struct Entry {
+    pub name: String,
+    state: Mutex<EntryState>,
+    serving: Arc<watch::Sender<Serving>>,
+}
+
+#[derive(Default)]
+struct EntryState {
+    active: Option<Arc<Generation>>,
+    next: Option<(Arc<Generation>, GenerationRole)>,
+    next_generation: u64,
+}
+
+impl Entry {
+    /// The generation reads use and its position.
+    pub fn serving(&self) -> Serving {
+        *self.serving.borrow()
+    }
+
+    /// Wait until the serving generation has processed `position`; the
+    /// position reached when `timeout` ran out otherwise.
+    pub async fn wait_for(&self, position: Position, timeout: Duration) -> Result<Serving, Serving> {
+        let mut rx = self.serving.subscribe();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|s| s.position >= position)).await;
+        match waited {
+            Ok(Ok(serving)) => Ok(*serving),
+            _ => Err(self.serving()),
+        }
+    }
+}
+
+/// A projection's status, as `GET /projections/{name}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectionStatus {
+    pub name: String,
+    pub plugin: Option<String>,
+    pub generation: u64,
+    /// `running`, `rebuilding`, `paused` or `failed`.
+    pub state: &'static str,
+    pub position: Position,
+    pub head: Position,
+    pub lag: u64,
+    pub error: Option<ErrorStatus>,
+    pub rebuild: Option<RebuildStatus>,
+    pub events_processed: u64,
+    pub batches: u64,
+    /// Duration of the last batch, milliseconds.
+    pub last_batch_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorStatus {
+    pub message: String,
+    /// The poison event's position.
+    pub position: Position,
+    pub stream_id: String,
+    pub event_type: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RebuildStatus {
+    pub generation: u64,
+    pub plugin: String,
+    /// `live` (switches when caught up) or `shadow` (waits for promote).
+    pub mode: &'static str,
+    pub position: Position,
+    pub head: Position,
+    pub progress: f64,
+    pub caught_up: bool,
+    pub error: Option<ErrorStatus>,
+}
+
+fn error_status(poison: &Option<Poison>, retrying: &Option<String>) -> Option<ErrorStatus> {
+    match (poison, retrying) {
+        (Some(p), _) => Some(ErrorStatus {
+            message: p.message.clone(),
+            position: p.position,
+            stream_id: p.stream_id.clone(),
+            event_type: p.event_type.clone(),
+        }),
+        (None, Some(message)) => Some(ErrorStatus {
+            message: message.clone(),
+            position: 0,
+            stream_id: String::new(),
+            event_type: String::new(),
+        }),
+        (None, None) => None,
+    }
+}
+
+/// All projections of this host.
+pub struct Projections {
+    ctx: Arc<RunnerContext>,
+    entries: RwLock<BTreeMap<String, Arc<Entry>>>,
+}
+
+impl Projections {
+    /// The manager, and its task that switches generations when they catch up.
+    pub fn new(store: Arc<dyn EventStore>, runtime: Runtime, config: ProjectionConfig) -> Arc<Self> {
+        let (events, mut events_rx) = mpsc::unbounded_channel();
+        let projections = Arc::new(Self {
+            ctx: Arc::new(RunnerContext {
+                store,
+                runtime,
+                config,
+                events,
+            }),
+            entries: RwLock::new(BTreeMap::new()),
+        });
+        let weak: Weak<Self> = Arc::downgrade(&projections);
+        tokio::spawn(async move {
+            while let Some(event) = events_rx.recv().await {
+                let Some(projections) = weak.upgrade() else { break };
+                match event {
+                    RunnerEvent::CaughtUp { name, generation } => {
+                        projections.maybe_switch(&name, generation).await;
+                    }
+                }
+            }
+        });
+        projections
+    }
+
+    fn store(&self) -> &Arc<dyn EventStore> {
+        &self.ctx.store
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Entry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn entry(&self, name: &str, next_generation: u64) -> Arc<Entry> {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        entries
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(Entry {
+                    name: name.to_string(),
+                    state: Mutex::new(EntryState {
+                        next_generation,
+                        ..EntryState::default()
+                    }),
+                    serving: Arc::new(watch::channel(Serving::default()).0),
+                })
+            })
+            .clone()
+    }
+
+    fn spawn(&self, entry: &Entry, plugin: Arc<Plugin>, generation: u64, position: Position) -> Arc<Generation> {
+        runner::spawn(self.ctx.clone(), plugin, generation, position, entry.serving.clone())
+    }
+
+    /// Pick up where the last run stopped: resume the stored generations of
+    /// `plugin`'s projection and start a new one if its version has none.
+    /// `versions` holds the plugins of older generations, by hash.
+    pub async fn restore(
+        &self,
+        plugin: Arc<Plugin>,
+        mode: DeployMode,
+        records: &[GenerationRecord],
+        versions: &HashMap<String, Arc<Plugin>>,
+    ) -> Result<(), ProjectionError> {
+        let next_generation = records.iter().map(|r| r.generation).max().unwrap_or(0) + 1;
+        let entry = self.entry(&plugin.name, next_generation);
+        {
+            let mut state = entry.state.lock().await;
+            for record in records {
+                let version = if record.plugin_hash == plugin.hash {
+                    Some(plugin.clone())
+                } else {
+                    versions.get(&record.plugin_hash).cloned()
+                };
+                match (record.role, version) {
+                    (GenerationRole::Active, Some(version)) if state.active.is_none() => {
+                        let generation = self.spawn(&entry, version, record.generation, record.position);
+                        generation.start_serving();
+                        state.active = Some(generation);
+                    }
+                    (role @ (GenerationRole::Building | GenerationRole::Shadow), Some(version))
+                        if version.hash == plugin.hash && state.next.is_none() =>
+                    {
+                        let generation = self.spawn(&entry, version, record.generation, record.position);
+                        state.next = Some((generation, role));
+                    }
+                    _ => self.retire_record(record),
+                }
+            }
+        }
+        self.deploy(plugin, mode).await
+    }
+
+    /// Start using a new version of a projection: the first generation, or a
+    /// hot swap (`Live`), or a shadow build (`Shadow`).
+    pub async fn deploy(&self, plugin: Arc<Plugin>, mode: DeployMode) -> Result<(), ProjectionError> {
+        let entry = self.entry(&plugin.name, 1);
+        let mut state = entry.state.lock().await;
+        let Some(active) = state.active.clone() else {
+            let generation = self.create(&entry, &mut state, plugin, GenerationRole::Active).await?;
+            generation.start_serving();
+            state.active = Some(generation);
+            return Ok(());
+        };
+        if let Some((next, _)) = &state.next
+            && next.plugin.hash == plugin.hash
+            && mode != DeployMode::Shadow
+        {
+            // Already building this version.
+            return Ok(());
+        }
+        if active.plugin.hash == plugin.hash && mode != DeployMode::Shadow {
+            // Back to the version that serves: drop what was being built.
+            if let Some((next, _)) = state.next.take() {
+                self.retire(next).await;
+            }
+            return Ok(());
+        }
+        let role = if mode == DeployMode::Shadow {
+            GenerationRole::Shadow
+        } else {
+            GenerationRole::Building
+        };
+        if let Some((next, _)) = state.next.take() {
+            self.retire(next).await;
+        }
+        let generation = self.create(&entry, &mut state, plugin, role).await?;
+        tracing::info!(projection = %entry.name, generation = generation.generation, mode = role.as_str(), "building a new generation from the start of history");
+        state.next = Some((generation, role));
+        Ok(())
+    }
+
+    async fn create(
+        &self,
+        entry: &Entry,
+        state: &mut EntryState,
+        plugin: Arc<Plugin>,
+        role: GenerationRole,
+    ) -> Result<Arc<Generation>, ProjectionError> {
+        let generation = state.next_generation;
+        self.store()
+            .save_generation(GenerationRecord {
+                name: entry.name.clone(),
+                generation,
+                plugin_hash: plugin.hash.clone(),
+                role,
+                position: 0,
+            })
+            .await?;
+        state.next_generation += 1;
+        Ok(self.spawn(entry, plugin, generation, 0))
+    }
+
+    /// `POST /projections/{name}/rebuild`: a new generation of the version
+    /// that serves, switched to when it has caught up.
+    pub async fn rebuild(&self, name: &str) -> Result<u64, ProjectionError> {
+        let entry = self.get(name).ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let mut state = entry.state.lock().await;
+        let plugin = state
+            .active
+            .as_ref()
+            .map(|a| a.plugin.clone())
+            .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        if let Some((next, _)) = state.next.take() {
+            self.retire(next).await;
+        }
+        let generation = self
+            .create(&entry, &mut state, plugin, GenerationRole::Building)
+            .await?;
+        let number = generation.generation;
+        state.next = Some((generation, GenerationRole::Building));
+        tracing::info!(projection = name, generation = number, "rebuild started");
+        Ok(number)
+    }
+
+    /// `POST /projections/{name}/resume`: retry or skip the poison event of
+    /// every failed generation of the projection.
+    pub async fn resume(&self, name: &str, skip: bool) -> Result<usize, ProjectionError> {
+        let entry = self.get(name).ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let state = entry.state.lock().await;
+        let mut resumed = 0;
+        let generations = state.active.iter().chain(state.next.iter().map(|(g, _)| g));
+        for generation in generations {
+            if generation.progress().poison.is_some() && generation.control(Control::Resume { skip }).await {
+                resumed += 1;
+            }
+        }
+        if resumed == 0 {
+            return Err(ProjectionError::Conflict(format!(
+                "projection {name} has not failed; nothing to resume"
+            )));
+        }
+        Ok(resumed)
+    }
+
+    /// `POST /projections/{name}/promote`: make the shadow generation switch
+    /// over as soon as it has caught up.
+    pub async fn promote(&self, name: &str) -> Result<u64, ProjectionError> {
+        let entry = self.get(name).ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let generation = {
+            let mut state = entry.state.lock().await;
+            match &mut state.next {
+                Some((generation, role)) if *role == GenerationRole::Shadow => {
+                    *role = GenerationRole::Building;
+                    self.store()
+                        .save_generation(GenerationRecord {
+                            name: name.to_string(),
+                            generation: generation.generation,
+                            plugin_hash: generation.plugin.hash.clone(),
+                            role: GenerationRole::Building,
+                            position: 0,
+                        })
+                        .await?;
+                    generation.generation
+                }
+                _ => {
+                    return Err(ProjectionError::Conflict(format!(
+                        "projection {name} has no shadow generation to promote"
+                    )));
+                }
+            }
+        };
+        self.maybe_switch(name, generation).await;
+        Ok(generation)
+    }
+
+    /// `DELETE /projections/{name}/shadow`: stop and drop the shadow
+    /// generation. Returns the plugin that serves, which is current again.
+    pub async fn drop_shadow(&self, name: &str) -> Result<Arc<Plugin>, ProjectionError> {
+        let entry = self.get(name).ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let mut state = entry.state.lock().await;
+        match state.next.take() {
+            Some((generation, GenerationRole::Shadow)) => {
+                self.retire(generation).await;
+                state
+                    .active
+                    .as_ref()
+                    .map(|a| a.plugin.clone())
+                    .ok_or_else(|| ProjectionError::NotFound(name.into()))
+            }
+            other => {
+                state.next = other;
+                Err(ProjectionError::Conflict(format!(
+                    "projection {name} has no shadow generation"
+                )))
+            }
+        }
+    }
+
+    /// The active and shadow (or building) generations, for a diff.
+    pub async fn pair(&self, name: &str) -> Result<(Arc<Generation>, Arc<Generation>), ProjectionError> {
+        let entry = self.get(name).ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let state = entry.state.lock().await;
+        match (&state.active, &state.next) {
+            (Some(active), Some((next, _))) => Ok((active.clone(), next.clone())),
+            _ => Err(ProjectionError::Conflict(format!(
+                "projection {name} has no second generation to compare with"
+            ))),
+        }
+    }
+
+    /// Switch reads to `generation` if it is the building one and has
+    /// caught up with the active one.
+    async fn maybe_switch(&self, name: &str, generation: u64) {
+        let Some(entry) = self.get(name) else { return };
+        let mut state = entry.state.lock().await;
+        let Some((next, GenerationRole::Building)) = &state.next else {
+            return;
+        };
+        if next.generation != generation {
+            return;
+        }
+        let next = next.clone();
+        let progress = next.progress();
+        if progress.poison.is_some() || progress.position < progress.head {
+            return;
+        }
+        if let Some(active) = &state.active {
+            let old = active.progress();
+            if old.poison.is_none() && old.position > progress.position {
+                // The old one is ahead: the new one is woken for those
+                // events and reports again.
+                return;
+            }
+        }
+        if let Err(e) = self.store().promote_generation(name, generation).await {
+            tracing::error!(projection = name, generation, error = %e, "could not switch generations; will retry when it reports again");
+            return;
+        }
+        next.start_serving();
+        let old = state.active.replace(next);
+        state.next = None;
+        tracing::info!(projection = name, generation, position = progress.position, "projection switched to the new generation");
+        if let Some(old) = old {
+            old.stop_serving();
+            self.retire(old).await;
+        }
+    }
+
+    /// Stop a generation and drop its rows after the grace period.
+    async fn retire(&self, generation: Arc<Generation>) {
+        let _ = generation.control(Control::Stop).await;
+        let record = GenerationRecord {
+            name: generation.name.to_string(),
+            generation: generation.generation,
+            plugin_hash: generation.plugin.hash.clone(),
+            role: GenerationRole::Retired,
+            position: 0,
+        };
+        if let Err(e) = self.store().save_generation(record.clone()).await {
+            tracing::warn!(projection = %generation.name, error = %e, "could not mark a generation retired");
+        }
+        self.retire_record(&record);
+    }
+
+    /// Drop a retired generation's rows in chunks, in the background.
+    fn retire_record(&self, record: &GenerationRecord) {
+        let store = self.store().clone();
+        let name = record.name.clone();
+        let number = record.generation;
+        let grace = self.ctx.config.retire_grace;
+        let chunk = self.ctx.config.drop_chunk;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let mut dropped = 0u64;
+            loop {
+                let view = ViewId {
+                    projection: &name,
+                    generation: number,
+                };
+                match store.drop_generation(view, chunk).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        dropped += n;
+                        tracing::debug!(projection = %name, generation = number, dropped, "dropping an old generation");
+                    }
+                    Err(e) => {
+                        tracing::warn!(projection = %name, generation = number, error = %e, "could not drop an old generation; it stays until the next start");
+                        return;
+                    }
+                }
+            }
+            tracing::info!(projection = %name, generation = number, rows = dropped, "old generation dropped");
+        });
+    }
+
+    /// The status of one projection.
+    pub async fn status(&self, name: &str) -> Result<ProjectionStatus, ProjectionError> {
+        let entry = self.get(name).ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let head = *self.store().subscribe_head().borrow();
+        let state = entry.state.lock().await;
+        let (plugin, generation, progress) = match &state.active {
+            Some(a) => (Some(a.plugin.hash.clone()), a.generation, a.progress()),
+            None => (None, 0, runner::Progress::default()),
+        };
+        let rebuild = state.next.as_ref().map(|(next, role)| {
+            let p = next.progress();
+            RebuildStatus {
+                generation: next.generation,
+                plugin: next.plugin.hash.clone(),
+                mode: if *role == GenerationRole::Shadow { "shadow" } else { "live" },
+                position: p.position,
+                head,
+                progress: if head == 0 { 1.0 } else { (p.position as f64 / head as f64).min(1.0) },
+                caught_up: p.position >= head,
+                error: error_status(&p.poison, &None),
+            }
+        });
+        let state_name = if progress.poison.is_some() {
+            "failed"
+        } else if rebuild.is_some() {
+            "rebuilding"
+        } else if progress.stopped {
+            "paused"
+        } else {
+            "running"
+        };
+        Ok(ProjectionStatus {
+            name: name.to_string(),
+            plugin,
+            generation,
+            state: state_name,
+            position: progress.position,
+            head,
+            lag: head.saturating_sub(progress.position),
+            error: error_status(&progress.poison, &progress.retrying),
+            rebuild,
+            events_processed: progress.events_processed,
+            batches: progress.batches,
+            last_batch_ms: progress.last_batch.as_secs_f64() * 1000.0,
+        })
+    }
+
+    /// Every projection's status, by name.
+    pub async fn statuses(&self) -> Vec<ProjectionStatus> {
+        let mut out = Vec::new();
+        for name in self.names() {
+            if let Ok(status) = self.status(&name).await {
+                out.push(status);
+            }
+        }
+        out
+    }
+
+    /// Stop every runner (at shutdown).
+    pub async fn stop_all(&self) {
+        let entries: Vec<Arc<Entry>> = self
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for entry in entries {
+            let state = entry.state.lock().await;
+            for generation in state.active.iter().chain(state.next.iter().map(|(g, _)| g)) {
+                let _ = generation.control(Control::Stop).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! One runner per projection generation: woken by commits, it reads the
+//! global log from its checkpoint in batches, runs one instance per batch
+//! and commits the batch's view writes with the new checkpoint.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use super::ProjectionConfig;
+use crate::command::pipeline::to_wit_event;
+use crate::runtime::projection::ProjectionInstance;
+use crate::runtime::view::{RowCache, ViewSession};
+use crate::runtime::{Plugin, PluginCode, PluginError, Runtime};
+use crate::store::{
+    EventStore, GlobalQuery, Position, RecordedEvent, SkipRecord, StoreError, ViewCommit,
+};
+
+/// Where the generation that serves reads is, for read-your-writes waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Serving {
+    pub generation: u64,
+    pub position: Position,
+}
+
+/// A poison event: the plugin failed on it, so the generation stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Poison {
+    /// The event the plugin failed on (0 when it failed before any event,
+    /// e.g. in `subscriptions`).
+    pub position: Position,
+    pub stream_id: String,
+    pub event_type: String,
+    pub message: String,
+}
+
+/// What a runner reports about itself.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// The checkpoint.
+    pub position: Position,
+    /// The head the runner last saw.
+    pub head: Position,
+    pub poison: Option<Poison>,
+    /// A transient store problem the runner is retrying.
+    pub retrying: Option<String>,
+    pub events_processed: u64,
+    pub batches: u64,
+    pub last_batch: Duration,
+    pub batch_time_total: Duration,
+    pub stopped: bool,
+}
+
+/// An operator's instruction to a runner.
+#[derive(Debug, Clone, Copy)]
+pub enum Control {
+    /// Retry a failed generation, or skip its poison event.
+    Resume { skip: bool },
+    Stop,
+}
+
+/// What the runner tells the manager.
+#[derive(Debug, Clone)]
+pub enum RunnerEvent {
+    /// The generation processed everything up to the head it saw.
+    CaughtUp { name: Arc<str>, generation: u64 },
+}
+
+/// The state a runner shares with the manager and the API.
+pub struct Generation {
+    pub name: Arc<str>,
+    pub generation: u64,
+    pub plugin: Arc<Plugin>,
+    pub progress: Mutex<Progress>,
+    /// Whether this generation serves reads; it then publishes its position
+    /// to `serving`.
+    pub is_serving: AtomicBool,
+    serving: Arc<watch::Sender<Serving>>,
+    control: mpsc::Sender<Control>,
+}
+
+impl Generation {
+    pub fn progress(&self) -> Progress {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Progress)) {
+        f(&mut self.progress.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Make this generation the one reads use, from its current position.
+    pub fn start_serving(&self) {
+        self.is_serving.store(true, Ordering::SeqCst);
+        let position = self.progress().position;
+        self.serving.send_replace(Serving {
+            generation: self.generation,
+            position,
+        });
+    }
+
+    pub fn stop_serving(&self) {
+        self.is_serving.store(false, Ordering::SeqCst);
+    }
+
+    /// Send an instruction; false when the runner has ended.
+    pub async fn control(&self, control: Control) -> bool {
+        self.control.send(control).await.is_ok()
+    }
+}
+
+/// Everything a runner needs.
+pub struct RunnerContext {
+    pub store: Arc<dyn EventStore>,
+    pub runtime: Runtime,
+    pub config: ProjectionConfig,
+    pub events: mpsc::UnboundedSender<RunnerEvent>,
+}
+
+/// Start a runner for `generation` of `plugin`'s projection, from `position`.
+pub fn spawn(
+    ctx: Arc<RunnerContext>,
+    plugin: Arc<Plugin>,
+    generation: u64,
+    position: Position,
+    serving: Arc<watch::Sender<Serving>>,
+) -> Arc<Generation> {
+    let (control, control_rx) = mpsc::channel(8);
+    let shared = Arc::new(Generation {
+        name: plugin.name.clone(),
+        generation,
+        plugin,
+        progress: Mutex::new(Progress {
+            position,
+            ..Progress::default()
+        }),
+        is_serving: AtomicBool::new(false),
+        serving,
+        control,
+    });
+    let runner = Runner {
+        ctx,
+        shared: shared.clone(),
+        position,
+        control: control_rx,
+    };
+    tokio::spawn(runner.run());
+    shared
+}
+
+struct Runner {
+    ctx: Arc<RunnerContext>,
+    shared: Arc<Generation>,
+    position: Position,
+    control: mpsc::Receiver<Control>,
+}
+
+/// Why a batch did not commit.
+enum BatchError {
+    /// The plugin failed (trap, timeout, its own error): poison.
+    Plugin(String),
+    /// The store failed; retry later.
+    Store(StoreError),
+}
+
+impl Runner {
+    async fn run(mut self) {
+        let name = self.shared.name.clone();
+        let generation = self.shared.generation;
+        tracing::info!(projection = %name, generation, position = self.position, plugin = %self.shared.plugin.hash, "projection runner started");
+        let types = match self.subscriptions().await {
+            Ok(types) => types,
+            Err(message) => {
+                let poison = Poison {
+                    position: 0,
+                    stream_id: String::new(),
+                    event_type: String::new(),
+                    message,
+                };
+                match self.wait_while_failed(poison).await {
+                    Some(_) => return self.restart().await,
+                    None => return self.finish(),
+                }
+            }
+        };
+        let types = (!types.is_empty()).then_some(types);
+        let mut head_rx = self.ctx.store.subscribe_head();
+        let mut cache = RowCache::new(self.ctx.config.cache_rows);
+        let mut backoff = Backoff::new(self.ctx.config.retry_backoff_max);
+        loop {
+            match self.control.try_recv() {
+                Ok(Control::Stop) => return self.finish(),
+                Ok(Control::Resume { .. }) | Err(mpsc::error::TryRecvError::Empty) => {}
+                Err(mpsc::error::TryRecvError::Disconnected) => return self.finish(),
+            }
+            let head = *head_rx.borrow_and_update();
+            self.shared.update(|p| p.head = head);
+            if self.position >= head {
+                tokio::select! {
+                    changed = head_rx.changed() => if changed.is_err() { return self.finish() },
+                    control = self.control.recv() => match control {
+                        None | Some(Control::Stop) => return self.finish(),
+                        Some(Control::Resume { .. }) => {}
+                    },
+                }
+                continue;
+            }
+            let batch_size = self.ctx.config.batch_size;
+            let read = self
+                .ctx
+                .store
+                .read_global(GlobalQuery {
+                    from_position: self.position + 1,
+                    until_position: Some(head),
+                    limit: batch_size,
+                    types: types.as_deref(),
+                })
+                .await;
+            let events = match read {
+                Ok(events) => events,
+                Err(e) => {
+                    if self.retry_later(&e, &mut backoff).await {
+                        continue;
+                    }
+                    return self.finish();
+                }
+            };
+            let last_batch = events.len() < batch_size as usize;
+            let to = if last_batch {
+                head
+            } else {
+                events.last().map_or(head, |e| e.position)
+            };
+            let started = Instant::now();
+            match self.process(&events, &mut cache, to).await {
+                Ok(()) => {
+                    backoff.reset();
+                    self.advanced(to, events.len() as u64, started.elapsed());
+                    if last_batch {
+                        let _ = self.ctx.events.send(RunnerEvent::CaughtUp {
+                            name: name.clone(),
+                            generation,
+                        });
+                    }
+                }
+                Err(BatchError::Store(e)) => {
+                    if !self.retry_later(&e, &mut backoff).await {
+                        return self.finish();
+                    }
+                }
+                Err(BatchError::Plugin(message)) => {
+                    let poison = match self.find_poison(&events, &mut cache, message).await {
+                        Ok(poison) => poison,
+                        Err(e) => {
+                            if self.retry_later(&e, &mut backoff).await {
+                                continue;
+                            }
+                            return self.finish();
+                        }
+                    };
+                    let Some(poison) = poison else { continue };
+                    match self.wait_while_failed(poison.clone()).await {
+                        None => return self.finish(),
+                        Some(false) => {}
+                        Some(true) => {
+                            if let Err(e) = self.skip(&poison).await {
+                                tracing::warn!(projection = %name, error = %e, "could not record the skip; retrying the event");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run a generation again from its checkpoint after `subscriptions` failed.
+    async fn restart(self) {
+        Box::pin(self.run()).await;
+    }
+
+    fn finish(&self) {
+        self.shared.update(|p| p.stopped = true);
+        tracing::info!(projection = %self.shared.name, generation = self.shared.generation, position = self.position, "projection runner stopped");
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<String>, String> {
+        let pre = self.pre().map_err(|e| e.to_string())?;
+        let mut instance = ProjectionInstance::new(&self.ctx.runtime, &self.shared.plugin, pre, 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        instance.subscriptions().await.map_err(|e| e.to_string())
+    }
+
+    fn pre(
+        &self,
+    ) -> Result<&crate::runtime::bindings::projection::ProjectionPre<crate::runtime::sandbox::PluginState>, PluginError>
+    {
+        match &self.shared.plugin.code {
+            PluginCode::Projection(pre) => Ok(pre),
+            _ => Err(PluginError::Contract {
+                plugin: self.shared.plugin.name.to_string(),
+                message: "not a projection".into(),
+            }),
+        }
+    }
+
+    /// One instance, one call, one commit.
+    async fn process(
+        &self,
+        events: &[RecordedEvent],
+        cache: &mut RowCache,
+        to: Position,
+    ) -> Result<(), BatchError> {
+        let ctx = &self.ctx;
+        let from = self.position;
+        let mut writes = Vec::new();
+        if !events.is_empty() {
+            let pre = self.pre().map_err(|e| BatchError::Plugin(e.to_string()))?;
+            let now_ms = events.last().map_or(0, |e| e.recorded_at_us.div_euclid(1000));
+            let mut instance = ProjectionInstance::new(&ctx.runtime, &self.shared.plugin, pre, now_ms)
+                .await
+                .map_err(|e| match e {
+                    // The pool is exhausted: not the plugin's fault.
+                    PluginError::Instantiate { .. } => {
+                        BatchError::Store(StoreError::Unavailable(e.to_string()))
+                    }
+                    other => BatchError::Plugin(other.to_string()),
+                })?;
+            let wit: Vec<_> = events.iter().map(to_wit_event).collect();
+            let session = ViewSession::new(
+                ctx.store.clone(),
+                self.shared.name.clone(),
+                self.shared.generation,
+                std::mem::replace(cache, RowCache::new(1)),
+                ctx.runtime.limits.view_value_bytes_max,
+            );
+            let (result, mut session) = instance.handle_batch(&wit, session).await;
+            if let Some(e) = session.store_error.take() {
+                *cache = session.abandon();
+                return Err(BatchError::Store(e));
+            }
+            match result {
+                Ok(Ok(())) => {
+                    let (batch_writes, kept) = session.finish();
+                    *cache = kept;
+                    writes = batch_writes;
+                }
+                Ok(Err(message)) => {
+                    *cache = session.abandon();
+                    return Err(BatchError::Plugin(format!(
+                        "projection {} returned an error: {message}",
+                        self.shared.name
+                    )));
+                }
+                Err(e) => {
+                    *cache = session.abandon();
+                    return Err(BatchError::Plugin(e.to_string()));
+                }
+            }
+        }
+        let commit = ViewCommit {
+            projection: self.shared.name.to_string(),
+            generation: self.shared.generation,
+            from_position: from,
+            to_position: to,
+            writes,
+            skip: None,
+        };
+        let written = commit.writes.clone();
+        ctx.store
+            .commit_view(commit)
+            .await
+            .map_err(BatchError::Store)?;
+        cache.apply(&written);
+        Ok(())
+    }
+
+    fn advanced(&mut self, to: Position, events: u64, took: Duration) {
+        self.position = to;
+        self.shared.update(|p| {
+            p.position = to;
+            p.events_processed += events;
+            p.batches += 1;
+            p.last_batch = took;
+            p.batch_time_total += took;
+            p.poison = None;
+            p.retrying = None;
+        });
+        if self.shared.is_serving.load(Ordering::SeqCst) {
+            self.shared.serving.send_if_modified(|s| {
+                if s.generation == self.shared.generation && s.position < to {
+                    s.position = to;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+
+    /// A batch failed in the plugin: run its events one at a time, each
+    /// committed, to find the exact event. `None` if all of them pass now.
+    async fn find_poison(
+        &mut self,
+        events: &[RecordedEvent],
+        cache: &mut RowCache,
+        message: String,
+    ) -> Result<Option<Poison>, StoreError> {
+        if events.len() <= 1 {
+            return Ok(events.first().map(|e| poison_at(e, message)));
+        }
+        for event in events {
+            let started = Instant::now();
+            match self
+                .process(std::slice::from_ref(event), cache, event.position)
+                .await
+            {
+                Ok(()) => self.advanced(event.position, 1, started.elapsed()),
+                Err(BatchError::Plugin(message)) => return Ok(Some(poison_at(event, message))),
+                Err(BatchError::Store(e)) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stop on a poison event until an operator acts. `Some(skip)` to go
+    /// on, `None` to end the runner.
+    async fn wait_while_failed(&mut self, poison: Poison) -> Option<bool> {
+        tracing::error!(
+            projection = %self.shared.name,
+            generation = self.shared.generation,
+            position = poison.position,
+            event_type = %poison.event_type,
+            error = %poison.message,
+            "projection failed; it waits for POST /projections/{}/resume",
+            self.shared.name
+        );
+        self.shared.update(|p| p.poison = Some(poison));
+        match self.control.recv().await {
+            None | Some(Control::Stop) => None,
+            Some(Control::Resume { skip }) => {
+                tracing::info!(projection = %self.shared.name, skip, "projection resumed by an operator");
+                self.shared.update(|p| p.poison = None);
+                Some(skip)
+            }
+        }
+    }
+
+    /// Move the checkpoint past the poison event, recording the skip.
+    async fn skip(&mut self, poison: &Poison) -> Result<(), StoreError> {
+        if poison.position <= self.position {
+            return Ok(());
+        }
+        let commit = ViewCommit {
+            projection: self.shared.name.to_string(),
+            generation: self.shared.generation,
+            from_position: self.position,
+            to_position: poison.position,
+            writes: Vec::new(),
+            skip: Some(SkipRecord {
+                position: poison.position,
+                stream_id: poison.stream_id.clone(),
+                event_type: poison.event_type.clone(),
+                reason: poison.message.clone(),
+            }),
+        };
+        self.ctx.store.commit_view(commit).await?;
+        tracing::warn!(projection = %self.shared.name, position = poison.position, "poison event skipped");
+        self.advanced(poison.position, 0, Duration::ZERO);
+        Ok(())
+    }
+
+    /// After a store error: wait and go on (true), or give up (false) when
+    /// the error will not go away.
+    async fn retry_later(&mut self, error: &StoreError, backoff: &mut Backoff) -> bool {
+        match error {
+            StoreError::ShuttingDown => false,
+            StoreError::CheckpointMoved { actual, .. } => {
+                // Another runner owns this generation now, or it was dropped.
+                tracing::warn!(projection = %self.shared.name, generation = self.shared.generation, ?actual, "checkpoint moved under the runner; stopping it");
+                false
+            }
+            other => {
+                let wait = backoff.next();
+                tracing::warn!(projection = %self.shared.name, error = %other, retry_in_ms = wait.as_millis() as u64, "store error in a projection; retrying");
+                self.shared.update(|p| p.retrying = Some(other.to_string()));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => true,
+                    control = self.control.recv() => !matches!(control, None | Some(Control::Stop)),
+                }
+            }
+        }
+    }
+}
+
+fn poison_at(event: &RecordedEvent, message: String) -> Poison {
+    Poison {
+        position: event.position,
+        stream_id: event.stream_id.clone(),
+        event_type: event.event_type.clone(),
+        message,
+    }
+}
+
+/// Exponential backoff from 50 ms to a ceiling.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+
+    fn new(max: Duration) -> Self {
+        Self {
+            next: Self::FIRST,
+            max,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}

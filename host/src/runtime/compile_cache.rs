@@ -1,0 +1,375 @@
+//! An on-disk cache of compiled components.
+//!
+//! Compiling a component with Cranelift takes tens of milliseconds for a small
+//! Rust plugin and seconds for a large one; loading the compiled artifact
+//! back takes a fraction of a millisecond. [`CompileCache`] keeps one
+//! `.cwasm` file per (component bytes, engine configuration) in a directory:
+//!
+//! ```text
+//! <dir>/<sha256 of the wasm, hex>-<engine compatibility hash, 16 hex>.cwasm
+//! ```
+//!
+//! The second part comes from [`Engine::precompile_compatibility_hash`], which
+//! covers the target, the compiler flags, the tunables (fuel, epochs, ...),
+//! the wasm features and the wasmtime version, so engines configured
+//! differently never share a file.
+//!
+//! Only files this module wrote are ever loaded: a file is written to a fresh
+//! temporary name in the same directory and renamed into place, so a cache
+//! file is complete when it has its final name, and an existing file is never
+//! written into. A file wasmtime refuses (truncated, corrupt, from another
+//! engine) is deleted and replaced by a fresh compile. Failing to write the
+//! cache is logged and otherwise ignored: the cache only ever saves time.
+//!
+//! The directory must be writable by this host only: wasmtime checks the
+//! header, the engine compatibility and the structure of a compiled artifact,
+//! not the integrity of the machine code in it.
+
+use std::fs::{self, OpenOptions};
+use std::hash::{Hash, Hasher};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// Extension of the cache files.
+const EXTENSION: &str = "cwasm";
+/// Bytes of the engine compatibility hash kept in a file name (16 hex digits).
+const COMPAT_HASH_BYTES: usize = 8;
+
+/// Distinguishes temporary files written by this process.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Whether [`CompileCache::load_or_compile`] found a usable compiled file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Loaded from the cache; nothing was compiled.
+    Hit,
+    /// Compiled (the file was missing or refused); the cache was rewritten
+    /// if it could be.
+    Miss,
+}
+
+/// A directory of compiled components, keyed by content and engine.
+#[derive(Debug, Clone)]
+pub struct CompileCache {
+    dir: PathBuf,
+}
+
+impl CompileCache {
+    /// Use `dir` as the cache, creating it (and its parents) if needed.
+    pub fn open(dir: impl Into<PathBuf>) -> io::Result<Self> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir)?;
+        Ok(Self { dir })
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file the compiled form of `bytes` for `engine` is kept in.
+    pub fn path_for(&self, engine: &Engine, bytes: &[u8]) -> PathBuf {
+        let content = hex::encode(Sha256::digest(bytes));
+        let compat = compatibility_hex(engine);
+        self.dir.join(format!("{content}-{compat}.{EXTENSION}"))
+    }
+
+    /// The component of `bytes` for `engine`: loaded from the cache when a
+    /// compiled file is there and wasmtime accepts it, else compiled and
+    /// written to the cache. Blocking and, on a miss, CPU-heavy: never call
+    /// it on a request or dispatch thread.
+    ///
+    /// The only error is a failure to compile `bytes`.
+    pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+    ) -> Result<(Component, CacheOutcome), wasmtime::Error> {
+        let path = self.path_for(engine, bytes);
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => match load_cached(engine, &path) {
+                Ok(component) => return Ok((component, CacheOutcome::Hit)),
+                Err(e) => {
+                    tracing::warn!(
+                        path = %path.display(),
+                        error = %format!("{e:#}"),
+                        "compiled plugin in the cache refused; compiling afresh"
+                    );
+                    remove_quietly(&path);
+                }
+            },
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "compile cache entry is not a file; compiling without the cache");
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot stat the compile cache entry; compiling afresh");
+            }
+        }
+        let component = Component::new(engine, bytes)?;
+        self.store(&path, &component);
+        Ok((component, CacheOutcome::Miss))
+    }
+
+    /// Write the compiled `component` to `path`; a failure is only logged.
+    fn store(&self, path: &Path, component: &Component) {
+        let result = component
+            .serialize()
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|compiled| write_atomically(path, &compiled).map_err(|e| e.to_string()));
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), error = %e, "could not write the compile cache");
+        }
+    }
+}
+
+/// Load a compiled component this module wrote.
+#[allow(
+    unsafe_code,
+    reason = "deserializing a compiled component is unsafe; only this cache's own files are loaded"
+)]
+fn load_cached(engine: &Engine, path: &Path) -> Result<Component, wasmtime::Error> {
+    // SAFETY: `path` is a file of the cache directory, named by the sha256 of
+    // the component bytes and the engine's compatibility hash, and only
+    // `write_atomically` puts files there: it writes the bytes of
+    // `Component::serialize` to a fresh temporary file (`create_new`), syncs
+    // it and renames it into place. So a file with a cache name is a complete
+    // artifact wasmtime produced for these bytes, and wasmtime itself refuses
+    // one made by an incompatible engine. The file is mapped, not copied, so
+    // it must not change while the component lives: this module never writes
+    // into an existing file, and deleting or replacing one by rename leaves
+    // the mapped inode intact. The directory must not be writable by anyone
+    // but this host (see the module documentation).
+    unsafe { Component::deserialize_file(engine, path) }
+}
+
+/// Write `bytes` to `path` so that `path` is either absent, the old file, or
+/// the complete new file: write a temporary file beside it, sync, rename.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "cache path has no file name"))?
+        .to_string_lossy()
+        .into_owned();
+    let counter = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let temp = path.with_file_name(format!("{name}.tmp-{}-{counter}", std::process::id()));
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
+        file.write_all(bytes)?;
+        // Without this a crash could leave a renamed file whose data never
+        // reached the disk.
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&temp, path)
+    })();
+    if written.is_err() {
+        remove_quietly(&temp);
+    }
+    written
+}
+
+/// Delete a file; a file already gone is fine, other failures are logged.
+fn remove_quietly(path: &Path) {
+    if let Err(e) = fs::remove_file(path)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "could not delete a compile cache file");
+    }
+}
+
+/// The engine's compatibility hash, as hex. Fed through SHA-256 rather than
+/// `DefaultHasher`, whose algorithm may change between Rust releases.
+fn compatibility_hex(engine: &Engine) -> String {
+    let mut hasher = Sha256Hasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    let digest = hasher.0.finalize();
+    hex::encode(&digest[..COMPAT_HASH_BYTES])
+}
+
+/// A [`Hasher`] that feeds SHA-256.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_le_bytes(first)
+    }
+}
+
+#[cfg(all(test, feature = "examples"))]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use wasmtime::Config;
+
+    use super::*;
+
+    fn engine(fuel: bool) -> Engine {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.consume_fuel(fuel);
+        Engine::new(&config).unwrap()
+    }
+
+    fn bank_account() -> Vec<u8> {
+        fs::read(kiln_plugin_artifacts::BANK_ACCOUNT).unwrap()
+    }
+
+    fn exports(engine: &Engine, component: &Component) -> Vec<String> {
+        component
+            .component_type()
+            .exports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
+    /// Cache files of `dir`, leftover temporary files included.
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn miss_then_hit_and_the_loaded_component_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompileCache::open(dir.path().join("nested/cache")).unwrap();
+        let engine = engine(false);
+        let bytes = bank_account();
+
+        let (first, outcome) = cache.load_or_compile(&engine, &bytes).unwrap();
+        assert_eq!(outcome, CacheOutcome::Miss);
+        let path = cache.path_for(&engine, &bytes);
+        assert!(path.is_file());
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with(&hex::encode(Sha256::digest(&bytes))) && name.ends_with(".cwasm"),
+            "{name}"
+        );
+        assert_eq!(files(cache.dir()), vec![name], "no temporary file left");
+
+        let (second, outcome) = cache.load_or_compile(&engine, &bytes).unwrap();
+        assert_eq!(outcome, CacheOutcome::Hit);
+        let names = exports(&engine, &second);
+        assert!(names.iter().any(|n| n == "apply"), "{names:?}");
+        assert_eq!(names, exports(&engine, &first));
+    }
+
+    #[test]
+    fn a_corrupt_or_truncated_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompileCache::open(dir.path()).unwrap();
+        let engine = engine(false);
+        let bytes = bank_account();
+        cache.load_or_compile(&engine, &bytes).unwrap();
+        let path = cache.path_for(&engine, &bytes);
+        let good = fs::read(&path).unwrap();
+
+        let garbage = vec![0x5a; good.len()];
+        let truncated = good[..good.len() / 2].to_vec();
+        for bad in [garbage, truncated, Vec::new()] {
+            fs::write(&path, &bad).unwrap();
+            let (component, outcome) = cache.load_or_compile(&engine, &bytes).unwrap();
+            assert_eq!(outcome, CacheOutcome::Miss);
+            assert!(exports(&engine, &component).iter().any(|n| n == "apply"));
+            assert_eq!(fs::read(&path).unwrap(), good, "the file was rewritten");
+            let (_, outcome) = cache.load_or_compile(&engine, &bytes).unwrap();
+            assert_eq!(outcome, CacheOutcome::Hit);
+        }
+    }
+
+    #[test]
+    fn another_engine_configuration_does_not_load_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompileCache::open(dir.path()).unwrap();
+        let plain = engine(false);
+        let fueled = engine(true);
+        let bytes = bank_account();
+
+        // Engines configured alike share files; unlike ones do not.
+        assert_eq!(
+            cache.path_for(&plain, &bytes),
+            cache.path_for(&engine(false), &bytes)
+        );
+        let plain_path = cache.path_for(&plain, &bytes);
+        let fueled_path = cache.path_for(&fueled, &bytes);
+        assert_ne!(plain_path, fueled_path);
+
+        assert_eq!(
+            cache.load_or_compile(&plain, &bytes).unwrap().1,
+            CacheOutcome::Miss
+        );
+        assert_eq!(
+            cache.load_or_compile(&fueled, &bytes).unwrap().1,
+            CacheOutcome::Miss
+        );
+        assert_eq!(
+            cache.load_or_compile(&plain, &bytes).unwrap().1,
+            CacheOutcome::Hit
+        );
+        assert_eq!(
+            cache.load_or_compile(&fueled, &bytes).unwrap().1,
+            CacheOutcome::Hit
+        );
+
+        // Even under the other engine's name, wasmtime refuses the artifact:
+        // it is replaced, not used.
+        fs::copy(&plain_path, &fueled_path).unwrap();
+        let (_, outcome) = cache.load_or_compile(&fueled, &bytes).unwrap();
+        assert_eq!(outcome, CacheOutcome::Miss);
+        assert_ne!(
+            fs::read(&fueled_path).unwrap(),
+            fs::read(&plain_path).unwrap()
+        );
+        assert_eq!(
+            cache.load_or_compile(&fueled, &bytes).unwrap().1,
+            CacheOutcome::Hit
+        );
+    }
+
+    #[test]
+    fn a_cache_that_cannot_be_written_still_compiles() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache_dir = dir.path().join("cache");
+        let cache = CompileCache::open(&cache_dir).unwrap();
+        // Replace the directory by a file: every write fails.
+        fs::remove_dir(&cache_dir).unwrap();
+        fs::write(&cache_dir, b"not a directory").unwrap();
+        let engine = engine(false);
+        let bytes = bank_account();
+        for _ in 0..2 {
+            let (component, outcome) = cache.load_or_compile(&engine, &bytes).unwrap();
+            assert_eq!(outcome, CacheOutcome::Miss);
+            assert!(exports(&engine, &component).iter().any(|n| n == "apply"));
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_component_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompileCache::open(dir.path()).unwrap();
+        assert!(
+            cache
+                .load_or_compile(&engine(false), b"\0asm\x01\0\0\0")
+                .is_err()
+        );
+        assert!(files(cache.dir()).is_empty());
+    }
+}

@@ -1,0 +1,229 @@
+//! The `view` a projection writes through, as the host serves it during one
+//! batch.
+//!
+//! Writes go to an overlay that the runner commits with the checkpoint once
+//! the batch succeeds (or throws away if it fails). Reads see the overlay
+//! first, then a row cache the runner keeps across batches (it is the only
+//! writer of its generation, so the cache never goes stale), then the store.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use lru::LruCache;
+
+use super::bindings::projection::kiln::plugin::view;
+use super::sandbox::PluginState;
+use crate::store::{EventStore, RowWrite, StoreError, ViewId};
+
+/// Rows of one generation remembered between batches: `None` is a row known
+/// to be absent.
+pub struct RowCache {
+    rows: LruCache<String, Option<Vec<u8>>>,
+}
+
+impl RowCache {
+    pub fn new(entries: usize) -> Self {
+        Self {
+            rows: LruCache::new(NonZeroUsize::new(entries).unwrap_or(NonZeroUsize::MIN)),
+        }
+    }
+
+    /// Fold a committed batch's writes in.
+    pub fn apply(&mut self, writes: &[(String, RowWrite)]) {
+        for (key, write) in writes {
+            let value = match write {
+                RowWrite::Put(v) => Some(v.clone()),
+                RowWrite::Delete => None,
+            };
+            self.rows.put(key.clone(), value);
+        }
+    }
+}
+
+/// One batch's access to a view.
+pub struct ViewSession {
+    store: Arc<dyn EventStore>,
+    projection: Arc<str>,
+    generation: u64,
+    overlay: BTreeMap<String, RowWrite>,
+    cache: RowCache,
+    value_bytes_max: usize,
+    /// A store failure met during the batch: the batch failed for a reason
+    /// that is not the plugin's.
+    pub store_error: Option<StoreError>,
+}
+
+impl ViewSession {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        projection: Arc<str>,
+        generation: u64,
+        cache: RowCache,
+        value_bytes_max: usize,
+    ) -> Self {
+        Self {
+            store,
+            projection,
+            generation,
+            overlay: BTreeMap::new(),
+            cache,
+            value_bytes_max,
+            store_error: None,
+        }
+    }
+
+    fn id(&self) -> ViewId<'_> {
+        ViewId {
+            projection: &self.projection,
+            generation: self.generation,
+        }
+    }
+
+    /// The batch's writes (one per key) and the cache, to commit and keep.
+    pub fn finish(self) -> (Vec<(String, RowWrite)>, RowCache) {
+        (self.overlay.into_iter().collect(), self.cache)
+    }
+
+    /// The cache, discarding the batch's writes.
+    pub fn abandon(self) -> RowCache {
+        self.cache
+    }
+
+    fn store_failed(&mut self, e: StoreError) -> wasmtime::Error {
+        let message = format!("the view store failed: {e}");
+        self.store_error = Some(e);
+        wasmtime::Error::msg(message)
+    }
+
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        if let Some(write) = self.overlay.get(&key) {
+            return Ok(match write {
+                RowWrite::Put(v) => Some(v.clone()),
+                RowWrite::Delete => None,
+            });
+        }
+        if let Some(cached) = self.cache.rows.get(&key) {
+            return Ok(cached.clone());
+        }
+        let found = match self.store.view_get(self.id(), &key).await {
+            Ok(found) => found,
+            Err(e) => return Err(self.store_failed(e)),
+        };
+        self.cache.rows.put(key, found.clone());
+        Ok(found)
+    }
+
+    fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+        if value.len() > self.value_bytes_max {
+            return Err(wasmtime::Error::msg(format!(
+                "view row {key:?} of {} bytes is over the limit of {} bytes",
+                value.len(),
+                self.value_bytes_max
+            )));
+        }
+        self.overlay.insert(key, RowWrite::Put(value));
+        Ok(())
+    }
+
+    fn delete(&mut self, key: String) {
+        self.overlay.insert(key, RowWrite::Delete);
+    }
+
+    /// Committed rows merged with the batch's own writes, in key order.
+    async fn scan(
+        &mut self,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+        let limit = limit.clamp(1, 10_000);
+        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut cursor = after;
+        loop {
+            let page = match self
+                .store
+                .view_scan(self.id(), &prefix, cursor.as_deref(), limit)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => return Err(self.store_failed(e)),
+            };
+            let exhausted = page.len() < limit as usize;
+            // The window this page covers: after the cursor, up to its last
+            // key (or to the end of the prefix when the store has no more).
+            let upper = if exhausted {
+                None
+            } else {
+                page.last().map(|(k, _)| k.clone())
+            };
+            let mut window: BTreeMap<String, Vec<u8>> = page.into_iter().collect();
+            let lower = match &cursor {
+                Some(c) => Bound::Excluded(c.clone()),
+                None => Bound::Included(prefix.clone()),
+            };
+            let high = match &upper {
+                Some(u) => Bound::Included(u.clone()),
+                None => Bound::Unbounded,
+            };
+            for (key, write) in self.overlay.range((lower, high)) {
+                if !key.starts_with(&prefix) {
+                    if key.as_str() > prefix.as_str() {
+                        break;
+                    }
+                    continue;
+                }
+                match write {
+                    RowWrite::Put(v) => {
+                        window.insert(key.clone(), v.clone());
+                    }
+                    RowWrite::Delete => {
+                        window.remove(key);
+                    }
+                }
+            }
+            for row in window {
+                if out.len() == limit as usize {
+                    return Ok(out);
+                }
+                out.push(row);
+            }
+            match upper {
+                Some(u) if out.len() < limit as usize => cursor = Some(u),
+                _ => return Ok(out),
+            }
+        }
+    }
+}
+
+fn session(state: &mut PluginState) -> wasmtime::Result<&mut ViewSession> {
+    state
+        .view
+        .as_mut()
+        .ok_or_else(|| wasmtime::Error::msg("the view is only available inside handle-batch"))
+}
+
+impl view::Host for PluginState {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        session(self)?.get(key).await
+    }
+
+    fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+        session(self)?.put(key, value)
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        session(self)?.delete(key);
+        Ok(())
+    }
+
+    async fn scan(
+        &mut self,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+        session(self)?.scan(prefix, after, limit).await
+    }
+}
