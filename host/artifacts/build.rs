@@ -18,7 +18,9 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 const PROFILE: &str = "plugin";
 
 /// A plugin crate: its package name is the component's file stem, which is
-/// also the plugin name the host uses.
+/// also the plugin name the host uses. (Library crates the plugins share,
+/// such as `account_balances_core`, are not listed: they are not
+/// components.)
 struct Plugin {
     package: &'static str,
     kind: Kind,
@@ -46,6 +48,14 @@ const PLUGINS: &[Plugin] = &[
         kind: Kind::Example,
     },
     Plugin {
+        package: "account_balances",
+        kind: Kind::Example,
+    },
+    Plugin {
+        package: "executions_by_status",
+        kind: Kind::Example,
+    },
+    Plugin {
         package: "fixture_panic",
         kind: Kind::Fixture,
     },
@@ -67,6 +77,14 @@ const PLUGINS: &[Plugin] = &[
     },
     Plugin {
         package: "fixture_no_world",
+        kind: Kind::Fixture,
+    },
+    Plugin {
+        package: "fixture_poison",
+        kind: Kind::Fixture,
+    },
+    Plugin {
+        package: "fixture_balances_v2",
         kind: Kind::Fixture,
     },
 ];

@@ -77,6 +77,8 @@ impl TestHost {
         for file in [
             artifacts::BANK_ACCOUNT,
             artifacts::WORKFLOW_EXECUTION,
+            artifacts::ACCOUNT_BALANCES,
+            artifacts::EXECUTIONS_BY_STATUS,
             artifacts::FIXTURE_PANIC,
             artifacts::FIXTURE_SPIN,
             artifacts::FIXTURE_OOM,

@@ -8,6 +8,7 @@ mod commands;
 mod durability;
 mod live;
 mod plugins;
+mod projections;
 mod sandbox;
 mod streams;
 mod workflow;

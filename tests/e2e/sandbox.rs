@@ -16,6 +16,13 @@ macro_rules! assert_test_exists {
 }
 kiln_plugin_artifacts::foreach_fixture!(assert_test_exists);
 
+// The projection fixtures are tested with the other projections.
+#[allow(unused_imports, reason = "the import only names the fixture's test")]
+use crate::projections::{
+    a_poison_event_stops_only_its_projection_until_skipped as fixture_poison,
+    shadow_deploy_diffs_exactly_the_changed_keys_then_promotes as fixture_balances_v2,
+};
+
 /// The host still serves a normal command right after a failure.
 async fn host_goes_on(h: &TestHost, id: &str) {
     h.command("bank_account", id, cmd("Open", json!({"owner": "after"})))

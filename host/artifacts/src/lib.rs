@@ -5,10 +5,13 @@
 //! wasm32-wasip2` of the plugin crates in `plugins/` (adding the target with
 //! rustup if needed) and copies the components to:
 //!
-//! - [`EXAMPLES_DIR`] (`<target>/plugins/`): `bank_account.wasm`,
-//!   `workflow_execution.wasm`;
-//! - [`FIXTURES_DIR`] (`<target>/plugins/fixtures/`): the misbehaving
-//!   `fixture_*.wasm` components the host's tests use.
+//! - [`EXAMPLES_DIR`] (`<target>/plugins/`): the aggregates
+//!   `bank_account.wasm` and `workflow_execution.wasm`, and the projections
+//!   `account_balances.wasm` and `executions_by_status.wasm`;
+//! - [`FIXTURES_DIR`] (`<target>/plugins/fixtures/`): the `fixture_*.wasm`
+//!   components the host's tests use, misbehaving aggregates and projections
+//!   (`fixture_poison`) and a second version of a projection
+//!   (`fixture_balances_v2`).
 //!
 //! `<target>` is `$CARGO_TARGET_DIR` when set, else the workspace's `target/`.
 //! The file stem of each component is the plugin name the host uses.
@@ -31,6 +34,8 @@
 //! fn fixture_oversize() {}
 //! fn fixture_snoop() {}
 //! fn fixture_no_world() {}
+//! fn fixture_poison() {}
+//! fn fixture_balances_v2() {}
 //! # fn main() {
 //! #     assert!(std::path::Path::new(kiln_plugin_artifacts::FIXTURE_PANIC).is_file());
 //! # }
@@ -44,15 +49,26 @@ mod tests {
 
     use super::*;
 
-    const ALL: [&str; 8] = [
+    const EXAMPLES: [&str; 4] = [
         BANK_ACCOUNT,
         WORKFLOW_EXECUTION,
+        ACCOUNT_BALANCES,
+        EXECUTIONS_BY_STATUS,
+    ];
+
+    const ALL: [&str; 12] = [
+        BANK_ACCOUNT,
+        WORKFLOW_EXECUTION,
+        ACCOUNT_BALANCES,
+        EXECUTIONS_BY_STATUS,
         FIXTURE_PANIC,
         FIXTURE_SPIN,
         FIXTURE_OOM,
         FIXTURE_OVERSIZE,
         FIXTURE_SNOOP,
         FIXTURE_NO_WORLD,
+        FIXTURE_POISON,
+        FIXTURE_BALANCES_V2,
     ];
 
     #[test]
@@ -70,9 +86,17 @@ mod tests {
 
     #[test]
     fn components_sit_in_their_directories() {
-        for path in [BANK_ACCOUNT, WORKFLOW_EXECUTION] {
+        for path in EXAMPLES {
             assert_eq!(Path::new(path).parent(), Some(Path::new(EXAMPLES_DIR)));
         }
+        let mut examples = 0;
+        macro_rules! count {
+            ($name:ident) => {
+                examples += 1;
+            };
+        }
+        foreach_example!(count);
+        assert_eq!(examples, EXAMPLES.len());
         let mut fixtures = 0;
         macro_rules! check {
             ($name:ident) => {
@@ -82,6 +106,6 @@ mod tests {
             };
         }
         foreach_fixture!(check);
-        assert_eq!(fixtures, 6);
+        assert_eq!(fixtures, 8);
     }
 }

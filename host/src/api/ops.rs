@@ -33,7 +33,8 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Api
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let head = *app.pipeline.store().subscribe_head().borrow();
-    let text = app.metrics.render(head, app.registry.len());
+    let mut text = app.metrics.render(head, app.registry.len());
+    crate::metrics::render_projections(&mut text, &app.projections.statuses().await);
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -269,12 +269,12 @@ mod tests {
                 }
             }
         }
-        let as_given = |events: &[(String, Event)]| {
+        fn as_given(events: &[(String, Event)]) -> Vec<(&str, Event)> {
             events
                 .iter()
                 .map(|(stream, event)| (stream.as_str(), event.clone()))
-                .collect::<Vec<_>>()
-        };
+                .collect()
+        }
         let one_batch = Test::new().given(as_given(&events));
         let mut one_by_one = Test::new();
         for event in events.chunks(1) {
