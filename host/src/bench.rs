@@ -18,6 +18,7 @@
 //! It reports every run and the median of each figure.
 
 mod http;
+pub mod projection;
 mod raw;
 mod stats;
 mod wasm;

@@ -29,6 +29,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Benchmark commands over HTTP against the raw append rate.
     Bench(crate::bench::BenchArgs),
+    /// Benchmark projection catch-up and a hot swap against the raw read rate.
+    BenchProjection(crate::bench::projection::ProjectionBenchArgs),
 }
 
 /// Options of `kiln serve`.

@@ -21,6 +21,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => kiln::bench::run(args).await,
+            Command::BenchProjection(args) => kiln::bench::projection::run(args).await,
         }
     })
 }

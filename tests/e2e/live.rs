@@ -211,6 +211,13 @@ async fn last_event_id_resumes_after_that_position() {
     )
     .await
     .expect(400, "invalid_request");
+    h.send(
+        h.client
+            .get(h.url("/streams/bank_account-r1/live"))
+            .header("Last-Event-ID", "99999999999999999999"),
+    )
+    .await
+    .expect(400, "invalid_request");
     h.get("/streams/bank_account-r1/live?from_version=abc")
         .await
         .expect(400, "invalid_request");

@@ -84,6 +84,36 @@ mod tests {
         }
     }
 
+    fn contains(bytes: &[u8], needle: &str) -> bool {
+        bytes
+            .windows(needle.len())
+            .any(|window| window == needle.as_bytes())
+    }
+
+    /// The SDK binds several worlds; a component must get only the world
+    /// its crate exports. The names of a component's imports and exports are
+    /// plain strings in its binary.
+    #[test]
+    fn aggregates_and_projections_have_their_own_world() {
+        for path in [BANK_ACCOUNT, WORKFLOW_EXECUTION] {
+            let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            for name in ["kiln:plugin/view", "handle-batch", "subscriptions"] {
+                assert!(!contains(&bytes, name), "{path} mentions {name}");
+            }
+        }
+        for path in [
+            ACCOUNT_BALANCES,
+            EXECUTIONS_BY_STATUS,
+            FIXTURE_POISON,
+            FIXTURE_BALANCES_V2,
+        ] {
+            let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            for name in ["kiln:plugin/view@0.1.0", "handle-batch", "subscriptions"] {
+                assert!(contains(&bytes, name), "{path} does not mention {name}");
+            }
+        }
+    }
+
     #[test]
     fn components_sit_in_their_directories() {
         for path in EXAMPLES {

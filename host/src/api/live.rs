@@ -121,11 +121,16 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<Position>, ApiError> {
     if text.is_empty() {
         return Ok(None);
     }
-    text.parse::<Position>().map(Some).map_err(|_| {
-        ApiError::invalid_request(format!(
-            "Last-Event-ID {text:?} is not an event position (a non-negative integer)"
-        ))
-    })
+    // Positions are stored as SQL integers: at most i64::MAX.
+    text.parse::<i64>()
+        .ok()
+        .and_then(|p| Position::try_from(p).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::invalid_request(format!(
+                "Last-Event-ID {text:?} is not an event position (a non-negative integer)"
+            ))
+        })
 }
 
 /// `GET /events/live?from_position=P` — the global log.

@@ -183,7 +183,8 @@ impl Runner {
                 }
             }
         };
-        let types = (!types.is_empty()).then_some(types);
+        let types: Option<Arc<[String]>> = (!types.is_empty()).then(|| types.into());
+        let mut prefetched: Option<Prefetch> = None;
         let mut head_rx = self.ctx.store.subscribe_head();
         let mut cache = RowCache::new(self.ctx.config.cache_rows);
         let mut backoff = Backoff::new(self.ctx.config.retry_backoff_max);
@@ -206,16 +207,20 @@ impl Runner {
                 continue;
             }
             let batch_size = self.ctx.config.batch_size;
-            let read = self
-                .ctx
-                .store
-                .read_global(GlobalQuery {
-                    from_position: self.position + 1,
-                    until_position: Some(head),
-                    limit: batch_size,
-                    types: types.as_deref(),
-                })
-                .await;
+            // Catching up, the next batch is read while this one runs.
+            let read = match prefetched.take() {
+                Some(next) if next.from == self.position + 1 && next.until == head => {
+                    next.task.await.unwrap_or_else(|e| {
+                        Err(StoreError::Unavailable(format!("read task failed: {e}")))
+                    })
+                }
+                other => {
+                    if let Some(stale) = other {
+                        stale.task.abort();
+                    }
+                    read_batch(self.ctx.store.clone(), self.position + 1, head, batch_size, types.clone()).await
+                }
+            };
             let events = match read {
                 Ok(events) => events,
                 Err(e) => {
@@ -231,6 +236,15 @@ impl Runner {
             } else {
                 events.last().map_or(head, |e| e.position)
             };
+            if !last_batch {
+                let store = self.ctx.store.clone();
+                let types = types.clone();
+                prefetched = Some(Prefetch {
+                    from: to + 1,
+                    until: head,
+                    task: tokio::spawn(read_batch(store, to + 1, head, batch_size, types)),
+                });
+            }
             let started = Instant::now();
             match self.process(&events, &mut cache, to).await {
                 Ok(()) => {
@@ -491,6 +505,30 @@ impl Runner {
             }
         }
     }
+}
+
+/// A batch being read ahead.
+struct Prefetch {
+    from: Position,
+    until: Position,
+    task: tokio::task::JoinHandle<Result<Vec<RecordedEvent>, StoreError>>,
+}
+
+async fn read_batch(
+    store: Arc<dyn EventStore>,
+    from: Position,
+    until: Position,
+    limit: u32,
+    types: Option<Arc<[String]>>,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    store
+        .read_global(GlobalQuery {
+            from_position: from,
+            until_position: Some(until),
+            limit,
+            types: types.as_deref(),
+        })
+        .await
 }
 
 fn poison_at(event: &RecordedEvent, message: String) -> Poison {

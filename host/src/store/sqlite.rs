@@ -116,6 +116,7 @@ impl SqliteStore {
             ),
             head_tx,
             commits_tx: commits.clone(),
+            sync_full: true,
         };
         tokio::spawn(run_writer(state, rx, max_batch));
         Ok(Self {
@@ -129,7 +130,14 @@ impl SqliteStore {
     /// Run `job` in the writer's next transaction; its result is answered
     /// once that transaction has committed.
     async fn run_job<T: Send + 'static>(&self, job: JobFn<T>) -> Result<T, StoreError> {
-        self.send(|reply| WriteOp::Job(Box::new(TypedJob::new(job, reply))))
+        self.send(|reply| WriteOp::Job(Box::new(TypedJob::new(job, reply, true))))
+            .await
+    }
+
+    /// A job that must be atomic but need not be fsynced before its answer
+    /// (a projection batch: rebuildable, and atomic with its checkpoint).
+    async fn run_job_unsynced<T: Send + 'static>(&self, job: JobFn<T>) -> Result<T, StoreError> {
+        self.send(|reply| WriteOp::Job(Box::new(TypedJob::new(job, reply, false))))
             .await
     }
 
@@ -224,6 +232,8 @@ struct Writer {
     versions: LruCache<String, u64>,
     head_tx: watch::Sender<Position>,
     commits_tx: broadcast::Sender<CommittedBatch>,
+    /// Whether the connection is at `synchronous = FULL` (else `NORMAL`).
+    sync_full: bool,
 }
 
 /// Streams whose versions the writer remembers.
@@ -321,9 +331,16 @@ impl Writer {
                 WriteOp::Shutdown(done) => shutdown = Some(done),
             }
         }
+        // A batch of projection commits alone is not fsynced: it stays
+        // atomic (view rows and checkpoint together), survives a crash of
+        // the process, and the next durable commit's fsync covers it.
+        let needs_fsync = !batch.appends.is_empty()
+            || !batch.snapshots.is_empty()
+            || !batch.purges.is_empty()
+            || batch.jobs.iter().any(|j| j.needs_fsync());
         let appends = std::mem::take(&mut batch.appends);
         match self
-            .write(appends, &batch.snapshots, &batch.purges, &mut batch.jobs)
+            .write(needs_fsync, appends, &batch.snapshots, &batch.purges, &mut batch.jobs)
             .await
         {
             Ok(written) => {
@@ -391,11 +408,22 @@ impl Writer {
     /// through sqlx, so the statement count does not grow with the batch.
     async fn write(
         &mut self,
+        needs_fsync: bool,
         appends: Vec<AppendRequest>,
         snapshots: &[Snapshot],
         purges: &[i64],
         jobs: &mut [Box<dyn Job>],
     ) -> Result<Written, sqlx::Error> {
+        if needs_fsync != self.sync_full {
+            // A durable batch that cannot switch to FULL fails as a whole.
+            let pragma = if needs_fsync {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            };
+            sqlx::query(pragma).execute(&mut self.conn).await?;
+            self.sync_full = needs_fsync;
+        }
         let mut tail = self.tail;
         let mut tx = self.conn.begin().await?;
         let mut versions = lookup_versions(&mut self.versions, &mut tx, &appends).await?;
@@ -836,7 +864,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn commit_view(&self, commit: ViewCommit) -> Result<(), StoreError> {
-        self.run_job(Box::new(move |conn| {
+        self.run_job_unsynced(Box::new(move |conn| {
             Box::pin(catalog::commit_view(conn, commit))
         }))
         .await

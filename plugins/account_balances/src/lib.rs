@@ -182,11 +182,11 @@ mod tests {
             })
             .collect();
         let one_batch = Test::new().given(
-                events
-                    .iter()
-                    .map(|(stream, event)| (stream.as_str(), event.clone()))
-                    .collect(),
-            );
+            events
+                .iter()
+                .map(|(stream, event)| (stream.as_str(), event.clone()))
+                .collect(),
+        );
         let mut one_by_one = Test::new();
         for (stream, event) in &events {
             one_by_one = one_by_one.given(vec![(stream.as_str(), event.clone())]);
@@ -196,7 +196,11 @@ mod tests {
         let sum: i64 = one_batch
             .rows(ACCOUNT_PREFIX)
             .iter()
-            .map(|(key, _)| one_batch.row::<AccountRow>(key).map_or(0, |row| row.balance))
+            .map(|(key, _)| {
+                one_batch
+                    .row::<AccountRow>(key)
+                    .map_or(0, |row| row.balance)
+            })
             .sum();
         assert_eq!(totals.total_balance, sum);
         assert_eq!(totals.open_accounts, 3);
@@ -209,7 +213,12 @@ mod tests {
             ("bank_account-2", opened("bob")),
         ]);
         let events = (0..1000)
-            .map(|i| TestEvent::new(format!("bank_account-{}", 1 + i % 2), &Event::Deposited { amount: 1 }))
+            .map(|i| {
+                TestEvent::new(
+                    format!("bank_account-{}", 1 + i % 2),
+                    &Event::Deposited { amount: 1 },
+                )
+            })
             .collect();
         assert_eq!(test.handle_batch(events), Ok(()));
         // Two accounts and `_totals`.
@@ -251,7 +260,10 @@ mod tests {
         let error = test
             .handle_batch(vec![TestEvent::new("bank_account-1", &opened("eve"))])
             .unwrap_err();
-        assert!(error.ends_with("account `1` is opened a second time"), "{error}");
+        assert!(
+            error.ends_with("account `1` is opened a second time"),
+            "{error}"
+        );
         let error = test
             .handle_batch(vec![
                 TestEvent::new("bank_account-1", &Event::Deposited { amount: i64::MAX }),

@@ -227,7 +227,12 @@ fn inc(count: u64) -> Result<u64, String> {
 
 /// Add `amount` (negative for a withdrawal) to the balance of account `id`
 /// and to the total.
-fn move_money(row: &mut AccountRow, totals: &mut Totals, amount: i64, id: &str) -> Result<(), String> {
+fn move_money(
+    row: &mut AccountRow,
+    totals: &mut Totals,
+    amount: i64,
+    id: &str,
+) -> Result<(), String> {
     row.balance = row.balance.checked_add(amount).ok_or_else(|| {
         format!(
             "the balance of account `{id}` ({}) overflows an i64 when adding {amount}",

@@ -327,7 +327,10 @@ mod tests {
         let error = test
             .handle_batch(vec![TestEvent::new(E1, &Event::Paused {})])
             .unwrap_err();
-        assert!(error.contains("the count of `running` (0) cannot change by -1"), "{error}");
+        assert!(
+            error.contains("the count of `running` (0) cannot change by -1"),
+            "{error}"
+        );
         let error = test
             .handle_batch(vec![TestEvent::json(E1, "Failed", "{}")])
             .unwrap_err();

@@ -208,10 +208,10 @@ mod view;
 pub use aggregate::{Aggregate, CommandContext, Failure};
 pub use codec::EVENT_SCHEMA;
 pub use projection::{Envelope, Projection};
-pub use view::{StoreCalls, View};
 /// `serde_json`, re-exported so a plugin can name [`serde_json::Value`] without
 /// depending on it.
 pub use serde_json;
+pub use view::{StoreCalls, View};
 
 /// Items used by the code that [`export_aggregate!`] and
 /// [`export_projection!`] generate. Not public API.

@@ -207,14 +207,12 @@ pub(crate) fn handle_batch<P: Projection>(
             recorded_at_ms: raw.recorded_at_ms,
             event,
         };
-        projection
-            .handle(view, &envelope)
-            .map_err(|message| {
-                format!(
-                    "{}: {message}",
-                    describe(envelope.position, &envelope.event_type, &envelope.stream_id)
-                )
-            })?;
+        projection.handle(view, &envelope).map_err(|message| {
+            format!(
+                "{}: {message}",
+                describe(envelope.position, &envelope.event_type, &envelope.stream_id)
+            )
+        })?;
     }
     projection.finish(view)?;
     view.flush();

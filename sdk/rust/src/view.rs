@@ -445,18 +445,24 @@ mod tests {
     fn undecodable_rows_are_errors() {
         let mut view = view(&[("a", r#"{"x": 1}"#)]);
         let error = view.get::<u32>("a").unwrap_err();
-        assert!(error.contains("view row `a` does not decode as u32"), "{error}");
+        assert!(
+            error.contains("view row `a` does not decode as u32"),
+            "{error}"
+        );
         let error = view.scan::<u32>("", None, 10).unwrap_err();
         assert!(error.contains("view row `a`"), "{error}");
-        assert_eq!(
-            view.get::<Value>("a").unwrap(),
-            Some(json!({"x": 1}))
-        );
+        assert_eq!(view.get::<Value>("a").unwrap(), Some(json!({"x": 1})));
     }
 
     #[test]
     fn scan_pages_by_prefix() {
-        let mut view = view(&[("a", "0"), ("p1", "1"), ("p2", "2"), ("p3", "3"), ("q", "4")]);
+        let mut view = view(&[
+            ("a", "0"),
+            ("p1", "1"),
+            ("p2", "2"),
+            ("p3", "3"),
+            ("q", "4"),
+        ]);
         assert_eq!(keys(&view.scan_bytes("p", None, 10)), ["p1", "p2", "p3"]);
         assert_eq!(keys(&view.scan_bytes("p", None, 2)), ["p1", "p2"]);
         assert_eq!(keys(&view.scan_bytes("p", Some("p2"), 2)), ["p3"]);
@@ -469,7 +475,13 @@ mod tests {
 
     #[test]
     fn scan_sees_pending_writes_and_deletes() {
-        let mut view = view(&[("p1", "1"), ("p2", "2"), ("p3", "3"), ("p4", "4"), ("p5", "5")]);
+        let mut view = view(&[
+            ("p1", "1"),
+            ("p2", "2"),
+            ("p3", "3"),
+            ("p4", "4"),
+            ("p5", "5"),
+        ]);
         view.delete("p1");
         view.delete("p2");
         view.put("p3", &30).unwrap();
@@ -493,7 +505,13 @@ mod tests {
     }
 
     fn view_with_deleted_page() -> View {
-        let mut view = view(&[("k1", "1"), ("k2", "2"), ("k3", "3"), ("k4", "4"), ("k5", "5")]);
+        let mut view = view(&[
+            ("k1", "1"),
+            ("k2", "2"),
+            ("k3", "3"),
+            ("k4", "4"),
+            ("k5", "5"),
+        ]);
         for key in ["k1", "k2", "k3", "k4"] {
             view.delete(key);
         }

@@ -31,18 +31,23 @@ pub trait Job: Send {
     ) -> BoxFuture<'c, Result<(), sqlx::Error>>;
     /// Answer the caller: `Ok` once the transaction committed, else why not.
     fn finish(self: Box<Self>, committed: Result<(), String>);
+    /// Whether the caller needs the write on disk (fsynced) before the
+    /// answer, or only atomic and ordered with the others.
+    fn needs_fsync(&self) -> bool;
 }
 
 pub struct TypedJob<T> {
     work: Option<JobFn<T>>,
+    fsync: bool,
     outcome: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
 
 impl<T> TypedJob<T> {
-    pub fn new(work: JobFn<T>, reply: oneshot::Sender<Result<T, StoreError>>) -> Self {
+    pub fn new(work: JobFn<T>, reply: oneshot::Sender<Result<T, StoreError>>, fsync: bool) -> Self {
         Self {
             work: Some(work),
+            fsync,
             outcome: None,
             reply,
         }
@@ -70,5 +75,9 @@ impl<T: Send + 'static> Job for TypedJob<T> {
             Err(message) => Err(StoreError::Unavailable(message)),
         };
         let _ = self.reply.send(answer);
+    }
+
+    fn needs_fsync(&self) -> bool {
+        self.fsync
     }
 }

@@ -239,7 +239,10 @@ impl<P: Projection> ProjectionTest<P> {
     /// When a row is not JSON.
     pub fn rows(&self, prefix: &str) -> Vec<(String, Value)> {
         self.rows
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(key, _)| key.starts_with(prefix))
             .map(|(key, _)| (key.clone(), self.row::<Value>(key).unwrap_or(Value::Null)))
             .collect()
@@ -275,7 +278,11 @@ impl<P: Projection> ProjectionTest<P> {
 
     /// Run `check` on the row under `key`, decoded as a `T` (`None` when
     /// there is no row).
-    pub fn then_expect<T: DeserializeOwned>(self, key: &str, check: impl FnOnce(Option<T>)) -> Self {
+    pub fn then_expect<T: DeserializeOwned>(
+        self,
+        key: &str,
+        check: impl FnOnce(Option<T>),
+    ) -> Self {
         check(self.row(key));
         self
     }
@@ -372,7 +379,10 @@ mod tests {
             .then_expect_row("s-1", json!(5))
             .then_expect_row("s-2", json!(5))
             .then_expect_row("_batches", json!(1))
-            .given_json(vec![("s-2", "Cleared", ""), ("s-1", "Added", r#"{"n": 1}"#)])
+            .given_json(vec![
+                ("s-2", "Cleared", ""),
+                ("s-1", "Added", r#"{"n": 1}"#),
+            ])
             .then_expect_no_row("s-2")
             .then_expect_rows("s-", vec![("s-1", json!(6))])
             .then_expect_row("_batches", json!(2))
