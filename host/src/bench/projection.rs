@@ -260,6 +260,7 @@ pub async fn run(args: ProjectionBenchArgs) -> anyhow::Result<()> {
         loop {
             let s = status(&client, &base, &name).await?;
             if s["position"].as_u64() >= Some(head) {
+                eprintln!("time split (ms): {}", s["time_ms"]);
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

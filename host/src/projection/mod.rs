@@ -120,6 +120,18 @@ pub struct ProjectionStatus {
     pub batches: u64,
     /// Duration of the last batch, milliseconds.
     pub last_batch_ms: f64,
+    /// Where the serving generation's time went since start, milliseconds.
+    pub time_ms: TimeStatus,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimeStatus {
+    /// Waiting for events to be read.
+    pub read: f64,
+    /// Instantiating and running the plugin.
+    pub plugin: f64,
+    /// Committing view rows with the checkpoint.
+    pub commit: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -573,6 +585,11 @@ impl Projections {
             events_processed: progress.events_processed,
             batches: progress.batches,
             last_batch_ms: progress.last_batch.as_secs_f64() * 1000.0,
+            time_ms: TimeStatus {
+                read: progress.read_time.as_secs_f64() * 1000.0,
+                plugin: progress.plugin_time.as_secs_f64() * 1000.0,
+                commit: progress.commit_time.as_secs_f64() * 1000.0,
+            },
         })
     }
 

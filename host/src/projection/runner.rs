@@ -49,6 +49,11 @@ pub struct Progress {
     pub batches: u64,
     pub last_batch: Duration,
     pub batch_time_total: Duration,
+    /// Where the time went since start: waiting for reads, in the plugin
+    /// (instantiate and call), and committing.
+    pub read_time: Duration,
+    pub plugin_time: Duration,
+    pub commit_time: Duration,
     pub stopped: bool,
 }
 
@@ -208,6 +213,7 @@ impl Runner {
             }
             let batch_size = self.ctx.config.batch_size;
             // Catching up, the next batch is read while this one runs.
+            let read_started = Instant::now();
             let read = match prefetched.take() {
                 Some(next) if next.from == self.position + 1 && next.until == head => {
                     next.task.await.unwrap_or_else(|e| {
@@ -221,6 +227,8 @@ impl Runner {
                     read_batch(self.ctx.store.clone(), self.position + 1, head, batch_size, types.clone()).await
                 }
             };
+            let read_took = read_started.elapsed();
+            self.shared.update(|p| p.read_time += read_took);
             let events = match read {
                 Ok(events) => events,
                 Err(e) => {
@@ -328,6 +336,7 @@ impl Runner {
         let ctx = &self.ctx;
         let from = self.position;
         let mut writes = Vec::new();
+        let plugin_started = Instant::now();
         if !events.is_empty() {
             let pre = self.pre().map_err(|e| BatchError::Plugin(e.to_string()))?;
             let now_ms = events.last().map_or(0, |e| e.recorded_at_us.div_euclid(1000));
@@ -381,10 +390,15 @@ impl Runner {
             skip: None,
         };
         let written = commit.writes.clone();
-        ctx.store
-            .commit_view(commit)
-            .await
-            .map_err(BatchError::Store)?;
+        let commit_started = Instant::now();
+        let plugin_took = commit_started - plugin_started;
+        let committed = ctx.store.commit_view(commit).await;
+        let commit_took = commit_started.elapsed();
+        self.shared.update(|p| {
+            p.plugin_time += plugin_took;
+            p.commit_time += commit_took;
+        });
+        committed.map_err(BatchError::Store)?;
         cache.apply(&written);
         Ok(())
     }

@@ -210,6 +210,38 @@ fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
     })
 }
 
+/// One event as `json_array(...)` gives it, in `SELECT_EVENT`'s order.
+type EventTuple = (u64, String, u64, String, u32, String, String, i64, String);
+
+/// Events from a page built by `json_group_array`, in position order.
+fn events_from_json_page(json: &str) -> Result<Vec<RecordedEvent>, StoreError> {
+    let tuples: Vec<EventTuple> = serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("a page of events did not decode: {e}")))?;
+    let mut events = tuples
+        .into_iter()
+        .map(|(position, stream_id, version, event_type, schema, data, metadata, recorded_at_us, hash)| {
+            let hash = hex::decode(&hash)
+                .map_err(|e| StoreError::Corrupt(format!("event hash is not hex: {e}")))?;
+            Ok(RecordedEvent {
+                position,
+                stream_id,
+                version,
+                event_type,
+                schema,
+                data,
+                metadata,
+                recorded_at_us,
+                hash: hash_from(hash)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    // Aggregates keep the subquery's order in SQLite; make sure of it.
+    if !events.is_sorted_by_key(|e| e.position) {
+        events.sort_by_key(|e| e.position);
+    }
+    Ok(events)
+}
+
 fn idempotency_from_row(row: &SqliteRow) -> Result<IdempotencyEntry, StoreError> {
     Ok(IdempotencyEntry {
         key: row.try_get(0)?,
@@ -749,37 +781,30 @@ impl EventStore for SqliteStore {
             .until_position
             .unwrap_or(i64::MAX as u64)
             .min(i64::MAX as u64) as i64;
-        let rows = match q.types {
-            None | Some([]) => {
-                let sql = format!(
-                    "{SELECT_EVENT} WHERE position >= ? AND position <= ? ORDER BY position LIMIT ?"
-                );
-                sqlx::query(&sql)
-                    .bind(from)
-                    .bind(until)
-                    .bind(i64::from(q.limit))
-                    .fetch_all(&self.readers)
-                    .await?
-            }
-            Some(types) => {
-                // The types travel as one JSON array parameter: no SQL is built
-                // from input.
-                let sql = format!(
-                    "{SELECT_EVENT} WHERE position >= ? AND position <= ? \
-                     AND event_type IN (SELECT value FROM json_each(?)) ORDER BY position LIMIT ?"
-                );
-                let types = serde_json::to_string(types)
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                sqlx::query(&sql)
-                    .bind(from)
-                    .bind(until)
-                    .bind(types)
-                    .bind(i64::from(q.limit))
-                    .fetch_all(&self.readers)
-                    .await?
-            }
+        // The page comes back as one row holding a JSON array: sqlx's SQLite
+        // driver hands every row across threads on its own, which costs
+        // more than the row. The types travel as one JSON array parameter:
+        // no SQL is built from input.
+        let types = match q.types {
+            None | Some([]) => None,
+            Some(types) => Some(
+                serde_json::to_string(types).map_err(|e| StoreError::Unavailable(e.to_string()))?,
+            ),
         };
-        rows.iter().map(event_from_row).collect()
+        let page: Option<String> = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(position, stream_id, version, event_type, schema, \
+             data, metadata, recorded_at, hex(hash))) FROM (SELECT * FROM events \
+             WHERE position >= ?1 AND position <= ?2 \
+             AND (?3 IS NULL OR event_type IN (SELECT value FROM json_each(?3))) \
+             ORDER BY position LIMIT ?4)",
+        )
+        .bind(from)
+        .bind(until)
+        .bind(types)
+        .bind(i64::from(q.limit))
+        .fetch_one(&self.readers)
+        .await?;
+        events_from_json_page(page.as_deref().unwrap_or("[]"))
     }
 
     async fn read_positions(

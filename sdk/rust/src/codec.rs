@@ -59,7 +59,7 @@ pub(crate) fn decode_command<C: DeserializeOwned>(
     command_type: &str,
     data: &[u8],
 ) -> Result<C, Failure> {
-    decode_tagged(command_type, data)
+    decode_tagged(command_type, data, false)
         .map_err(|message| Failure::invalid(format!("command `{command_type}`: {message}")))
 }
 
@@ -84,7 +84,7 @@ pub(crate) fn try_decode_event<E: DeserializeOwned>(
     event_type: &str,
     data: &[u8],
 ) -> Result<E, String> {
-    decode_tagged(event_type, data)
+    decode_tagged(event_type, data, true)
 }
 
 /// Encode an event decided by `handle`.
@@ -135,13 +135,24 @@ pub(crate) fn encode_tagged<T: Serialize>(value: &T) -> Result<(String, Vec<u8>)
 /// variant without fields), then with no `data` at all (a unit variant), and
 /// `{}` falls back to no `data` the same way. The error is serde's message for
 /// the first attempt.
-fn decode_tagged<T: DeserializeOwned>(tag: &str, data: &[u8]) -> Result<T, String> {
+fn decode_tagged<T: DeserializeOwned>(tag: &str, data: &[u8], trusted: bool) -> Result<T, String> {
     let data = data.trim_ascii();
-    // Check the payload on its own first, so a syntax error's position refers
-    // to the caller's bytes, not to the document assembled below.
-    if !data.is_empty() {
+    // A payload that is not JSON is reported on its own, so a syntax error's
+    // position refers to the caller's bytes, not to the document assembled
+    // here. Untrusted payloads (commands) are checked first, so that
+    // trailing content cannot add fields to that document; event payloads
+    // were checked to be one JSON value when they were appended, so they are
+    // checked only when they fail, which keeps replay to one parse per event.
+    let invalid_json = |data: &[u8]| {
         serde_json::from_slice::<IgnoredAny>(data)
-            .map_err(|error| format!("data is not valid JSON: {error}"))?;
+            .err()
+            .map(|error| format!("data is not valid JSON: {error}"))
+    };
+    if !trusted
+        && !data.is_empty()
+        && let Some(message) = invalid_json(data)
+    {
+        return Err(message);
     }
     let tag_json = serde_json::to_string(tag).map_err(|e| e.to_string())?;
     let no_fields = data.is_empty() || data == b"null";
@@ -156,6 +167,9 @@ fn decode_tagged<T: DeserializeOwned>(tag: &str, data: &[u8]) -> Result<T, Strin
 
     match serde_json::from_slice::<T>(&document) {
         Ok(value) => Ok(value),
+        Err(_) if !data.is_empty() && invalid_json(data).is_some() => {
+            Err(invalid_json(data).unwrap_or_default())
+        }
         Err(error) if no_fields || is_empty_object(data) => {
             let bare = format!("{{\"type\":{tag_json}}}");
             serde_json::from_str::<T>(&bare).map_err(|_| message_of(&error))
