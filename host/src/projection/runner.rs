@@ -14,7 +14,8 @@ use crate::runtime::projection::ProjectionInstance;
 use crate::runtime::view::{RowCache, ViewSession};
 use crate::runtime::{Plugin, PluginCode, PluginError, Runtime};
 use crate::store::{
-    EventStore, GlobalQuery, Position, RecordedEvent, SkipRecord, StoreError, ViewCommit,
+    EventStore, GlobalQuery, Position, RecordedEvent, RowWrite, SkipRecord, StoreError,
+    ViewCommit,
 };
 
 /// Where the generation that serves reads is, for read-your-writes waits.
@@ -147,6 +148,7 @@ pub fn spawn(
         ctx,
         shared: shared.clone(),
         position,
+        claimed: position,
         control: control_rx,
     };
     tokio::spawn(runner.run());
@@ -156,8 +158,21 @@ pub fn spawn(
 struct Runner {
     ctx: Arc<RunnerContext>,
     shared: Arc<Generation>,
+    /// The checkpoint: the last position whose batch has committed.
     position: Position,
+    /// The last position handed to the plugin: ahead of `position` while a
+    /// batch's commit is in flight.
+    claimed: Position,
     control: mpsc::Receiver<Control>,
+}
+
+/// A batch whose commit runs while the next batch is in the plugin.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<(), StoreError>>,
+    to: Position,
+    events: u64,
+    started: Instant,
+    last_batch: bool,
 }
 
 /// Why a batch did not commit.
@@ -190,18 +205,31 @@ impl Runner {
         };
         let types: Option<Arc<[String]>> = (!types.is_empty()).then(|| types.into());
         let mut prefetched: Option<Prefetch> = None;
+        let mut in_flight: Option<InFlight> = None;
         let mut head_rx = self.ctx.store.subscribe_head();
         let mut cache = RowCache::new(self.ctx.config.cache_rows);
         let mut backoff = Backoff::new(self.ctx.config.retry_backoff_max);
         loop {
             match self.control.try_recv() {
-                Ok(Control::Stop) => return self.finish(),
+                Ok(Control::Stop) => {
+                    let _ = self.settle(&mut in_flight, &mut cache).await;
+                    return self.finish();
+                }
                 Ok(Control::Resume { .. }) | Err(mpsc::error::TryRecvError::Empty) => {}
                 Err(mpsc::error::TryRecvError::Disconnected) => return self.finish(),
             }
             let head = *head_rx.borrow_and_update();
             self.shared.update(|p| p.head = head);
-            if self.position >= head {
+            if self.claimed >= head {
+                if let Err(e) = self.settle(&mut in_flight, &mut cache).await {
+                    if self.retry_later(&e, &mut backoff).await {
+                        continue;
+                    }
+                    return self.finish();
+                }
+                if self.claimed < head {
+                    continue;
+                }
                 tokio::select! {
                     changed = head_rx.changed() => if changed.is_err() { return self.finish() },
                     control = self.control.recv() => match control {
@@ -215,7 +243,7 @@ impl Runner {
             // Catching up, the next batch is read while this one runs.
             let read_started = Instant::now();
             let read = match prefetched.take() {
-                Some(next) if next.from == self.position + 1 && next.until == head => {
+                Some(next) if next.from == self.claimed + 1 && next.until == head => {
                     next.task.await.unwrap_or_else(|e| {
                         Err(StoreError::Unavailable(format!("read task failed: {e}")))
                     })
@@ -224,7 +252,7 @@ impl Runner {
                     if let Some(stale) = other {
                         stale.task.abort();
                     }
-                    read_batch(self.ctx.store.clone(), self.position + 1, head, batch_size, types.clone()).await
+                    read_batch(self.ctx.store.clone(), self.claimed + 1, head, batch_size, types.clone()).await
                 }
             };
             let read_took = read_started.elapsed();
@@ -254,16 +282,39 @@ impl Runner {
                 });
             }
             let started = Instant::now();
-            match self.process(&events, &mut cache, to).await {
-                Ok(()) => {
+            let outcome = self.run_plugin(&events, &mut cache).await;
+            // The previous batch's commit ran while this batch was in the
+            // plugin; this batch stands on it, so settle it first.
+            if let Err(e) = self.settle(&mut in_flight, &mut cache).await {
+                if let Some(stale) = prefetched.take() {
+                    stale.task.abort();
+                }
+                if self.retry_later(&e, &mut backoff).await {
+                    continue;
+                }
+                return self.finish();
+            }
+            match outcome {
+                Ok(writes) => {
                     backoff.reset();
-                    self.advanced(to, events.len() as u64, started.elapsed());
-                    if last_batch {
-                        let _ = self.ctx.events.send(RunnerEvent::CaughtUp {
-                            name: name.clone(),
-                            generation,
-                        });
-                    }
+                    cache.set_pending(&writes);
+                    let commit = ViewCommit {
+                        projection: self.shared.name.to_string(),
+                        generation: self.shared.generation,
+                        from_position: self.position,
+                        to_position: to,
+                        writes,
+                        skip: None,
+                    };
+                    let store = self.ctx.store.clone();
+                    in_flight = Some(InFlight {
+                        task: tokio::spawn(async move { store.commit_view(commit).await }),
+                        to,
+                        events: events.len() as u64,
+                        started,
+                        last_batch,
+                    });
+                    self.claimed = to;
                 }
                 Err(BatchError::Store(e)) => {
                     if !self.retry_later(&e, &mut backoff).await {
@@ -271,6 +322,9 @@ impl Runner {
                     }
                 }
                 Err(BatchError::Plugin(message)) => {
+                    if let Some(stale) = prefetched.take() {
+                        stale.task.abort();
+                    }
                     let poison = match self.find_poison(&events, &mut cache, message).await {
                         Ok(poison) => poison,
                         Err(e) => {
@@ -291,6 +345,44 @@ impl Runner {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Wait for the in-flight commit, if any: on success the checkpoint
+    /// moves; on failure the cache (which had its writes) is dropped and
+    /// the runner goes back to the last committed position.
+    async fn settle(
+        &mut self,
+        in_flight: &mut Option<InFlight>,
+        cache: &mut RowCache,
+    ) -> Result<(), StoreError> {
+        let Some(flight) = in_flight.take() else {
+            return Ok(());
+        };
+        let waited = Instant::now();
+        let result = flight
+            .task
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("commit task failed: {e}"))));
+        let commit_took = waited.elapsed();
+        self.shared.update(|p| p.commit_time += commit_took);
+        match result {
+            Ok(()) => {
+                cache.pending_committed();
+                self.advanced(flight.to, flight.events, flight.started.elapsed());
+                if flight.last_batch {
+                    let _ = self.ctx.events.send(RunnerEvent::CaughtUp {
+                        name: self.shared.name.clone(),
+                        generation: self.shared.generation,
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => {
+                cache.clear();
+                self.claimed = self.position;
+                Err(e)
             }
         }
     }
@@ -326,78 +418,86 @@ impl Runner {
         }
     }
 
-    /// One instance, one call, one commit.
+    /// One instance, one call: the batch's view writes, not committed.
+    async fn run_plugin(
+        &self,
+        events: &[RecordedEvent],
+        cache: &mut RowCache,
+    ) -> Result<Vec<(String, RowWrite)>, BatchError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ctx = &self.ctx;
+        let started = Instant::now();
+        let pre = self.pre().map_err(|e| BatchError::Plugin(e.to_string()))?;
+        let now_ms = events.last().map_or(0, |e| e.recorded_at_us.div_euclid(1000));
+        let mut instance = ProjectionInstance::new(&ctx.runtime, &self.shared.plugin, pre, now_ms)
+            .await
+            .map_err(|e| match e {
+                // The pool is exhausted: not the plugin's fault.
+                PluginError::Instantiate { .. } => {
+                    BatchError::Store(StoreError::Unavailable(e.to_string()))
+                }
+                other => BatchError::Plugin(other.to_string()),
+            })?;
+        let wit: Vec<_> = events.iter().map(to_wit_event).collect();
+        let session = ViewSession::new(
+            ctx.store.clone(),
+            self.shared.name.clone(),
+            self.shared.generation,
+            std::mem::replace(cache, RowCache::new(1)),
+            ctx.runtime.limits.view_value_bytes_max,
+        );
+        let (result, mut session) = instance.handle_batch(&wit, session).await;
+        drop(instance);
+        let took = started.elapsed();
+        self.shared.update(|p| p.plugin_time += took);
+        if let Some(e) = session.store_error.take() {
+            *cache = session.abandon();
+            return Err(BatchError::Store(e));
+        }
+        match result {
+            Ok(Ok(())) => {
+                let (writes, kept) = session.finish();
+                *cache = kept;
+                Ok(writes)
+            }
+            Ok(Err(message)) => {
+                *cache = session.abandon();
+                Err(BatchError::Plugin(format!(
+                    "projection {} returned an error: {message}",
+                    self.shared.name
+                )))
+            }
+            Err(e) => {
+                *cache = session.abandon();
+                Err(BatchError::Plugin(e.to_string()))
+            }
+        }
+    }
+
+    /// One batch run and committed before returning (used event by event
+    /// when looking for a poison event).
     async fn process(
         &self,
         events: &[RecordedEvent],
         cache: &mut RowCache,
         to: Position,
     ) -> Result<(), BatchError> {
-        let ctx = &self.ctx;
-        let from = self.position;
-        let mut writes = Vec::new();
-        let plugin_started = Instant::now();
-        if !events.is_empty() {
-            let pre = self.pre().map_err(|e| BatchError::Plugin(e.to_string()))?;
-            let now_ms = events.last().map_or(0, |e| e.recorded_at_us.div_euclid(1000));
-            let mut instance = ProjectionInstance::new(&ctx.runtime, &self.shared.plugin, pre, now_ms)
-                .await
-                .map_err(|e| match e {
-                    // The pool is exhausted: not the plugin's fault.
-                    PluginError::Instantiate { .. } => {
-                        BatchError::Store(StoreError::Unavailable(e.to_string()))
-                    }
-                    other => BatchError::Plugin(other.to_string()),
-                })?;
-            let wit: Vec<_> = events.iter().map(to_wit_event).collect();
-            let session = ViewSession::new(
-                ctx.store.clone(),
-                self.shared.name.clone(),
-                self.shared.generation,
-                std::mem::replace(cache, RowCache::new(1)),
-                ctx.runtime.limits.view_value_bytes_max,
-            );
-            let (result, mut session) = instance.handle_batch(&wit, session).await;
-            if let Some(e) = session.store_error.take() {
-                *cache = session.abandon();
-                return Err(BatchError::Store(e));
-            }
-            match result {
-                Ok(Ok(())) => {
-                    let (batch_writes, kept) = session.finish();
-                    *cache = kept;
-                    writes = batch_writes;
-                }
-                Ok(Err(message)) => {
-                    *cache = session.abandon();
-                    return Err(BatchError::Plugin(format!(
-                        "projection {} returned an error: {message}",
-                        self.shared.name
-                    )));
-                }
-                Err(e) => {
-                    *cache = session.abandon();
-                    return Err(BatchError::Plugin(e.to_string()));
-                }
-            }
-        }
+        let writes = self.run_plugin(events, cache).await?;
         let commit = ViewCommit {
             projection: self.shared.name.to_string(),
             generation: self.shared.generation,
-            from_position: from,
+            from_position: self.position,
             to_position: to,
             writes,
             skip: None,
         };
         let written = commit.writes.clone();
-        let commit_started = Instant::now();
-        let plugin_took = commit_started - plugin_started;
-        let committed = ctx.store.commit_view(commit).await;
-        let commit_took = commit_started.elapsed();
-        self.shared.update(|p| {
-            p.plugin_time += plugin_took;
-            p.commit_time += commit_took;
-        });
+        let started = Instant::now();
+        let committed = self.ctx.store.commit_view(commit).await;
+        let took = started.elapsed();
+        self.shared.update(|p| p.commit_time += took);
         committed.map_err(BatchError::Store)?;
         cache.apply(&written);
         Ok(())
@@ -405,6 +505,7 @@ impl Runner {
 
     fn advanced(&mut self, to: Position, events: u64, took: Duration) {
         self.position = to;
+        self.claimed = self.claimed.max(to);
         self.shared.update(|p| {
             p.position = to;
             p.events_processed += events;

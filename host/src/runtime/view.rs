@@ -6,7 +6,7 @@
 //! first, then a row cache the runner keeps across batches (it is the only
 //! writer of its generation, so the cache never goes stale), then the store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -18,27 +18,61 @@ use super::sandbox::PluginState;
 use crate::store::{EventStore, RowWrite, StoreError, ViewId};
 
 /// Rows of one generation remembered between batches: `None` is a row known
-/// to be absent.
+/// to be absent. `pending` holds the writes of the batch whose commit is in
+/// flight: they are not in the store yet, and the LRU may not drop them.
 pub struct RowCache {
     rows: LruCache<String, Option<Vec<u8>>>,
+    pending: HashMap<String, Option<Vec<u8>>>,
+}
+
+fn value_of(write: &RowWrite) -> Option<Vec<u8>> {
+    match write {
+        RowWrite::Put(v) => Some(v.clone()),
+        RowWrite::Delete => None,
+    }
 }
 
 impl RowCache {
     pub fn new(entries: usize) -> Self {
         Self {
             rows: LruCache::new(NonZeroUsize::new(entries).unwrap_or(NonZeroUsize::MIN)),
+            pending: HashMap::new(),
         }
     }
 
     /// Fold a committed batch's writes in.
     pub fn apply(&mut self, writes: &[(String, RowWrite)]) {
         for (key, write) in writes {
-            let value = match write {
-                RowWrite::Put(v) => Some(v.clone()),
-                RowWrite::Delete => None,
-            };
-            self.rows.put(key.clone(), value);
+            self.rows.put(key.clone(), value_of(write));
         }
+    }
+
+    /// Writes of a batch whose commit is in flight (replacing the previous
+    /// batch's, whose commit has succeeded).
+    pub fn set_pending(&mut self, writes: &[(String, RowWrite)]) {
+        self.pending.clear();
+        for (key, write) in writes {
+            self.pending.insert(key.clone(), value_of(write));
+        }
+        self.apply(writes);
+    }
+
+    /// The in-flight commit succeeded.
+    pub fn pending_committed(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Forget everything (after a failed commit).
+    pub fn clear(&mut self) {
+        self.rows.clear();
+        self.pending.clear();
+    }
+
+    fn get(&mut self, key: &str) -> Option<Option<Vec<u8>>> {
+        if let Some(v) = self.pending.get(key) {
+            return Some(v.clone());
+        }
+        self.rows.get(key).cloned()
     }
 }
 
@@ -104,8 +138,8 @@ impl ViewSession {
                 RowWrite::Delete => None,
             });
         }
-        if let Some(cached) = self.cache.rows.get(&key) {
-            return Ok(cached.clone());
+        if let Some(cached) = self.cache.get(&key) {
+            return Ok(cached);
         }
         let found = match self.store.view_get(self.id(), &key).await {
             Ok(found) => found,
@@ -139,6 +173,23 @@ impl ViewSession {
         limit: u32,
     ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
         let limit = limit.clamp(1, 10_000);
+        // Writes not in the store yet: the in-flight batch's, then this one's.
+        let mut layer: BTreeMap<String, RowWrite> = BTreeMap::new();
+        for (key, value) in &self.cache.pending {
+            if key.starts_with(&prefix) {
+                let write = match value {
+                    Some(v) => RowWrite::Put(v.clone()),
+                    None => RowWrite::Delete,
+                };
+                layer.insert(key.clone(), write);
+            }
+        }
+        for (key, write) in self.overlay.range(prefix.clone()..) {
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            layer.insert(key.clone(), write.clone());
+        }
         let mut out: Vec<(String, Vec<u8>)> = Vec::new();
         let mut cursor = after;
         loop {
@@ -167,13 +218,7 @@ impl ViewSession {
                 Some(u) => Bound::Included(u.clone()),
                 None => Bound::Unbounded,
             };
-            for (key, write) in self.overlay.range((lower, high)) {
-                if !key.starts_with(&prefix) {
-                    if key.as_str() > prefix.as_str() {
-                        break;
-                    }
-                    continue;
-                }
+            for (key, write) in layer.range((lower, high)) {
                 match write {
                     RowWrite::Put(v) => {
                         window.insert(key.clone(), v.clone());

@@ -40,6 +40,7 @@
 //! begins, kept in the projection value, and written once when it ends (not
 //! at all when it did not change).
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 use kiln_sdk::{Envelope, Projection, View};
@@ -138,6 +139,9 @@ impl Tiers for NoTiers {
 pub struct Balances<T> {
     loaded: Totals,
     totals: Totals,
+    /// Account rows touched in this batch, decoded once and written once
+    /// at its end.
+    rows: BTreeMap<String, AccountRow>,
     tiers: PhantomData<fn() -> T>,
 }
 
@@ -146,6 +150,7 @@ impl<T> Default for Balances<T> {
         Self {
             loaded: Totals::default(),
             totals: Totals::default(),
+            rows: BTreeMap::new(),
             tiers: PhantomData,
         }
     }
@@ -168,7 +173,10 @@ impl<T: Tiers> Projection for Balances<T> {
     fn handle(&mut self, view: &mut View, event: &Envelope<Event>) -> Result<(), String> {
         let id = event.aggregate_id();
         let key = account_key(id);
-        let row: Option<AccountRow> = view.get(&key)?;
+        let row: Option<AccountRow> = match self.rows.remove(&key) {
+            Some(row) => Some(row),
+            None => view.get(&key)?,
+        };
         let totals = &mut self.totals;
         let mut row = match (row, &event.event) {
             (None, Event::Opened { owner }) => {
@@ -208,10 +216,14 @@ impl<T: Tiers> Projection for Balances<T> {
             }
         };
         row.tier = T::tier(row.balance).map(str::to_owned);
-        view.put(&key, &row)
+        self.rows.insert(key, row);
+        Ok(())
     }
 
     fn finish(&mut self, view: &mut View) -> Result<(), String> {
+        for (key, row) in std::mem::take(&mut self.rows) {
+            view.put(&key, &row)?;
+        }
         if self.totals == self.loaded {
             return Ok(());
         }
