@@ -49,6 +49,13 @@ pub struct ServeArgs {
     /// Bearer token of admin routes (`PUT /plugins/{name}`); unset locks them.
     #[arg(long, env = "KILN_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Where compiled plugins are cached; defaults to `<db file>.compiled`.
+    #[arg(long, env = "KILN_COMPILE_CACHE_DIR")]
+    pub compile_cache_dir: Option<PathBuf>,
+    /// How often the plugin directory is checked for new or changed files,
+    /// in ms (0: not watched).
+    #[arg(long, env = "KILN_WATCH_INTERVAL_MS", default_value_t = 1000)]
+    pub watch_interval_ms: u64,
     #[command(flatten)]
     pub tuning: Tuning,
 }
@@ -102,6 +109,9 @@ impl ServeArgs {
         let mut config = self.tuning.host_config(&self.db, self.listen);
         config.plugins_dir = self.plugins.clone().or(default_plugins);
         config.admin_token = self.admin_token.clone();
+        config.compile_cache_dir = self.compile_cache_dir.clone();
+        config.watch_interval =
+            (self.watch_interval_ms > 0).then(|| Duration::from_millis(self.watch_interval_ms));
         config
     }
 }

@@ -43,6 +43,8 @@ pub struct ProjectionConfig {
     pub drop_chunk: u32,
     /// How long a replaced generation's rows stay readable after a switch.
     pub retire_grace: Duration,
+    /// Batches read ahead of the one in the plugin while catching up.
+    pub read_ahead: usize,
 }
 
 impl Default for ProjectionConfig {
@@ -53,6 +55,7 @@ impl Default for ProjectionConfig {
             retry_backoff_max: Duration::from_secs(5),
             drop_chunk: 10_000,
             retire_grace: Duration::from_secs(2),
+            read_ahead: 2,
         }
     }
 }

@@ -204,7 +204,7 @@ impl Runner {
             }
         };
         let types: Option<Arc<[String]>> = (!types.is_empty()).then(|| types.into());
-        let mut prefetched: Option<Prefetch> = None;
+        let mut prefetched: Option<ReadAhead> = None;
         let mut in_flight: Option<InFlight> = None;
         let mut head_rx = self.ctx.store.subscribe_head();
         let mut cache = RowCache::new(self.ctx.config.cache_rows);
@@ -240,55 +240,49 @@ impl Runner {
                 continue;
             }
             let batch_size = self.ctx.config.batch_size;
-            // Catching up, the next batch is read while this one runs.
+            // Catching up, the next batches are read while this one runs.
+            if prefetched
+                .as_ref()
+                .is_none_or(|r| r.next_from != self.claimed + 1)
+            {
+                prefetched = Some(ReadAhead::spawn(
+                    self.ctx.store.clone(),
+                    self.claimed + 1,
+                    head,
+                    batch_size,
+                    types.clone(),
+                    self.ctx.config.read_ahead.max(1),
+                ));
+            }
+            let Some(reader) = prefetched.as_mut() else { continue };
             let read_started = Instant::now();
-            let read = match prefetched.take() {
-                Some(next) if next.from == self.claimed + 1 && next.until == head => {
-                    next.task.await.unwrap_or_else(|e| {
-                        Err(StoreError::Unavailable(format!("read task failed: {e}")))
-                    })
-                }
-                other => {
-                    if let Some(stale) = other {
-                        stale.task.abort();
-                    }
-                    read_batch(self.ctx.store.clone(), self.claimed + 1, head, batch_size, types.clone()).await
-                }
-            };
+            let read = reader.batches.recv().await;
             let read_took = read_started.elapsed();
             self.shared.update(|p| p.read_time += read_took);
-            let events = match read {
-                Ok(events) => events,
-                Err(e) => {
+            let (events, to, last_batch) = match read {
+                Some(Ok(batch)) => batch,
+                Some(Err(e)) => {
+                    prefetched = None;
                     if self.retry_later(&e, &mut backoff).await {
                         continue;
                     }
                     return self.finish();
                 }
+                None => {
+                    prefetched = None;
+                    continue;
+                }
             };
-            let last_batch = events.len() < batch_size as usize;
-            let to = if last_batch {
-                head
-            } else {
-                events.last().map_or(head, |e| e.position)
-            };
-            if !last_batch {
-                let store = self.ctx.store.clone();
-                let types = types.clone();
-                prefetched = Some(Prefetch {
-                    from: to + 1,
-                    until: head,
-                    task: tokio::spawn(read_batch(store, to + 1, head, batch_size, types)),
-                });
+            reader.next_from = to + 1;
+            if last_batch {
+                prefetched = None;
             }
             let started = Instant::now();
             let outcome = self.run_plugin(&events, &mut cache).await;
             // The previous batch's commit ran while this batch was in the
             // plugin; this batch stands on it, so settle it first.
             if let Err(e) = self.settle(&mut in_flight, &mut cache).await {
-                if let Some(stale) = prefetched.take() {
-                    stale.task.abort();
-                }
+                prefetched = None;
                 if self.retry_later(&e, &mut backoff).await {
                     continue;
                 }
@@ -322,9 +316,7 @@ impl Runner {
                     }
                 }
                 Err(BatchError::Plugin(message)) => {
-                    if let Some(stale) = prefetched.take() {
-                        stale.task.abort();
-                    }
+                    prefetched = None;
                     let poison = match self.find_poison(&events, &mut cache, message).await {
                         Ok(poison) => poison,
                         Err(e) => {
@@ -622,28 +614,73 @@ impl Runner {
     }
 }
 
-/// A batch being read ahead.
-struct Prefetch {
-    from: Position,
-    until: Position,
-    task: tokio::task::JoinHandle<Result<Vec<RecordedEvent>, StoreError>>,
+/// A batch as read: its events, the position it covers up to, and whether
+/// it reached the head it was read against.
+type ReadBatch = (Vec<RecordedEvent>, Position, bool);
+
+/// Batches read ahead of the runner by a task of their own, up to a head.
+/// Dropping it stops the task.
+struct ReadAhead {
+    /// The position the next batch received starts at.
+    next_from: Position,
+    batches: mpsc::Receiver<Result<ReadBatch, StoreError>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-async fn read_batch(
-    store: Arc<dyn EventStore>,
-    from: Position,
-    until: Position,
-    limit: u32,
-    types: Option<Arc<[String]>>,
-) -> Result<Vec<RecordedEvent>, StoreError> {
-    store
-        .read_global(GlobalQuery {
-            from_position: from,
-            until_position: Some(until),
-            limit,
-            types: types.as_deref(),
-        })
-        .await
+impl ReadAhead {
+    fn spawn(
+        store: Arc<dyn EventStore>,
+        from: Position,
+        until: Position,
+        limit: u32,
+        types: Option<Arc<[String]>>,
+        depth: usize,
+    ) -> Self {
+        let (tx, batches) = mpsc::channel(depth);
+        let task = tokio::spawn(async move {
+            let mut from = from;
+            loop {
+                let read = store
+                    .read_global(GlobalQuery {
+                        from_position: from,
+                        until_position: Some(until),
+                        limit,
+                        types: types.as_deref(),
+                    })
+                    .await;
+                let batch = read.map(|events| {
+                    let last = events.len() < limit as usize;
+                    let to = if last {
+                        until
+                    } else {
+                        events.last().map_or(until, |e| e.position)
+                    };
+                    (events, to, last)
+                });
+                let done = match &batch {
+                    Ok((_, to, last)) => {
+                        from = to + 1;
+                        *last
+                    }
+                    Err(_) => true,
+                };
+                if tx.send(batch).await.is_err() || done {
+                    return;
+                }
+            }
+        });
+        Self {
+            next_from: from,
+            batches,
+            task,
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 fn poison_at(event: &RecordedEvent, message: String) -> Poison {
