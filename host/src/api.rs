@@ -21,8 +21,8 @@ pub use error::ApiError;
 
 use crate::command::Pipeline;
 use crate::deploy::Deployer;
-use crate::projection::Projections;
 use crate::metrics::Metrics;
+use crate::projection::Projections;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 
@@ -62,7 +62,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/projections/{name}/skips", get(projections::skips))
         .route("/projections/{name}/diff", get(projections::diff))
         .route("/projections/{name}/promote", post(projections::promote))
-        .route("/projections/{name}/shadow", delete(projections::drop_shadow))
+        .route(
+            "/projections/{name}/shadow",
+            delete(projections::drop_shadow),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

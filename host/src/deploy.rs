@@ -129,25 +129,37 @@ impl Deployer {
 
     /// Deploy an earlier version again: `hash`, or the newest one that
     /// differs from the current version.
-    pub async fn rollback(&self, name: &str, hash: Option<&str>) -> Result<Arc<Plugin>, DeployError> {
+    pub async fn rollback(
+        &self,
+        name: &str,
+        hash: Option<&str>,
+    ) -> Result<Arc<Plugin>, DeployError> {
         let history = self.store.plugin_history(name).await?;
-        let current = history
-            .first()
-            .ok_or_else(|| DeployError::NotFound(format!("plugin {name} has no stored versions")))?;
+        let current = history.first().ok_or_else(|| {
+            DeployError::NotFound(format!("plugin {name} has no stored versions"))
+        })?;
         let target = match hash {
             Some(hash) => history.iter().find(|d| d.hash == hash).ok_or_else(|| {
                 DeployError::NotFound(format!("plugin {name} has no version {hash}"))
             })?,
-            None => history.iter().find(|d| d.hash != current.hash).ok_or_else(|| {
-                DeployError::NotFound(format!("plugin {name} has no earlier version to roll back to"))
-            })?,
+            None => history
+                .iter()
+                .find(|d| d.hash != current.hash)
+                .ok_or_else(|| {
+                    DeployError::NotFound(format!(
+                        "plugin {name} has no earlier version to roll back to"
+                    ))
+                })?,
         };
         let bytes = self
             .store
             .plugin_bytes(&target.hash)
             .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("the bytes of {} are missing", target.hash)))?;
-        self.deploy(name, bytes, DeployMode::Rollback, "rollback").await
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("the bytes of {} are missing", target.hash))
+            })?;
+        self.deploy(name, bytes, DeployMode::Rollback, "rollback")
+            .await
     }
 
     /// Versions deployed under `name`, newest first.
@@ -167,7 +179,9 @@ impl Deployer {
             .store
             .plugin_bytes(&serving.hash)
             .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("the bytes of {} are missing", serving.hash)))?;
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("the bytes of {} are missing", serving.hash))
+            })?;
         self.store
             .record_deployment(NewDeployment {
                 name: name.to_string(),
@@ -196,7 +210,9 @@ impl Deployer {
                     modes.insert(deployment.name.clone(), deployment.mode);
                     self.registry.insert(plugin);
                 }
-                Err(e) => tracing::error!(plugin = %deployment.name, error = %e, "stored plugin does not load; skipped"),
+                Err(e) => {
+                    tracing::error!(plugin = %deployment.name, error = %e, "stored plugin does not load; skipped")
+                }
             }
         }
         if let Some(dir) = dir {
@@ -218,7 +234,9 @@ impl Deployer {
                         modes.insert(name.clone(), DeployMode::Live);
                         tracing::info!(plugin = %plugin.name, kind = plugin.kind.as_str(), hash = %plugin.hash, "plugin loaded from the directory");
                     }
-                    Err(e) => tracing::error!(file = %path.display(), error = %e, "plugin not loaded"),
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), error = %e, "plugin not loaded")
+                    }
                 }
             }
         }
@@ -227,7 +245,11 @@ impl Deployer {
             if plugin.kind != PluginKind::Projection {
                 continue;
             }
-            let mine: Vec<_> = records.iter().filter(|r| *r.name == *plugin.name).cloned().collect();
+            let mine: Vec<_> = records
+                .iter()
+                .filter(|r| *r.name == *plugin.name)
+                .cloned()
+                .collect();
             let mut versions = HashMap::new();
             for record in &mine {
                 if record.plugin_hash == plugin.hash || versions.contains_key(&record.plugin_hash) {
@@ -239,8 +261,13 @@ impl Deployer {
                     versions.insert(record.plugin_hash.clone(), Arc::new(version));
                 }
             }
-            let mode = modes.get(&*plugin.name).copied().unwrap_or(DeployMode::Live);
-            self.projections.restore(plugin, mode, &mine, &versions).await?;
+            let mode = modes
+                .get(&*plugin.name)
+                .copied()
+                .unwrap_or(DeployMode::Live);
+            self.projections
+                .restore(plugin, mode, &mine, &versions)
+                .await?;
         }
         Ok(())
     }
@@ -270,15 +297,28 @@ impl Deployer {
         let deployer = self.clone();
         tokio::spawn(async move {
             while let Some(change) = rx.recv().await {
-                if deployer.registry.get(&change.name).is_some_and(|p| p.hash == change.hash) {
+                if deployer
+                    .registry
+                    .get(&change.name)
+                    .is_some_and(|p| p.hash == change.hash)
+                {
                     continue;
                 }
                 match deployer
-                    .deploy(&change.name, change.bytes, DeployMode::Live, SOURCE_DIRECTORY)
+                    .deploy(
+                        &change.name,
+                        change.bytes,
+                        DeployMode::Live,
+                        SOURCE_DIRECTORY,
+                    )
                     .await
                 {
-                    Ok(plugin) => tracing::info!(plugin = %plugin.name, hash = %plugin.hash, file = %change.path.display(), "changed plugin file deployed"),
-                    Err(e) => tracing::error!(file = %change.path.display(), error = %e, "changed plugin file not deployed"),
+                    Ok(plugin) => {
+                        tracing::info!(plugin = %plugin.name, hash = %plugin.hash, file = %change.path.display(), "changed plugin file deployed")
+                    }
+                    Err(e) => {
+                        tracing::error!(file = %change.path.display(), error = %e, "changed plugin file not deployed")
+                    }
                 }
             }
             watcher.abort();

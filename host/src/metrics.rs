@@ -89,12 +89,36 @@ impl Metrics {
 /// Per-projection gauges and counters, appended to the exposition.
 pub fn render_projections(out: &mut String, statuses: &[crate::projection::ProjectionStatus]) {
     let families: [(&str, &str, &str); 6] = [
-        ("kiln_projection_position", "gauge", "The last global position the serving generation processed."),
-        ("kiln_projection_lag", "gauge", "Events between the head and the projection's position."),
-        ("kiln_projection_events_total", "counter", "Events processed by the serving generation since start."),
-        ("kiln_projection_last_batch_seconds", "gauge", "Duration of the last batch."),
-        ("kiln_projection_state", "gauge", "1 for the projection's current state."),
-        ("kiln_projection_rebuild_progress", "gauge", "Progress of the generation being built, 0 to 1."),
+        (
+            "kiln_projection_position",
+            "gauge",
+            "The last global position the serving generation processed.",
+        ),
+        (
+            "kiln_projection_lag",
+            "gauge",
+            "Events between the head and the projection's position.",
+        ),
+        (
+            "kiln_projection_events_total",
+            "counter",
+            "Events processed by the serving generation since start.",
+        ),
+        (
+            "kiln_projection_last_batch_seconds",
+            "gauge",
+            "Duration of the last batch.",
+        ),
+        (
+            "kiln_projection_state",
+            "gauge",
+            "1 for the projection's current state.",
+        ),
+        (
+            "kiln_projection_rebuild_progress",
+            "gauge",
+            "Progress of the generation being built, 0 to 1.",
+        ),
     ];
     for (name, kind, help) in families {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -112,7 +136,11 @@ pub fn render_projections(out: &mut String, statuses: &[crate::projection::Proje
                     let _ = writeln!(out, "{name}{{projection=\"{p}\"}} {}", s.events_processed);
                 }
                 "kiln_projection_last_batch_seconds" => {
-                    let _ = writeln!(out, "{name}{{projection=\"{p}\"}} {}", s.last_batch_ms / 1000.0);
+                    let _ = writeln!(
+                        out,
+                        "{name}{{projection=\"{p}\"}} {}",
+                        s.last_batch_ms / 1000.0
+                    );
                 }
                 "kiln_projection_state" => {
                     for state in ["running", "rebuilding", "paused", "failed"] {
@@ -122,7 +150,11 @@ pub fn render_projections(out: &mut String, statuses: &[crate::projection::Proje
                 }
                 _ => {
                     if let Some(r) = &s.rebuild {
-                        let _ = writeln!(out, "{name}{{projection=\"{p}\",generation=\"{}\"}} {}", r.generation, r.progress);
+                        let _ = writeln!(
+                            out,
+                            "{name}{{projection=\"{p}\",generation=\"{}\"}} {}",
+                            r.generation, r.progress
+                        );
                     }
                 }
             }

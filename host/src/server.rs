@@ -72,7 +72,8 @@ impl HostConfig {
             .or_else(|| self.db.strip_prefix("sqlite:"))
             .unwrap_or(&self.db);
         let path = path.split('?').next().unwrap_or(path);
-        (!path.is_empty() && !path.contains(":memory:")).then(|| PathBuf::from(format!("{path}.compiled")))
+        (!path.is_empty() && !path.contains(":memory:"))
+            .then(|| PathBuf::from(format!("{path}.compiled")))
     }
 }
 

@@ -246,9 +246,15 @@ async fn projection_resumes_exactly_once_after_sigkill_mid_catch_up() {
     // 1. Events only: 8 accounts, 1,600 deposits and withdrawals.
     let first = start_with(&db, Some(&plugins), &[]);
     let client = reqwest::Client::new();
-    let mut expected = vec![0i64; ACCOUNTS];
+    let mut expected = [0i64; ACCOUNTS];
     for a in 0..ACCOUNTS {
-        let r = post(&client, &first.base, &a.to_string(), json!({"type": "Open", "data": {"owner": format!("o{a}")}})).await;
+        let r = post(
+            &client,
+            &first.base,
+            &a.to_string(),
+            json!({"type": "Open", "data": {"owner": format!("o{a}")}}),
+        )
+        .await;
         assert_eq!(r, Some(200));
     }
     let mut tasks = Vec::new();
@@ -257,8 +263,18 @@ async fn projection_resumes_exactly_once_after_sigkill_mid_catch_up() {
         tasks.push(tokio::spawn(async move {
             let mut balance = 0i64;
             for i in 0..200i64 {
-                let (kind, amount) = if i % 5 == 4 { ("Withdraw", 3) } else { ("Deposit", i % 7 + 1) };
-                let r = post(&client, &base, &a.to_string(), json!({"type": kind, "data": {"amount": amount}})).await;
+                let (kind, amount) = if i % 5 == 4 {
+                    ("Withdraw", 3)
+                } else {
+                    ("Deposit", i % 7 + 1)
+                };
+                let r = post(
+                    &client,
+                    &base,
+                    &a.to_string(),
+                    json!({"type": kind, "data": {"amount": amount}}),
+                )
+                .await;
                 assert_eq!(r, Some(200));
                 balance += if kind == "Deposit" { amount } else { -amount };
             }
@@ -281,7 +297,11 @@ async fn projection_resumes_exactly_once_after_sigkill_mid_catch_up() {
     let mut second = start_with(&db, Some(&plugins), &[("KILN_PROJECTION_BATCH", "2")]);
     let mut seen = Value::Null;
     for _ in 0..5000 {
-        seen = get_json(&client, format!("{}/projections/account_balances", second.base)).await;
+        seen = get_json(
+            &client,
+            format!("{}/projections/account_balances", second.base),
+        )
+        .await;
         if seen["position"].as_u64().unwrap_or(0) > 100 {
             break;
         }
@@ -289,7 +309,10 @@ async fn projection_resumes_exactly_once_after_sigkill_mid_catch_up() {
     }
     second.child.kill().expect("SIGKILL");
     second.child.wait().unwrap();
-    let (position, head) = (seen["position"].as_u64().unwrap(), seen["head"].as_u64().unwrap());
+    let (position, head) = (
+        seen["position"].as_u64().unwrap(),
+        seen["head"].as_u64().unwrap(),
+    );
     assert!(
         position > 0 && position < head,
         "the kill must land mid catch-up: position {position}, head {head}"
@@ -299,7 +322,11 @@ async fn projection_resumes_exactly_once_after_sigkill_mid_catch_up() {
     let mut third = start_with(&db, Some(&plugins), &[]);
     let mut status = Value::Null;
     for _ in 0..2000 {
-        status = get_json(&client, format!("{}/projections/account_balances", third.base)).await;
+        status = get_json(
+            &client,
+            format!("{}/projections/account_balances", third.base),
+        )
+        .await;
         if status["lag"] == 0 && status["position"].as_u64() == Some(head) {
             break;
         }
@@ -308,11 +335,22 @@ async fn projection_resumes_exactly_once_after_sigkill_mid_catch_up() {
     assert_eq!(status["lag"], 0, "{status}");
     assert_eq!(status["generation"], 1, "resumed, not rebuilt: {status}");
     for (a, balance) in expected.iter().enumerate() {
-        let row = get_json(&client, format!("{}/projections/account_balances/rows/account-{a}", third.base)).await;
+        let row = get_json(
+            &client,
+            format!(
+                "{}/projections/account_balances/rows/account-{a}",
+                third.base
+            ),
+        )
+        .await;
         assert_eq!(row["balance"], *balance, "account {a}: {row}");
         assert_eq!(row["owner"], format!("o{a}"));
     }
-    let totals = get_json(&client, format!("{}/projections/account_balances/rows/_totals", third.base)).await;
+    let totals = get_json(
+        &client,
+        format!("{}/projections/account_balances/rows/_totals", third.base),
+    )
+    .await;
     assert_eq!(
         totals,
         json!({"open_accounts": ACCOUNTS, "total_balance": expected.iter().sum::<i64>()})

@@ -24,7 +24,11 @@ async fn open(host: &TestHost, id: &str, owner: &str) -> Answer {
 
 async fn deposit(host: &TestHost, id: &str, amount: i64) -> Answer {
     let a = host
-        .command("bank_account", id, cmd("Deposit", json!({ "amount": amount })))
+        .command(
+            "bank_account",
+            id,
+            cmd("Deposit", json!({ "amount": amount })),
+        )
         .await;
     a.expect(200, "");
     a
@@ -32,7 +36,11 @@ async fn deposit(host: &TestHost, id: &str, amount: i64) -> Answer {
 
 async fn withdraw(host: &TestHost, id: &str, amount: i64) -> Answer {
     let a = host
-        .command("bank_account", id, cmd("Withdraw", json!({ "amount": amount })))
+        .command(
+            "bank_account",
+            id,
+            cmd("Withdraw", json!({ "amount": amount })),
+        )
         .await;
     a.expect(200, "");
     a
@@ -51,11 +59,18 @@ async fn row_at(host: &TestHost, projection: &str, key: &str, min_position: u64)
 }
 
 async fn head(host: &TestHost) -> u64 {
-    host.get("/readyz").await.body["head"].as_u64().expect("head")
+    host.get("/readyz").await.body["head"]
+        .as_u64()
+        .expect("head")
 }
 
 /// Poll the status until `check` holds (at most 20 s).
-async fn wait_status(host: &TestHost, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+async fn wait_status(
+    host: &TestHost,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     for _ in 0..2000 {
         let a = host.get(&format!("/projections/{name}")).await;
         if a.status == 200 && check(&a.body) {
@@ -64,7 +79,10 @@ async fn wait_status(host: &TestHost, name: &str, what: &str, check: impl Fn(&Va
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let last = host.get(&format!("/projections/{name}")).await;
-    panic!("projection {name} never reached: {what}; last status {}", last.body);
+    panic!(
+        "projection {name} never reached: {what}; last status {}",
+        last.body
+    );
 }
 
 fn admin(host: &TestHost, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -98,26 +116,44 @@ async fn balances_and_totals_match_the_events_and_reads_see_their_writes() {
     // Read-your-writes: the read waits for the command's position.
     let a = row_at(&host, BALANCES, "account-1", position(&last)).await;
     a.expect(200, "");
-    assert_eq!(a.body, json!({"owner": "ann", "balance": 70, "status": "open"}));
+    assert_eq!(
+        a.body,
+        json!({"owner": "ann", "balance": 70, "status": "open"})
+    );
     let totals = row_at(&host, BALANCES, "_totals", position(&last)).await;
-    assert_eq!(totals.body, json!({"open_accounts": 2, "total_balance": 110}));
+    assert_eq!(
+        totals.body,
+        json!({"open_accounts": 2, "total_balance": 110})
+    );
 
     // Closing an account moves the count, not the sum.
     withdraw(&host, "2", 40).await;
-    let closed = host.command("bank_account", "2", cmd("Close", json!({}))).await;
+    let closed = host
+        .command("bank_account", "2", cmd("Close", json!({})))
+        .await;
     closed.expect(200, "");
     let p = position(&closed);
     let row = row_at(&host, BALANCES, "account-2", p).await;
     assert_eq!(row.body["status"], "closed");
     let totals = row_at(&host, BALANCES, "_totals", p).await;
-    assert_eq!(totals.body, json!({"open_accounts": 1, "total_balance": 70}));
+    assert_eq!(
+        totals.body,
+        json!({"open_accounts": 1, "total_balance": 70})
+    );
 
     // The workflow dashboard projection runs beside it.
-    host.command("workflow_execution", "w1", cmd("Start", json!({}))).await.expect(200, "");
-    let paused = host.command("workflow_execution", "w1", cmd("Pause", json!({}))).await;
+    host.command("workflow_execution", "w1", cmd("Start", json!({})))
+        .await
+        .expect(200, "");
+    let paused = host
+        .command("workflow_execution", "w1", cmd("Pause", json!({})))
+        .await;
     paused.expect(200, "");
     let rows = host
-        .get(&format!("/projections/executions_by_status/rows?min_position={}", position(&paused)))
+        .get(&format!(
+            "/projections/executions_by_status/rows?min_position={}",
+            position(&paused)
+        ))
         .await;
     rows.expect(200, "");
     let text = rows.body.to_string();
@@ -127,19 +163,38 @@ async fn balances_and_totals_match_the_events_and_reads_see_their_writes() {
     let status = wait_status(&host, BALANCES, "caught up", |s| s["lag"] == 0).await;
     assert_eq!(status["state"], "running");
     assert_eq!(status["generation"], 1);
-    assert!(status["plugin"].as_str().unwrap_or("").starts_with("sha256:"));
+    assert!(
+        status["plugin"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("sha256:")
+    );
     assert!(status["rebuild"].is_null());
     assert!(status["error"].is_null());
     let list = host.get("/projections").await;
-    let names: Vec<&str> = list.body.as_array().expect("list").iter().filter_map(|s| s["name"].as_str()).collect();
-    assert!(names.contains(&BALANCES) && names.contains(&"executions_by_status"), "{names:?}");
+    let names: Vec<&str> = list
+        .body
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&BALANCES) && names.contains(&"executions_by_status"),
+        "{names:?}"
+    );
 
     // The checkpoint and the rows survive a restart; nothing is counted twice.
     host.restart().await;
     deposit(&host, "1", 5).await;
-    let after = host.get("/readyz").await.body["head"].as_u64().expect("head");
+    let after = host.get("/readyz").await.body["head"]
+        .as_u64()
+        .expect("head");
     let totals = row_at(&host, BALANCES, "_totals", after).await;
-    assert_eq!(totals.body, json!({"open_accounts": 1, "total_balance": 75}));
+    assert_eq!(
+        totals.body,
+        json!({"open_accounts": 1, "total_balance": 75})
+    );
     host.stop().await;
 }
 
@@ -151,20 +206,31 @@ async fn rows_page_by_prefix_and_reads_time_out_with_the_position_reached() {
         last = position(&open(&host, id, "o").await);
     }
     let first = host
-        .get(&format!("/projections/{BALANCES}/rows?prefix=account-&limit=2&min_position={last}"))
+        .get(&format!(
+            "/projections/{BALANCES}/rows?prefix=account-&limit=2&min_position={last}"
+        ))
         .await;
     first.expect(200, "");
     let keys = |a: &Answer| -> Vec<String> {
-        a.body["rows"].as_array().expect("rows").iter().map(|r| r["key"].as_str().unwrap_or("").to_string()).collect()
+        a.body["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r["key"].as_str().unwrap_or("").to_string())
+            .collect()
     };
     assert_eq!(keys(&first), ["account-a", "account-b"]);
     assert_eq!(first.body["next"], "account-b");
     let second = host
-        .get(&format!("/projections/{BALANCES}/rows?prefix=account-&limit=2&after=account-b"))
+        .get(&format!(
+            "/projections/{BALANCES}/rows?prefix=account-&limit=2&after=account-b"
+        ))
         .await;
     assert_eq!(keys(&second), ["account-c", "account-d"]);
     let third = host
-        .get(&format!("/projections/{BALANCES}/rows?prefix=account-&limit=2&after=account-d"))
+        .get(&format!(
+            "/projections/{BALANCES}/rows?prefix=account-&limit=2&after=account-d"
+        ))
         .await;
     assert_eq!(keys(&third), ["account-e"]);
     assert!(third.body["next"].is_null());
@@ -172,15 +238,26 @@ async fn rows_page_by_prefix_and_reads_time_out_with_the_position_reached() {
 
     // Waiting for a position that never comes: 503 with the position reached.
     let a = host
-        .get(&format!("/projections/{BALANCES}/rows/_totals?min_position={}&timeout_ms=50", last + 1000))
+        .get(&format!(
+            "/projections/{BALANCES}/rows/_totals?min_position={}&timeout_ms=50",
+            last + 1000
+        ))
         .await;
     a.expect(503, "unavailable");
     assert_eq!(a.body["error"]["details"]["position"], last);
-    host.get(&format!("/projections/{BALANCES}/rows/nope")).await.expect(404, "not_found");
+    host.get(&format!("/projections/{BALANCES}/rows/nope"))
+        .await
+        .expect(404, "not_found");
     host.get("/projections/nope").await.expect(404, "not_found");
-    host.get("/projections/nope/rows/x").await.expect(404, "not_found");
-    host.get(&format!("/projections/{BALANCES}/rows?limit=0")).await.expect(400, "invalid_request");
-    host.get(&format!("/projections/{BALANCES}/rows/x?min_position=abc")).await.expect(400, "invalid_request");
+    host.get("/projections/nope/rows/x")
+        .await
+        .expect(404, "not_found");
+    host.get(&format!("/projections/{BALANCES}/rows?limit=0"))
+        .await
+        .expect(400, "invalid_request");
+    host.get(&format!("/projections/{BALANCES}/rows/x?min_position=abc"))
+        .await
+        .expect(400, "invalid_request");
     host.stop().await;
 }
 
@@ -216,14 +293,24 @@ pub(crate) async fn a_poison_event_stops_only_its_projection_until_skipped() {
     deposit(&host, "1", 10).await;
     let poison = withdraw(&host, "1", 3).await;
     let poison_at = position(&poison);
-    let status = wait_status(&host, "poison_counter", "failed", |s| s["state"] == "failed").await;
+    let status = wait_status(&host, "poison_counter", "failed", |s| {
+        s["state"] == "failed"
+    })
+    .await;
     assert_eq!(status["error"]["position"], poison_at);
     assert_eq!(status["error"]["event_type"], "Withdrawn");
     assert!(!status["error"]["message"].as_str().unwrap_or("").is_empty());
-    assert_eq!(status["position"], poison_at - 1, "it processed everything before the poison");
+    assert_eq!(
+        status["position"],
+        poison_at - 1,
+        "it processed everything before the poison"
+    );
     let metrics = host.get("/metrics").await;
     let text = metrics.body.as_str().unwrap_or("").to_string();
-    assert!(text.contains("kiln_projection_state{projection=\"poison_counter\",state=\"failed\"} 1"), "{text}");
+    assert!(
+        text.contains("kiln_projection_state{projection=\"poison_counter\",state=\"failed\"} 1"),
+        "{text}"
+    );
 
     // Commands and the other projections go on.
     let later = deposit(&host, "1", 5).await;
@@ -232,7 +319,12 @@ pub(crate) async fn a_poison_event_stops_only_its_projection_until_skipped() {
 
     // A plain retry fails again on the same event.
     let resume = |skip: bool| {
-        admin(&host, host.client.post(host.url("/projections/poison_counter/resume")).json(&json!({ "skip": skip })))
+        admin(
+            &host,
+            host.client
+                .post(host.url("/projections/poison_counter/resume"))
+                .json(&json!({ "skip": skip })),
+        )
     };
     host.send(resume(false)).await.expect(200, "");
     let status = wait_status(&host, "poison_counter", "failed again", |s| {
@@ -248,9 +340,13 @@ pub(crate) async fn a_poison_event_stops_only_its_projection_until_skipped() {
     })
     .await;
     assert!(status["error"].is_null());
-    let counts = host.get("/projections/poison_counter/rows/count-Deposited").await;
+    let counts = host
+        .get("/projections/poison_counter/rows/count-Deposited")
+        .await;
     assert_eq!(counts.body["count"], 2);
-    host.get("/projections/poison_counter/rows/count-Withdrawn").await.expect(404, "not_found");
+    host.get("/projections/poison_counter/rows/count-Withdrawn")
+        .await
+        .expect(404, "not_found");
     let skips = host.get("/projections/poison_counter/skips").await;
     assert_eq!(skips.body["skips"][0]["position"], poison_at);
     assert_eq!(skips.body["skips"][0]["event_type"], "Withdrawn");
@@ -289,12 +385,19 @@ pub(crate) async fn shadow_deploy_diffs_exactly_the_changed_keys_then_promotes()
     })
     .await;
     assert_eq!(status["rebuild"]["mode"], "shadow");
-    assert_eq!(status["generation"], before["generation"], "reads stay on the old generation");
+    assert_eq!(
+        status["generation"], before["generation"],
+        "reads stay on the old generation"
+    );
     // Reads still come from the old logic.
-    let row = host.get(&format!("/projections/{BALANCES}/rows/account-002")).await;
+    let row = host
+        .get(&format!("/projections/{BALANCES}/rows/account-002"))
+        .await;
     assert!(row.body.get("tier").is_none(), "{}", row.body);
 
-    let diff = host.get(&format!("/projections/{BALANCES}/diff?sample=100")).await;
+    let diff = host
+        .get(&format!("/projections/{BALANCES}/diff?sample=100"))
+        .await;
     diff.expect(200, "");
     assert_eq!(diff.body["comparable"], true, "{}", diff.body);
     let changed: BTreeSet<String> = diff.body["changed"]["sample"]
@@ -309,12 +412,21 @@ pub(crate) async fn shadow_deploy_diffs_exactly_the_changed_keys_then_promotes()
     assert_eq!(diff.body["only_in_new"]["count"], 0);
 
     // Promote: reads switch to the new logic.
-    host.send(admin(&host, host.client.post(host.url(&format!("/projections/{BALANCES}/promote")))))
-        .await
-        .expect(202, "");
+    host.send(admin(
+        &host,
+        host.client
+            .post(host.url(&format!("/projections/{BALANCES}/promote"))),
+    ))
+    .await
+    .expect(202, "");
     let status = wait_status(&host, BALANCES, "promoted", |s| s["rebuild"].is_null()).await;
-    assert_eq!(status["generation"], before["generation"].as_u64().unwrap_or(0) + 1);
-    let row = host.get(&format!("/projections/{BALANCES}/rows/account-002")).await;
+    assert_eq!(
+        status["generation"],
+        before["generation"].as_u64().unwrap_or(0) + 1
+    );
+    let row = host
+        .get(&format!("/projections/{BALANCES}/rows/account-002"))
+        .await;
     assert_eq!(row.body["tier"], "gold", "{}", row.body);
     host.stop().await;
 }
@@ -330,18 +442,29 @@ async fn dropping_a_shadow_keeps_the_serving_version_current() {
         .map(|p| p["hash"].clone())
         .expect("listed");
     deploy(&host, BALANCES, artifacts::FIXTURE_BALANCES_V2, "shadow").await;
-    wait_status(&host, BALANCES, "shadow exists", |s| !s["rebuild"].is_null()).await;
-    host.send(admin(&host, host.client.delete(host.url(&format!("/projections/{BALANCES}/shadow")))))
-        .await
-        .expect(200, "");
+    wait_status(&host, BALANCES, "shadow exists", |s| {
+        !s["rebuild"].is_null()
+    })
+    .await;
+    host.send(admin(
+        &host,
+        host.client
+            .delete(host.url(&format!("/projections/{BALANCES}/shadow"))),
+    ))
+    .await
+    .expect(200, "");
     let status = wait_status(&host, BALANCES, "no shadow", |s| s["rebuild"].is_null()).await;
     assert_eq!(status["plugin"], original_hash);
     let history = host.get(&format!("/plugins/{BALANCES}/history")).await;
     assert_eq!(history.body["versions"][0]["hash"], original_hash);
     // Nothing to drop or promote now.
-    host.send(admin(&host, host.client.delete(host.url(&format!("/projections/{BALANCES}/shadow")))))
-        .await
-        .expect(409, "conflict");
+    host.send(admin(
+        &host,
+        host.client
+            .delete(host.url(&format!("/projections/{BALANCES}/shadow"))),
+    ))
+    .await
+    .expect(409, "conflict");
     host.stop().await;
 }
 
@@ -349,7 +472,10 @@ async fn dropping_a_shadow_keeps_the_serving_version_current() {
 async fn hot_swap_under_load_never_fails_a_read_and_switches_to_the_new_logic() {
     let host = TestHost::start().await;
     let (gold, last) = seed_accounts(&host, 16).await;
-    wait_status(&host, BALANCES, "caught up", |s| s["position"].as_u64() >= Some(last)).await;
+    wait_status(&host, BALANCES, "caught up", |s| {
+        s["position"].as_u64() >= Some(last)
+    })
+    .await;
     let host = Arc::new(host);
     let stop = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicU64::new(0));
@@ -359,8 +485,14 @@ async fn hot_swap_under_load_never_fails_a_read_and_switches_to_the_new_logic() 
         tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
                 for key in ["account-000", "account-005", "_totals"] {
-                    let a = host.get(&format!("/projections/{BALANCES}/rows/{key}")).await;
-                    assert_eq!(a.status, 200, "read of {key} failed during the swap: {}", a.body);
+                    let a = host
+                        .get(&format!("/projections/{BALANCES}/rows/{key}"))
+                        .await;
+                    assert_eq!(
+                        a.status, 200,
+                        "read of {key} failed during the swap: {}",
+                        a.body
+                    );
                     reads.fetch_add(1, Ordering::SeqCst);
                 }
             }
@@ -371,9 +503,13 @@ async fn hot_swap_under_load_never_fails_a_read_and_switches_to_the_new_logic() 
         tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(Ordering::SeqCst) {
-                host.command("bank_account", "001", cmd("Deposit", json!({ "amount": 1 })))
-                    .await
-                    .expect(200, "");
+                host.command(
+                    "bank_account",
+                    "001",
+                    cmd("Deposit", json!({ "amount": 1 })),
+                )
+                .await
+                .expect(200, "");
                 n += 1;
             }
             n
@@ -413,38 +549,64 @@ async fn history_rollback_and_rebuild() {
     let mut host = TestHost::start().await;
     seed_accounts(&host, 4).await;
     let v1 = host.get(&format!("/projections/{BALANCES}")).await.body["plugin"].clone();
-    let v2 = deploy(&host, BALANCES, artifacts::FIXTURE_BALANCES_V2, "live").await.body["hash"].clone();
-    wait_status(&host, BALANCES, "on v2", |s| s["plugin"] == v2 && s["rebuild"].is_null()).await;
+    let v2 = deploy(&host, BALANCES, artifacts::FIXTURE_BALANCES_V2, "live")
+        .await
+        .body["hash"]
+        .clone();
+    wait_status(&host, BALANCES, "on v2", |s| {
+        s["plugin"] == v2 && s["rebuild"].is_null()
+    })
+    .await;
     let history = host.get(&format!("/plugins/{BALANCES}/history")).await;
     history.expect(200, "");
-    let versions = history.body["versions"].as_array().expect("versions").clone();
+    let versions = history.body["versions"]
+        .as_array()
+        .expect("versions")
+        .clone();
     assert_eq!(versions.len(), 2, "{}", history.body);
     assert_eq!(versions[0]["hash"], v2);
     assert_eq!(versions[1]["hash"], v1);
     assert_eq!(versions[1]["source"], "directory");
 
     let rolled = host
-        .send(admin(&host, host.client.post(host.url(&format!("/plugins/{BALANCES}/rollback")))))
+        .send(admin(
+            &host,
+            host.client
+                .post(host.url(&format!("/plugins/{BALANCES}/rollback"))),
+        ))
         .await;
     rolled.expect(200, "");
     assert_eq!(rolled.body["hash"], v1);
-    let status = wait_status(&host, BALANCES, "back on v1", |s| s["plugin"] == v1 && s["rebuild"].is_null()).await;
-    let row = host.get(&format!("/projections/{BALANCES}/rows/account-002")).await;
+    let status = wait_status(&host, BALANCES, "back on v1", |s| {
+        s["plugin"] == v1 && s["rebuild"].is_null()
+    })
+    .await;
+    let row = host
+        .get(&format!("/projections/{BALANCES}/rows/account-002"))
+        .await;
     assert!(row.body.get("tier").is_none(), "{}", row.body);
     let history = host.get(&format!("/plugins/{BALANCES}/history")).await;
     assert_eq!(history.body["versions"][0]["mode"], "rollback");
 
     // A rebuild of the same version: a new generation with the same rows.
     let generation = status["generation"].as_u64().expect("generation");
-    host.send(admin(&host, host.client.post(host.url(&format!("/projections/{BALANCES}/rebuild")))))
-        .await
-        .expect(202, "");
+    host.send(admin(
+        &host,
+        host.client
+            .post(host.url(&format!("/projections/{BALANCES}/rebuild"))),
+    ))
+    .await
+    .expect(202, "");
     wait_status(&host, BALANCES, "rebuilt", |s| {
         s["generation"].as_u64() == Some(generation + 1) && s["rebuild"].is_null()
     })
     .await;
-    let again = host.get(&format!("/projections/{BALANCES}/rows/account-002")).await;
+    let again = host
+        .get(&format!("/projections/{BALANCES}/rows/account-002"))
+        .await;
     assert_eq!(again.body, row.body);
-    host.get("/plugins/nope/history").await.expect(404, "not_found");
+    host.get("/plugins/nope/history")
+        .await
+        .expect(404, "not_found");
     host.stop().await;
 }

@@ -144,14 +144,20 @@ pub async fn row(
         return Ok((
             [
                 (header::CONTENT_TYPE, "application/json"),
-                (header::HeaderName::from_static("kiln-position"), position.as_str()),
+                (
+                    header::HeaderName::from_static("kiln-position"),
+                    position.as_str(),
+                ),
             ],
             value,
         )
             .into_response());
     }
     Ok((
-        [(header::HeaderName::from_static("kiln-position"), position.as_str())],
+        [(
+            header::HeaderName::from_static("kiln-position"),
+            position.as_str(),
+        )],
         Json(value_json(&value)),
     )
         .into_response())
@@ -192,7 +198,9 @@ pub async fn rows(
         .iter()
         .map(|(key, value)| json!({ "key": key, "value": value_json(value) }))
         .collect();
-    Ok(Json(json!({ "rows": rows, "next": next, "position": serving.position })))
+    Ok(Json(
+        json!({ "rows": rows, "next": next, "position": serving.position }),
+    ))
 }
 
 /// `POST /projections/{name}/rebuild` (admin)
@@ -231,7 +239,9 @@ pub async fn resume(
             .map_err(|e| ApiError::invalid_request(format!("bad body: {e}")))?
     };
     let resumed = app.projections.resume(&name, body.skip).await?;
-    Ok(Json(json!({ "name": name, "resumed": resumed, "skip": body.skip })))
+    Ok(Json(
+        json!({ "name": name, "resumed": resumed, "skip": body.skip }),
+    ))
 }
 
 /// `GET /projections/{name}/skips`: events skipped by operators.

@@ -93,7 +93,10 @@ async fn fill(store: Arc<dyn EventStore>, events: usize, accounts: usize) -> any
                     let batch: Vec<NewEvent> = (written..written + n)
                         .map(|i| {
                             let (event_type, data) = match i {
-                                0 => ("Opened", format!(r#"{{"owner":"owner-{a}","overdraft_limit":0}}"#)),
+                                0 => (
+                                    "Opened",
+                                    format!(r#"{{"owner":"owner-{a}","overdraft_limit":0}}"#),
+                                ),
                                 i if i % 10 == 9 => ("Withdrawn", r#"{"amount":3}"#.to_string()),
                                 i => ("Deposited", format!(r#"{{"amount":{}}}"#, i % 100 + 1)),
                             };
@@ -220,8 +223,8 @@ pub async fn run(args: ProjectionBenchArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| default_component("new"))
         .context("pass --new-version PATH (a second version of the projection)")?;
-    let projection_bytes = std::fs::read(&projection)
-        .with_context(|| format!("reading {}", projection.display()))?;
+    let projection_bytes =
+        std::fs::read(&projection).with_context(|| format!("reading {}", projection.display()))?;
     let new_bytes = std::fs::read(&new_version)
         .with_context(|| format!("reading {}", new_version.display()))?;
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -268,7 +271,10 @@ pub async fn run(args: ProjectionBenchArgs) -> anyhow::Result<()> {
             .send()
             .await?;
         if !deployed.status().is_success() {
-            bail!("deploying the projection failed: {}", deployed.text().await?);
+            bail!(
+                "deploying the projection failed: {}",
+                deployed.text().await?
+            );
         }
         loop {
             let s = status(&client, &base, &name).await?;
@@ -283,12 +289,26 @@ pub async fn run(args: ProjectionBenchArgs) -> anyhow::Result<()> {
 
         // Read latency, then the same during a hot swap.
         let stop = Arc::new(AtomicBool::new(false));
-        let load = tokio::spawn(read_load(client.clone(), base.clone(), name.clone(), args.accounts, args.readers, stop.clone()));
+        let load = tokio::spawn(read_load(
+            client.clone(),
+            base.clone(),
+            name.clone(),
+            args.accounts,
+            args.readers,
+            stop.clone(),
+        ));
         tokio::time::sleep(Duration::from_secs(args.baseline_secs)).await;
         stop.store(true, Ordering::Relaxed);
         let before = load.await??;
         let stop = Arc::new(AtomicBool::new(false));
-        let load = tokio::spawn(read_load(client.clone(), base.clone(), name.clone(), args.accounts, args.readers, stop.clone()));
+        let load = tokio::spawn(read_load(
+            client.clone(),
+            base.clone(),
+            name.clone(),
+            args.accounts,
+            args.readers,
+            stop.clone(),
+        ));
         let swap_started = Instant::now();
         let deployed = client
             .put(format!("{base}/plugins/{name}"))
@@ -297,7 +317,10 @@ pub async fn run(args: ProjectionBenchArgs) -> anyhow::Result<()> {
             .send()
             .await?;
         if !deployed.status().is_success() {
-            bail!("deploying the new version failed: {}", deployed.text().await?);
+            bail!(
+                "deploying the new version failed: {}",
+                deployed.text().await?
+            );
         }
         let generation = loop {
             let s = status(&client, &base, &name).await?;
@@ -310,7 +333,11 @@ pub async fn run(args: ProjectionBenchArgs) -> anyhow::Result<()> {
         stop.store(true, Ordering::Relaxed);
         let during = load.await??;
         host.shutdown().await?;
-        eprintln!("run {run_no}: caught up {head} events in {:.2} s; swapped to generation {generation} in {:.2} s", catch_up.as_secs_f64(), swap.as_secs_f64());
+        eprintln!(
+            "run {run_no}: caught up {head} events in {:.2} s; swapped to generation {generation} in {:.2} s",
+            catch_up.as_secs_f64(),
+            swap.as_secs_f64()
+        );
         rows.push([
             catch_up_per_s,
             raw_per_s,
@@ -324,7 +351,10 @@ pub async fn run(args: ProjectionBenchArgs) -> anyhow::Result<()> {
     }
     let labels = [
         ("catch_up_events_per_s", "catch-up, events/s"),
-        ("raw_read_events_per_s", "raw store read, events/s (ceiling)"),
+        (
+            "raw_read_events_per_s",
+            "raw store read, events/s (ceiling)",
+        ),
         ("ratio_catch_up_raw_read", "catch-up / raw read"),
         ("swap_s", "hot swap (rebuild + switch), s"),
         ("read_p50_ms_before", "row read p50 before, ms"),
@@ -337,9 +367,21 @@ pub async fn run(args: ProjectionBenchArgs) -> anyhow::Result<()> {
         .collect();
     let p99_ratio = medians[7] / medians[5];
     let targets = [
-        (format!(">= {TARGET_EVENTS_PER_S:.0} events/s catch-up"), medians[0], medians[0] >= TARGET_EVENTS_PER_S),
-        ("catch-up >= 1/2 of the raw read rate".to_string(), medians[2], medians[2] >= TARGET_SHARE_OF_READ),
-        ("read p99 during swap <= 2x before".to_string(), p99_ratio, p99_ratio <= TARGET_SWAP_P99_RATIO),
+        (
+            format!(">= {TARGET_EVENTS_PER_S:.0} events/s catch-up"),
+            medians[0],
+            medians[0] >= TARGET_EVENTS_PER_S,
+        ),
+        (
+            "catch-up >= 1/2 of the raw read rate".to_string(),
+            medians[2],
+            medians[2] >= TARGET_SHARE_OF_READ,
+        ),
+        (
+            "read p99 during swap <= 2x before".to_string(),
+            p99_ratio,
+            p99_ratio <= TARGET_SWAP_P99_RATIO,
+        ),
     ];
     let (model, cpus, memory) = stats::machine();
     if args.json {
@@ -358,7 +400,10 @@ pub async fn run(args: ProjectionBenchArgs) -> anyhow::Result<()> {
         "kiln bench-projection: {} events over {} accounts, batch {}, {} reader(s), {} run(s)",
         args.events, args.accounts, args.tuning.projection_batch, args.readers, args.runs
     );
-    println!("machine: {model}, {cpus} CPUs, {memory}; database in {}", parent.display());
+    println!(
+        "machine: {model}, {cpus} CPUs, {memory}; database in {}",
+        parent.display()
+    );
     println!();
     let width = labels.iter().map(|(_, l)| l.len()).max().unwrap_or(0);
     let mut header = format!("{:width$}  {:>10}", "", "median");
@@ -376,7 +421,10 @@ pub async fn run(args: ProjectionBenchArgs) -> anyhow::Result<()> {
     println!();
     println!("targets (medians):");
     for (what, value, met) in &targets {
-        println!("  {what:42} {value:>10.3}  {}", if *met { "met" } else { "NOT met" });
+        println!(
+            "  {what:42} {value:>10.3}  {}",
+            if *met { "met" } else { "NOT met" }
+        );
     }
     Ok(())
 }

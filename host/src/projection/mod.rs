@@ -96,7 +96,11 @@ impl Entry {
 
     /// Wait until the serving generation has processed `position`; the
     /// position reached when `timeout` ran out otherwise.
-    pub async fn wait_for(&self, position: Position, timeout: Duration) -> Result<Serving, Serving> {
+    pub async fn wait_for(
+        &self,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<Serving, Serving> {
         let mut rx = self.serving.subscribe();
         let waited = tokio::time::timeout(timeout, rx.wait_for(|s| s.position >= position)).await;
         match waited {
@@ -185,7 +189,11 @@ pub struct Projections {
 
 impl Projections {
     /// The manager, and its task that switches generations when they catch up.
-    pub fn new(store: Arc<dyn EventStore>, runtime: Runtime, config: ProjectionConfig) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        runtime: Runtime,
+        config: ProjectionConfig,
+    ) -> Arc<Self> {
         let (events, mut events_rx) = mpsc::unbounded_channel();
         let projections = Arc::new(Self {
             ctx: Arc::new(RunnerContext {
@@ -199,7 +207,9 @@ impl Projections {
         let weak: Weak<Self> = Arc::downgrade(&projections);
         tokio::spawn(async move {
             while let Some(event) = events_rx.recv().await {
-                let Some(projections) = weak.upgrade() else { break };
+                let Some(projections) = weak.upgrade() else {
+                    break;
+                };
                 match event {
                     RunnerEvent::CaughtUp { name, generation } => {
                         projections.maybe_switch(&name, generation).await;
@@ -248,8 +258,20 @@ impl Projections {
             .clone()
     }
 
-    fn spawn(&self, entry: &Entry, plugin: Arc<Plugin>, generation: u64, position: Position) -> Arc<Generation> {
-        runner::spawn(self.ctx.clone(), plugin, generation, position, entry.serving.clone())
+    fn spawn(
+        &self,
+        entry: &Entry,
+        plugin: Arc<Plugin>,
+        generation: u64,
+        position: Position,
+    ) -> Arc<Generation> {
+        runner::spawn(
+            self.ctx.clone(),
+            plugin,
+            generation,
+            position,
+            entry.serving.clone(),
+        )
     }
 
     /// Pick up where the last run stopped: resume the stored generations of
@@ -274,14 +296,16 @@ impl Projections {
                 };
                 match (record.role, version) {
                     (GenerationRole::Active, Some(version)) if state.active.is_none() => {
-                        let generation = self.spawn(&entry, version, record.generation, record.position);
+                        let generation =
+                            self.spawn(&entry, version, record.generation, record.position);
                         generation.start_serving();
                         state.active = Some(generation);
                     }
                     (role @ (GenerationRole::Building | GenerationRole::Shadow), Some(version))
                         if version.hash == plugin.hash && state.next.is_none() =>
                     {
-                        let generation = self.spawn(&entry, version, record.generation, record.position);
+                        let generation =
+                            self.spawn(&entry, version, record.generation, record.position);
                         state.next = Some((generation, role));
                     }
                     _ => self.retire_record(record),
@@ -293,11 +317,17 @@ impl Projections {
 
     /// Start using a new version of a projection: the first generation, or a
     /// hot swap (`Live`), or a shadow build (`Shadow`).
-    pub async fn deploy(&self, plugin: Arc<Plugin>, mode: DeployMode) -> Result<(), ProjectionError> {
+    pub async fn deploy(
+        &self,
+        plugin: Arc<Plugin>,
+        mode: DeployMode,
+    ) -> Result<(), ProjectionError> {
         let entry = self.entry(&plugin.name, 1);
         let mut state = entry.state.lock().await;
         let Some(active) = state.active.clone() else {
-            let generation = self.create(&entry, &mut state, plugin, GenerationRole::Active).await?;
+            let generation = self
+                .create(&entry, &mut state, plugin, GenerationRole::Active)
+                .await?;
             generation.start_serving();
             state.active = Some(generation);
             return Ok(());
@@ -354,7 +384,9 @@ impl Projections {
     /// `POST /projections/{name}/rebuild`: a new generation of the version
     /// that serves, switched to when it has caught up.
     pub async fn rebuild(&self, name: &str) -> Result<u64, ProjectionError> {
-        let entry = self.get(name).ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let entry = self
+            .get(name)
+            .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
         let mut state = entry.state.lock().await;
         let plugin = state
             .active
@@ -376,12 +408,16 @@ impl Projections {
     /// `POST /projections/{name}/resume`: retry or skip the poison event of
     /// every failed generation of the projection.
     pub async fn resume(&self, name: &str, skip: bool) -> Result<usize, ProjectionError> {
-        let entry = self.get(name).ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let entry = self
+            .get(name)
+            .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
         let state = entry.state.lock().await;
         let mut resumed = 0;
         let generations = state.active.iter().chain(state.next.iter().map(|(g, _)| g));
         for generation in generations {
-            if generation.progress().poison.is_some() && generation.control(Control::Resume { skip }).await {
+            if generation.progress().poison.is_some()
+                && generation.control(Control::Resume { skip }).await
+            {
                 resumed += 1;
             }
         }
@@ -396,7 +432,9 @@ impl Projections {
     /// `POST /projections/{name}/promote`: make the shadow generation switch
     /// over as soon as it has caught up.
     pub async fn promote(&self, name: &str) -> Result<u64, ProjectionError> {
-        let entry = self.get(name).ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let entry = self
+            .get(name)
+            .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
         let generation = {
             let mut state = entry.state.lock().await;
             match &mut state.next {
@@ -427,7 +465,9 @@ impl Projections {
     /// `DELETE /projections/{name}/shadow`: stop and drop the shadow
     /// generation. Returns the plugin that serves, which is current again.
     pub async fn drop_shadow(&self, name: &str) -> Result<Arc<Plugin>, ProjectionError> {
-        let entry = self.get(name).ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let entry = self
+            .get(name)
+            .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
         let mut state = entry.state.lock().await;
         match state.next.take() {
             Some((generation, GenerationRole::Shadow)) => {
@@ -448,8 +488,13 @@ impl Projections {
     }
 
     /// The active and shadow (or building) generations, for a diff.
-    pub async fn pair(&self, name: &str) -> Result<(Arc<Generation>, Arc<Generation>), ProjectionError> {
-        let entry = self.get(name).ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+    pub async fn pair(
+        &self,
+        name: &str,
+    ) -> Result<(Arc<Generation>, Arc<Generation>), ProjectionError> {
+        let entry = self
+            .get(name)
+            .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
         let state = entry.state.lock().await;
         match (&state.active, &state.next) {
             (Some(active), Some((next, _))) => Ok((active.clone(), next.clone())),
@@ -490,7 +535,12 @@ impl Projections {
         next.start_serving();
         let old = state.active.replace(next);
         state.next = None;
-        tracing::info!(projection = name, generation, position = progress.position, "projection switched to the new generation");
+        tracing::info!(
+            projection = name,
+            generation,
+            position = progress.position,
+            "projection switched to the new generation"
+        );
         if let Some(old) = old {
             old.stop_serving();
             self.retire(old).await;
@@ -546,7 +596,9 @@ impl Projections {
 
     /// The status of one projection.
     pub async fn status(&self, name: &str) -> Result<ProjectionStatus, ProjectionError> {
-        let entry = self.get(name).ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let entry = self
+            .get(name)
+            .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
         let head = *self.store().subscribe_head().borrow();
         let state = entry.state.lock().await;
         let (plugin, generation, progress) = match &state.active {
@@ -558,10 +610,18 @@ impl Projections {
             RebuildStatus {
                 generation: next.generation,
                 plugin: next.plugin.hash.clone(),
-                mode: if *role == GenerationRole::Shadow { "shadow" } else { "live" },
+                mode: if *role == GenerationRole::Shadow {
+                    "shadow"
+                } else {
+                    "live"
+                },
                 position: p.position,
                 head,
-                progress: if head == 0 { 1.0 } else { (p.position as f64 / head as f64).min(1.0) },
+                progress: if head == 0 {
+                    1.0
+                } else {
+                    (p.position as f64 / head as f64).min(1.0)
+                },
                 caught_up: p.position >= head,
                 error: error_status(&p.poison, &None),
             }

@@ -14,8 +14,7 @@ use crate::runtime::projection::ProjectionInstance;
 use crate::runtime::view::{RowCache, ViewSession};
 use crate::runtime::{Plugin, PluginCode, PluginError, Runtime};
 use crate::store::{
-    EventStore, GlobalQuery, Position, RecordedEvent, RowWrite, SkipRecord, StoreError,
-    ViewCommit,
+    EventStore, GlobalQuery, Position, RecordedEvent, RowWrite, SkipRecord, StoreError, ViewCommit,
 };
 
 /// Where the generation that serves reads is, for read-your-writes waits.
@@ -62,7 +61,9 @@ pub struct Progress {
 #[derive(Debug, Clone, Copy)]
 pub enum Control {
     /// Retry a failed generation, or skip its poison event.
-    Resume { skip: bool },
+    Resume {
+        skip: bool,
+    },
     Stop,
 }
 
@@ -88,7 +89,10 @@ pub struct Generation {
 
 impl Generation {
     pub fn progress(&self) -> Progress {
-        self.progress.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn update(&self, f: impl FnOnce(&mut Progress)) {
@@ -254,7 +258,9 @@ impl Runner {
                     self.ctx.config.read_ahead.max(1),
                 ));
             }
-            let Some(reader) = prefetched.as_mut() else { continue };
+            let Some(reader) = prefetched.as_mut() else {
+                continue;
+            };
             let read_started = Instant::now();
             let read = reader.batches.recv().await;
             let read_took = read_started.elapsed();
@@ -399,8 +405,10 @@ impl Runner {
 
     fn pre(
         &self,
-    ) -> Result<&crate::runtime::bindings::projection::ProjectionPre<crate::runtime::sandbox::PluginState>, PluginError>
-    {
+    ) -> Result<
+        &crate::runtime::bindings::projection::ProjectionPre<crate::runtime::sandbox::PluginState>,
+        PluginError,
+    > {
         match &self.shared.plugin.code {
             PluginCode::Projection(pre) => Ok(pre),
             _ => Err(PluginError::Contract {
@@ -422,7 +430,9 @@ impl Runner {
         let ctx = &self.ctx;
         let started = Instant::now();
         let pre = self.pre().map_err(|e| BatchError::Plugin(e.to_string()))?;
-        let now_ms = events.last().map_or(0, |e| e.recorded_at_us.div_euclid(1000));
+        let now_ms = events
+            .last()
+            .map_or(0, |e| e.recorded_at_us.div_euclid(1000));
         let mut instance = ProjectionInstance::new(&ctx.runtime, &self.shared.plugin, pre, now_ms)
             .await
             .map_err(|e| match e {

@@ -10,7 +10,12 @@ use super::sandbox::PluginState;
 
 /// A fresh store for one unit of work of `plugin`, whose clocks read
 /// `now_ms`, with the memory limit and a time budget of `limit_ms` per call.
-pub fn new_store(runtime: &Runtime, plugin: &Plugin, now_ms: i64, limit_ms: u64) -> Store<PluginState> {
+pub fn new_store(
+    runtime: &Runtime,
+    plugin: &Plugin,
+    now_ms: i64,
+    limit_ms: u64,
+) -> Store<PluginState> {
     let limits = &runtime.limits;
     let state = PluginState::new(plugin.name.clone(), now_ms, limits.memory_bytes_max);
     let mut store = Store::new(&runtime.engine, state);
@@ -54,7 +59,8 @@ pub fn classify(
     // A refused memory.grow is not a `Trap` (see WASM-NOTES.md); Rust's
     // allocator reports its own failure on stderr before aborting.
     let stderr = data.stderr_tail();
-    if text.contains("forcing trap when growing memory") || stderr.contains("memory allocation of") {
+    if text.contains("forcing trap when growing memory") || stderr.contains("memory allocation of")
+    {
         return PluginError::OutOfMemory {
             plugin,
             limit_bytes: memory_bytes_max,

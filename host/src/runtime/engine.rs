@@ -96,42 +96,43 @@ impl Runtime {
     pub fn compile(&self, name: &str, bytes: &[u8]) -> Result<Plugin, LoadError> {
         plugin::check_header(bytes)?;
         let component = match &self.compile_cache {
-            Some(cache) => cache.load_or_compile(&self.engine, bytes).map(|(c, outcome)| {
-                tracing::debug!(plugin = name, ?outcome, "compile cache");
-                c
-            }),
+            Some(cache) => cache
+                .load_or_compile(&self.engine, bytes)
+                .map(|(c, outcome)| {
+                    tracing::debug!(plugin = name, ?outcome, "compile cache");
+                    c
+                }),
             None => Component::new(&self.engine, bytes),
         }
         .map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
         let kind = plugin::detect_kind(&self.engine, &component)?;
-        let code = match kind {
-            PluginKind::Aggregate => {
-                // Imports resolve by semver (a guest built against WASI
-                // 0.2.6 links to the host's 0.2.12). An import the host does
-                // not provide refuses the plugin here, naming the import.
-                // (`define_unknown_imports_as_traps` would shadow the semver
-                // match with exact-name stubs, so it is not used.)
-                let pre = self
-                    .linker
-                    .instantiate_pre(&component)
-                    .map_err(|e| LoadError::Invalid(format!("cannot link the plugin: {e:#}")))?;
-                let pre = AggregatePre::new(pre).map_err(|e| {
-                    LoadError::Invalid(format!("does not match the aggregate world: {e:#}"))
-                })?;
-                PluginCode::Aggregate(pre)
-            }
-            PluginKind::Projection => {
-                let pre = self
-                    .linker
-                    .instantiate_pre(&component)
-                    .map_err(|e| LoadError::Invalid(format!("cannot link the plugin: {e:#}")))?;
-                let pre = ProjectionPre::new(pre).map_err(|e| {
-                    LoadError::Invalid(format!("does not match the projection world: {e:#}"))
-                })?;
-                PluginCode::Projection(pre)
-            }
-            PluginKind::Saga => PluginCode::Stored(component),
-        };
+        let code =
+            match kind {
+                PluginKind::Aggregate => {
+                    // Imports resolve by semver (a guest built against WASI
+                    // 0.2.6 links to the host's 0.2.12). An import the host does
+                    // not provide refuses the plugin here, naming the import.
+                    // (`define_unknown_imports_as_traps` would shadow the semver
+                    // match with exact-name stubs, so it is not used.)
+                    let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+                        LoadError::Invalid(format!("cannot link the plugin: {e:#}"))
+                    })?;
+                    let pre = AggregatePre::new(pre).map_err(|e| {
+                        LoadError::Invalid(format!("does not match the aggregate world: {e:#}"))
+                    })?;
+                    PluginCode::Aggregate(pre)
+                }
+                PluginKind::Projection => {
+                    let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+                        LoadError::Invalid(format!("cannot link the plugin: {e:#}"))
+                    })?;
+                    let pre = ProjectionPre::new(pre).map_err(|e| {
+                        LoadError::Invalid(format!("does not match the projection world: {e:#}"))
+                    })?;
+                    PluginCode::Projection(pre)
+                }
+                PluginKind::Saga => PluginCode::Stored(component),
+            };
         Ok(Plugin::new(name, bytes, kind, code))
     }
 }

@@ -219,10 +219,8 @@ fn events_from_json_page(json: &str) -> Result<Vec<RecordedEvent>, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("a page of events did not decode: {e}")))?;
     let mut events = tuples
         .into_iter()
-        .map(|(position, stream_id, version, event_type, schema, data, metadata, recorded_at_us, hash)| {
-            let hash = hex::decode(&hash)
-                .map_err(|e| StoreError::Corrupt(format!("event hash is not hex: {e}")))?;
-            Ok(RecordedEvent {
+        .map(
+            |(
                 position,
                 stream_id,
                 version,
@@ -231,9 +229,23 @@ fn events_from_json_page(json: &str) -> Result<Vec<RecordedEvent>, StoreError> {
                 data,
                 metadata,
                 recorded_at_us,
-                hash: hash_from(hash)?,
-            })
-        })
+                hash,
+            )| {
+                let hash = hex::decode(&hash)
+                    .map_err(|e| StoreError::Corrupt(format!("event hash is not hex: {e}")))?;
+                Ok(RecordedEvent {
+                    position,
+                    stream_id,
+                    version,
+                    event_type,
+                    schema,
+                    data,
+                    metadata,
+                    recorded_at_us,
+                    hash: hash_from(hash)?,
+                })
+            },
+        )
         .collect::<Result<Vec<_>, StoreError>>()?;
     // Aggregates keep the subquery's order in SQLite; make sure of it.
     if !events.is_sorted_by_key(|e| e.position) {
@@ -372,7 +384,13 @@ impl Writer {
             || batch.jobs.iter().any(|j| j.needs_fsync());
         let appends = std::mem::take(&mut batch.appends);
         match self
-            .write(needs_fsync, appends, &batch.snapshots, &batch.purges, &mut batch.jobs)
+            .write(
+                needs_fsync,
+                appends,
+                &batch.snapshots,
+                &batch.purges,
+                &mut batch.jobs,
+            )
             .await
         {
             Ok(written) => {
