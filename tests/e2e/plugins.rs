@@ -170,6 +170,17 @@ async fn health_readiness_metrics_openapi() {
         "/streams/{stream_id}/state",
         "/events",
         "/plugins",
+        "/plugins/{name}/history",
+        "/plugins/{name}/rollback",
+        "/projections",
+        "/projections/{name}",
+        "/projections/{name}/rows",
+        "/projections/{name}/rows/{key}",
+        "/projections/{name}/rebuild",
+        "/projections/{name}/resume",
+        "/projections/{name}/diff",
+        "/projections/{name}/promote",
+        "/projections/{name}/shadow",
     ] {
         assert!(o.body["paths"][path].is_object(), "{path} documented");
     }
