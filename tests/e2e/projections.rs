@@ -610,3 +610,51 @@ async fn history_rollback_and_rebuild() {
         .expect(404, "not_found");
     host.stop().await;
 }
+
+#[tokio::test]
+async fn a_changed_file_in_the_plugin_directory_is_deployed() {
+    let mut host = TestHost::start_with(|c| c.watch_interval = Some(Duration::from_millis(20))).await;
+    seed_accounts(&host, 4).await;
+    let dir = host.plugins_dir().to_path_buf();
+    std::fs::copy(artifacts::FIXTURE_BALANCES_V2, dir.join(format!("{BALANCES}.wasm"))).expect("copy");
+    let status = wait_status(&host, BALANCES, "the file's version serving", |s| {
+        s["generation"] == 2 && s["rebuild"].is_null()
+    })
+    .await;
+    let history = host.get(&format!("/plugins/{BALANCES}/history")).await;
+    assert_eq!(history.body["versions"][0]["hash"], status["plugin"]);
+    assert_eq!(history.body["versions"][0]["source"], "directory");
+    let row = host.get(&format!("/projections/{BALANCES}/rows/account-002")).await;
+    assert_eq!(row.body["tier"], "gold", "{}", row.body);
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_projection_retries_with_a_new_version_and_uploads_survive_a_restart() {
+    let mut host = TestHost::start().await;
+    deploy(&host, "counter", artifacts::FIXTURE_POISON, "live").await;
+    open(&host, "1", "ann").await;
+    deposit(&host, "1", 10).await;
+    withdraw(&host, "1", 3).await;
+    wait_status(&host, "counter", "failed", |s| s["state"] == "failed").await;
+    // New logic under the same name: a projection that does not trap.
+    deploy(&host, "counter", artifacts::ACCOUNT_BALANCES, "live").await;
+    let status = wait_status(&host, "counter", "running the new version", |s| {
+        s["state"] == "running" && s["rebuild"].is_null() && s["lag"] == 0
+    })
+    .await;
+    assert!(status["error"].is_null(), "{status}");
+    assert_eq!(status["generation"], 2);
+    let row = host.get("/projections/counter/rows/account-1").await;
+    assert_eq!(row.body["balance"], 7);
+
+    // The upload is in the store: a restart (same plugin directory, which
+    // does not hold it) brings it back at the same generation and position.
+    host.restart().await;
+    let again = wait_status(&host, "counter", "restored", |s| s["lag"] == 0).await;
+    assert_eq!(again["generation"], 2);
+    assert_eq!(again["plugin"], status["plugin"]);
+    let listed = host.get("/plugins").await;
+    assert!(listed.body.to_string().contains("\"counter\""), "{}", listed.body);
+    host.stop().await;
+}
