@@ -110,7 +110,10 @@ impl TestHost {
 
     /// The plugin directory the host loads and watches.
     pub fn plugins_dir(&self) -> &Path {
-        self.config.plugins_dir.as_deref().expect("a plugin directory")
+        self.config
+            .plugins_dir
+            .as_deref()
+            .expect("a plugin directory")
     }
 
     /// Stop gracefully and start again on the same database and plugins.

@@ -613,10 +613,15 @@ async fn history_rollback_and_rebuild() {
 
 #[tokio::test]
 async fn a_changed_file_in_the_plugin_directory_is_deployed() {
-    let mut host = TestHost::start_with(|c| c.watch_interval = Some(Duration::from_millis(20))).await;
+    let mut host =
+        TestHost::start_with(|c| c.watch_interval = Some(Duration::from_millis(20))).await;
     seed_accounts(&host, 4).await;
     let dir = host.plugins_dir().to_path_buf();
-    std::fs::copy(artifacts::FIXTURE_BALANCES_V2, dir.join(format!("{BALANCES}.wasm"))).expect("copy");
+    std::fs::copy(
+        artifacts::FIXTURE_BALANCES_V2,
+        dir.join(format!("{BALANCES}.wasm")),
+    )
+    .expect("copy");
     let status = wait_status(&host, BALANCES, "the file's version serving", |s| {
         s["generation"] == 2 && s["rebuild"].is_null()
     })
@@ -624,7 +629,9 @@ async fn a_changed_file_in_the_plugin_directory_is_deployed() {
     let history = host.get(&format!("/plugins/{BALANCES}/history")).await;
     assert_eq!(history.body["versions"][0]["hash"], status["plugin"]);
     assert_eq!(history.body["versions"][0]["source"], "directory");
-    let row = host.get(&format!("/projections/{BALANCES}/rows/account-002")).await;
+    let row = host
+        .get(&format!("/projections/{BALANCES}/rows/account-002"))
+        .await;
     assert_eq!(row.body["tier"], "gold", "{}", row.body);
     host.stop().await;
 }
@@ -655,6 +662,10 @@ async fn a_failed_projection_retries_with_a_new_version_and_uploads_survive_a_re
     assert_eq!(again["generation"], 2);
     assert_eq!(again["plugin"], status["plugin"]);
     let listed = host.get("/plugins").await;
-    assert!(listed.body.to_string().contains("\"counter\""), "{}", listed.body);
+    assert!(
+        listed.body.to_string().contains("\"counter\""),
+        "{}",
+        listed.body
+    );
     host.stop().await;
 }

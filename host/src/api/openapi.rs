@@ -216,7 +216,11 @@ const OPS: &[Op] = &[
         summary: "Rebuild into a new generation (admin)",
         params: &[("name", "path", "string")],
         body: None,
-        responses: &[("202", "rebuilding"), ("401", "unauthorized"), ("404", "no such projection")],
+        responses: &[
+            ("202", "rebuilding"),
+            ("401", "unauthorized"),
+            ("404", "no such projection"),
+        ],
     },
     Op {
         method: "post",

@@ -272,3 +272,166 @@ impl view::Host for PluginState {
         session(self)?.scan(prefix, after, limit).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::{SqliteOptions, SqliteStore};
+    use crate::store::{GenerationRecord, GenerationRole, ViewCommit};
+
+    async fn store_with_rows(dir: &std::path::Path, rows: &[&str]) -> Arc<dyn EventStore> {
+        let url = format!("sqlite://{}", dir.join("kiln.db").display());
+        let store: Arc<dyn EventStore> = Arc::new(
+            SqliteStore::open(&url, SqliteOptions::default())
+                .await
+                .unwrap(),
+        );
+        store
+            .save_generation(GenerationRecord {
+                name: "p".into(),
+                generation: 1,
+                plugin_hash: "sha256:x".into(),
+                role: GenerationRole::Active,
+                position: 0,
+            })
+            .await
+            .unwrap();
+        store
+            .commit_view(ViewCommit {
+                projection: "p".into(),
+                generation: 1,
+                from_position: 0,
+                to_position: 1,
+                writes: rows
+                    .iter()
+                    .map(|k| (k.to_string(), RowWrite::Put(k.as_bytes().to_vec())))
+                    .collect(),
+                skip: None,
+            })
+            .await
+            .unwrap();
+        store
+    }
+
+    fn keys(rows: &[(String, Vec<u8>)]) -> Vec<&str> {
+        rows.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn scan_merges_the_store_the_in_flight_batch_and_this_batch_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_rows(dir.path(), &["a-1", "a-2", "a-4", "a-6", "b-1"]).await;
+        let mut cache = RowCache::new(16);
+        // The previous batch, not committed yet: adds a-3, deletes a-4.
+        cache.set_pending(&[
+            ("a-3".into(), RowWrite::Put(b"a-3".to_vec())),
+            ("a-4".into(), RowWrite::Delete),
+        ]);
+        let mut session = ViewSession::new(store, Arc::from("p"), 1, cache, 1024);
+        // This batch: adds a-5 and a-0, deletes a-2, overwrites a-6.
+        session.put("a-5".into(), b"a-5".to_vec()).unwrap();
+        session.put("a-0".into(), b"a-0".to_vec()).unwrap();
+        session.delete("a-2".into());
+        session.put("a-6".into(), b"new".to_vec()).unwrap();
+
+        let all = session.scan("a-".into(), None, 100).await.unwrap();
+        assert_eq!(keys(&all), ["a-0", "a-1", "a-3", "a-5", "a-6"]);
+        assert_eq!(all[4].1, b"new");
+        // Paging with small limits sees the same rows, none twice.
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = session.scan("a-".into(), after.clone(), 2).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|(k, _)| k.clone());
+            paged.extend(page);
+        }
+        assert_eq!(keys(&paged), keys(&all));
+        // Reads see the same layering.
+        assert_eq!(session.get("a-4".into()).await.unwrap(), None);
+        assert_eq!(
+            session.get("a-3".into()).await.unwrap(),
+            Some(b"a-3".to_vec())
+        );
+        assert_eq!(
+            session.get("a-1".into()).await.unwrap(),
+            Some(b"a-1".to_vec())
+        );
+        assert!(session.put("big".into(), vec![0; 2048]).is_err());
+        let (writes, _) = session.finish();
+        assert_eq!(writes.len(), 4, "one write per key, in key order");
+    }
+
+    #[tokio::test]
+    async fn commits_are_fenced_by_the_checkpoint_and_generations_promote_and_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_rows(dir.path(), &["k1", "k2", "k3"]).await;
+        let stale = store
+            .commit_view(ViewCommit {
+                projection: "p".into(),
+                generation: 1,
+                from_position: 0,
+                to_position: 2,
+                writes: vec![("k9".into(), RowWrite::Put(b"x".to_vec()))],
+                skip: None,
+            })
+            .await;
+        assert!(
+            matches!(
+                stale,
+                Err(StoreError::CheckpointMoved {
+                    actual: Some(1),
+                    ..
+                })
+            ),
+            "{stale:?}"
+        );
+        let view = ViewId {
+            projection: "p",
+            generation: 1,
+        };
+        assert_eq!(
+            store.view_get(view, "k9").await.unwrap(),
+            None,
+            "nothing of it written"
+        );
+        store
+            .save_generation(GenerationRecord {
+                name: "p".into(),
+                generation: 2,
+                plugin_hash: "sha256:y".into(),
+                role: GenerationRole::Building,
+                position: 0,
+            })
+            .await
+            .unwrap();
+        store.promote_generation("p", 2).await.unwrap();
+        let roles: Vec<_> = store
+            .generations()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|g| (g.generation, g.role, g.position))
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                (1, GenerationRole::Retired, 1),
+                (2, GenerationRole::Active, 0)
+            ]
+        );
+        assert_eq!(store.drop_generation(view, 2).await.unwrap(), 2);
+        assert_eq!(store.drop_generation(view, 2).await.unwrap(), 1);
+        assert_eq!(store.drop_generation(view, 2).await.unwrap(), 0);
+        assert_eq!(store.generations().await.unwrap().len(), 1);
+        assert!(
+            store
+                .view_scan(view, "", None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
