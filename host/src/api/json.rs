@@ -92,3 +92,15 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         )
     })
 }
+
+/// A small optional JSON body: empty means `T::default()`.
+pub async fn read_optional_json<T: serde::de::DeserializeOwned + Default>(
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = read_body(body, limit).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_request(format!("bad body: {e}")))
+}

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use super::json::{format_time_us, read_body};
+use super::json::{format_time_us, read_body, read_optional_json};
 use super::streams::query;
 use super::{ApiError, AppState};
 use crate::deploy::{DeployError, SOURCE_UPLOAD};
@@ -111,13 +111,7 @@ pub async fn rollback(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers)?;
-    let bytes = read_body(body, 4096).await?;
-    let body: RollbackBody = if bytes.iter().all(u8::is_ascii_whitespace) {
-        RollbackBody::default()
-    } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::invalid_request(format!("bad body: {e}")))?
-    };
+    let body: RollbackBody = read_optional_json(body, 4096).await?;
     let plugin = app.deployer.rollback(&name, body.hash.as_deref()).await?;
     Ok(Json(plugin_json(&plugin)))
 }

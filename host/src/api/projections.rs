@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::json::read_body;
+use super::json::read_optional_json;
 use super::plugins::{authorize, plugin_json};
 use super::streams::query;
 use super::{ApiError, AppState};
@@ -231,13 +231,7 @@ pub async fn resume(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers)?;
-    let bytes = read_body(body, 4096).await?;
-    let body: ResumeBody = if bytes.iter().all(u8::is_ascii_whitespace) {
-        ResumeBody::default()
-    } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::invalid_request(format!("bad body: {e}")))?
-    };
+    let body: ResumeBody = read_optional_json(body, 4096).await?;
     let resumed = app.projections.resume(&name, body.skip).await?;
     Ok(Json(
         json!({ "name": name, "resumed": resumed, "skip": body.skip }),

@@ -156,6 +156,26 @@ async fn read_rate(store: &dyn EventStore, head: u64, page: u32) -> anyhow::Resu
     Ok(count as f64 / started.elapsed().as_secs_f64())
 }
 
+/// `PUT /plugins/{name}` with the admin token.
+async fn deploy(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    name: &str,
+    bytes: &[u8],
+) -> anyhow::Result<()> {
+    let deployed = client
+        .put(format!("{base}/plugins/{name}"))
+        .bearer_auth(token)
+        .body(bytes.to_vec())
+        .send()
+        .await?;
+    if !deployed.status().is_success() {
+        bail!("deploying {name} failed: {}", deployed.text().await?);
+    }
+    Ok(())
+}
+
 async fn status(client: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<Value> {
     Ok(client
         .get(format!("{base}/projections/{name}"))
@@ -264,18 +284,7 @@ pub async fn run(args: ProjectionBenchArgs) -> anyhow::Result<()> {
         // projection's position reaching the head; the host's own start is
         // not part of it.
         let started = Instant::now();
-        let deployed = client
-            .put(format!("{base}/plugins/{name}"))
-            .bearer_auth(token)
-            .body(projection_bytes.clone())
-            .send()
-            .await?;
-        if !deployed.status().is_success() {
-            bail!(
-                "deploying the projection failed: {}",
-                deployed.text().await?
-            );
-        }
+        deploy(&client, &base, token, &name, &projection_bytes).await?;
         loop {
             let s = status(&client, &base, &name).await?;
             if s["position"].as_u64() >= Some(head) {
@@ -310,18 +319,7 @@ pub async fn run(args: ProjectionBenchArgs) -> anyhow::Result<()> {
             stop.clone(),
         ));
         let swap_started = Instant::now();
-        let deployed = client
-            .put(format!("{base}/plugins/{name}"))
-            .bearer_auth(token)
-            .body(new_bytes.clone())
-            .send()
-            .await?;
-        if !deployed.status().is_success() {
-            bail!(
-                "deploying the new version failed: {}",
-                deployed.text().await?
-            );
-        }
+        deploy(&client, &base, token, &name, &new_bytes).await?;
         let generation = loop {
             let s = status(&client, &base, &name).await?;
             if s["generation"].as_u64() > Some(1) && s["rebuild"].is_null() {

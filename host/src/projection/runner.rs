@@ -298,14 +298,7 @@ impl Runner {
                 Ok(writes) => {
                     backoff.reset();
                     cache.set_pending(&writes);
-                    let commit = ViewCommit {
-                        projection: self.shared.name.to_string(),
-                        generation: self.shared.generation,
-                        from_position: self.position,
-                        to_position: to,
-                        writes,
-                        skip: None,
-                    };
+                    let commit = self.commit_to(to, writes, None);
                     let store = self.ctx.store.clone();
                     in_flight = Some(InFlight {
                         task: tokio::spawn(async move { store.commit_view(commit).await }),
@@ -478,6 +471,24 @@ impl Runner {
         }
     }
 
+    /// The commit that moves this generation's checkpoint from where it is
+    /// to `to`.
+    fn commit_to(
+        &self,
+        to: Position,
+        writes: Vec<(String, RowWrite)>,
+        skip: Option<SkipRecord>,
+    ) -> ViewCommit {
+        ViewCommit {
+            projection: self.shared.name.to_string(),
+            generation: self.shared.generation,
+            from_position: self.position,
+            to_position: to,
+            writes,
+            skip,
+        }
+    }
+
     /// One batch run and committed before returning (used event by event
     /// when looking for a poison event).
     async fn process(
@@ -487,14 +498,7 @@ impl Runner {
         to: Position,
     ) -> Result<(), BatchError> {
         let writes = self.run_plugin(events, cache).await?;
-        let commit = ViewCommit {
-            projection: self.shared.name.to_string(),
-            generation: self.shared.generation,
-            from_position: self.position,
-            to_position: to,
-            writes,
-            skip: None,
-        };
+        let commit = self.commit_to(to, writes, None);
         let written = commit.writes.clone();
         let started = Instant::now();
         let committed = self.ctx.store.commit_view(commit).await;
@@ -582,19 +586,13 @@ impl Runner {
         if poison.position <= self.position {
             return Ok(());
         }
-        let commit = ViewCommit {
-            projection: self.shared.name.to_string(),
-            generation: self.shared.generation,
-            from_position: self.position,
-            to_position: poison.position,
-            writes: Vec::new(),
-            skip: Some(SkipRecord {
-                position: poison.position,
-                stream_id: poison.stream_id.clone(),
-                event_type: poison.event_type.clone(),
-                reason: poison.message.clone(),
-            }),
+        let skip = SkipRecord {
+            position: poison.position,
+            stream_id: poison.stream_id.clone(),
+            event_type: poison.event_type.clone(),
+            reason: poison.message.clone(),
         };
+        let commit = self.commit_to(poison.position, Vec::new(), Some(skip));
         self.ctx.store.commit_view(commit).await?;
         tracing::warn!(projection = %self.shared.name, position = poison.position, "poison event skipped");
         self.advanced(poison.position, 0, Duration::ZERO);

@@ -130,14 +130,18 @@ impl SqliteStore {
     /// Run `job` in the writer's next transaction; its result is answered
     /// once that transaction has committed.
     async fn run_job<T: Send + 'static>(&self, job: JobFn<T>) -> Result<T, StoreError> {
-        self.send(|reply| WriteOp::Job(Box::new(TypedJob::new(job, reply, true))))
-            .await
+        self.run_job_with(job, true).await
     }
 
-    /// A job that must be atomic but need not be fsynced before its answer
-    /// (a projection batch: rebuildable, and atomic with its checkpoint).
-    async fn run_job_unsynced<T: Send + 'static>(&self, job: JobFn<T>) -> Result<T, StoreError> {
-        self.send(|reply| WriteOp::Job(Box::new(TypedJob::new(job, reply, false))))
+    /// With `fsync` false the job is atomic but need not be on disk before
+    /// its answer (a projection batch: rebuildable, and atomic with its
+    /// checkpoint).
+    async fn run_job_with<T: Send + 'static>(
+        &self,
+        job: JobFn<T>,
+        fsync: bool,
+    ) -> Result<T, StoreError> {
+        self.send(|reply| WriteOp::Job(Box::new(TypedJob::new(job, reply, fsync))))
             .await
     }
 
@@ -907,9 +911,10 @@ impl EventStore for SqliteStore {
     }
 
     async fn commit_view(&self, commit: ViewCommit) -> Result<(), StoreError> {
-        self.run_job_unsynced(Box::new(move |conn| {
-            Box::pin(catalog::commit_view(conn, commit))
-        }))
+        self.run_job_with(
+            Box::new(move |conn| Box::pin(catalog::commit_view(conn, commit))),
+            false,
+        )
         .await
     }
 
