@@ -40,6 +40,8 @@ pub struct HostConfig {
     pub compile_cache_dir: Option<PathBuf>,
     /// How often the plugin directory is checked for changes (`None`: not watched).
     pub watch_interval: Option<Duration>,
+    /// How long a graceful shutdown waits for open connections.
+    pub shutdown_grace: Duration,
 }
 
 impl HostConfig {
@@ -57,6 +59,7 @@ impl HostConfig {
             projections: ProjectionConfig::default(),
             compile_cache_dir: None,
             watch_interval: Some(Duration::from_secs(1)),
+            shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
         }
     }
 
@@ -87,6 +90,7 @@ pub struct Host {
     store: Arc<dyn EventStore>,
     purger: JoinHandle<()>,
     watcher: Option<JoinHandle<()>>,
+    shutdown_grace: Duration,
 }
 
 /// Open the store, load the plugins, bind the socket and start serving.
@@ -158,6 +162,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
         store,
         purger,
         watcher,
+        shutdown_grace: config.shutdown_grace,
     })
 }
 
@@ -168,7 +173,21 @@ impl Host {
         // Live feeds never end by themselves; graceful shutdown would wait for them.
         self.state.live.shutdown();
         let _ = self.stop.send(());
-        let served = self.served.await;
+        // A client that stops reading holds its connection (and a live feed)
+        // open; past the grace period the server is stopped anyway. The store
+        // is closed below either way, so nothing acknowledged is lost.
+        let mut served_task = self.served;
+        let served = match tokio::time::timeout(self.shutdown_grace, &mut served_task).await {
+            Ok(served) => served,
+            Err(_) => {
+                tracing::warn!(
+                    grace_ms = self.shutdown_grace.as_millis() as u64,
+                    "connections still open after the grace period; closing them"
+                );
+                served_task.abort();
+                Ok(Ok(()))
+            }
+        };
         self.purger.abort();
         if let Some(watcher) = self.watcher {
             watcher.abort();
@@ -179,6 +198,9 @@ impl Host {
         Ok(())
     }
 }
+
+/// How long a graceful shutdown waits for open connections, by default.
+pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(10);
 
 /// Forget expired idempotency keys once a minute.
 fn spawn_idempotency_purger(store: Arc<dyn EventStore>, window: Duration) -> JoinHandle<()> {

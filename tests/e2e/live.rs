@@ -360,3 +360,36 @@ async fn shutdown_ends_open_feeds() {
     assert!(one.next().await.is_none());
     drop(idle);
 }
+
+#[tokio::test]
+async fn shutdown_closes_a_feed_whose_client_stopped_reading() {
+    let mut h = TestHost::start_with(|c| c.shutdown_grace = Duration::from_millis(300)).await;
+    // Enough big events that the feed fills the socket buffers: the server
+    // then stops polling its body, and only the grace period ends it.
+    let pad = "x".repeat(16 * 1024);
+    let mut writers = Vec::new();
+    for a in 0..4 {
+        open_account(&h, &format!("stuck{a}")).await;
+        let client = h.client.clone();
+        let url = h.url(&format!("/commands/bank_account/stuck{a}"));
+        let pad = pad.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..100 {
+                let body =
+                    json!({"type": "Deposit", "data": {"amount": i + 1}, "metadata": {"pad": pad}});
+                let r = client.post(&url).json(&body).send().await.expect("request");
+                assert_eq!(r.status().as_u16(), 200);
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let mut stuck = Feed::open(&h, "/events/live?from_position=1", None).await;
+    assert_eq!(stuck.take(1).await[0].id, 1);
+    // The client reads no more; shutdown must still finish, soon after the grace.
+    tokio::time::timeout(Duration::from_secs(20), h.stop())
+        .await
+        .expect("shutdown is bounded by the grace period");
+    drop(stuck);
+}
