@@ -11,6 +11,8 @@
 
 pub mod diff;
 pub mod runner;
+#[cfg(all(test, feature = "examples"))]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, Weak};
