@@ -290,10 +290,18 @@ impl Deployer {
         Ok(self.registry.insert(plugin))
     }
 
-    /// Watch `dir`: a new or changed `.wasm` file is deployed like an upload.
-    pub fn watch(self: &Arc<Self>, dir: &Path, interval: Duration) -> JoinHandle<()> {
+    /// Deploy what `watcher` reports, like an upload: a new or changed
+    /// `.wasm` file. Take the watcher's first (recording) scan before
+    /// [`Deployer::restore`] reads the directory, so that a file changed in
+    /// between is reported rather than missed, and the files already there
+    /// are not deployed again later over a newer upload.
+    pub fn watch(
+        self: &Arc<Self>,
+        watcher: PluginDirWatcher,
+        interval: Duration,
+    ) -> JoinHandle<()> {
         let (tx, mut rx) = mpsc::channel(16);
-        let watcher = PluginDirWatcher::new(dir, true).spawn(interval, tx);
+        let watcher = watcher.spawn(interval, tx);
         let deployer = self.clone();
         tokio::spawn(async move {
             while let Some(change) = rx.recv().await {

@@ -15,6 +15,7 @@ use crate::command::Pipeline;
 use crate::config::{Limits, PipelineConfig};
 use crate::deploy::Deployer;
 use crate::metrics::Metrics;
+use crate::plugin_watch::PluginDirWatcher;
 use crate::projection::{ProjectionConfig, Projections};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
@@ -115,14 +116,25 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
         registry.clone(),
         projections.clone(),
     ));
+    // The watcher records the directory before it is loaded (see `watch`).
+    let baseline = match (&config.plugins_dir, config.watch_interval) {
+        (Some(dir), Some(interval)) => {
+            let mut watcher = PluginDirWatcher::new(dir, false);
+            let watcher = tokio::task::spawn_blocking(move || {
+                watcher.scan_once();
+                watcher
+            })
+            .await
+            .context("scanning the plugin directory")?;
+            Some((watcher, interval))
+        }
+        _ => None,
+    };
     deployer
         .restore(config.plugins_dir.as_deref())
         .await
         .context("loading plugins")?;
-    let watcher = match (&config.plugins_dir, config.watch_interval) {
-        (Some(dir), Some(interval)) => Some(deployer.watch(dir, interval)),
-        _ => None,
-    };
+    let watcher = baseline.map(|(watcher, interval)| deployer.watch(watcher, interval));
     let pipeline = Arc::new(Pipeline::new(
         store.clone(),
         registry.clone(),

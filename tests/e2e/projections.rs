@@ -669,3 +669,22 @@ async fn a_failed_projection_retries_with_a_new_version_and_uploads_survive_a_re
     );
     host.stop().await;
 }
+
+#[tokio::test]
+async fn files_already_in_the_directory_are_not_redeployed_over_an_upload() {
+    // The upload lands before the watcher's second scan (the first one
+    // after which a file counts as stable); the files that were there at
+    // start must not be deployed then.
+    let mut host =
+        TestHost::start_with(|c| c.watch_interval = Some(Duration::from_millis(1000))).await;
+    let v2 = deploy(&host, BALANCES, artifacts::FIXTURE_BALANCES_V2, "live")
+        .await
+        .body["hash"]
+        .clone();
+    // Scans of the directory, whose account_balances.wasm is still v1.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let history = host.get(&format!("/plugins/{BALANCES}/history")).await;
+    assert_eq!(history.body["versions"][0]["hash"], v2, "{}", history.body);
+    assert_eq!(history.body["versions"].as_array().map(Vec::len), Some(2));
+    host.stop().await;
+}
