@@ -29,6 +29,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Benchmark commands over HTTP against the raw append rate.
     Bench(crate::bench::BenchArgs),
+    /// Walk the event log and check its hash chain; exits 1 when it is broken.
+    Verify(crate::verify::VerifyArgs),
     /// Benchmark projection catch-up and a hot swap against the raw read rate.
     BenchProjection(crate::bench::projection::ProjectionBenchArgs),
 }

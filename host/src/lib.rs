@@ -17,6 +17,7 @@ pub mod registry;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod verify;
 
 /// The directory of the example plugins built with this binary, if any.
 pub fn default_plugins_dir() -> Option<std::path::PathBuf> {

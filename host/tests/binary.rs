@@ -358,3 +358,61 @@ async fn projection_resumes_exactly_once_after_sigkill_mid_catch_up() {
     signal(&third.child, "TERM");
     assert!(third.child.wait().unwrap().success());
 }
+
+fn verify(db: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["verify", "--db"])
+        .arg(db)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_passes_on_an_untouched_log_and_names_a_changed_event() {
+    use sqlx::Connection;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kiln.db");
+    let mut kiln = start(&db);
+    let client = reqwest::Client::new();
+    post(
+        &client,
+        &kiln.base,
+        "v",
+        json!({"type": "Open", "data": {"owner": "o"}}),
+    )
+    .await;
+    for _ in 0..5 {
+        post(
+            &client,
+            &kiln.base,
+            "v",
+            json!({"type": "Deposit", "data": {"amount": 2}}),
+        )
+        .await;
+    }
+    signal(&kiln.child, "TERM");
+    assert!(kiln.child.wait().unwrap().success());
+
+    let out = verify(&db);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("all 6 events is intact"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("verified 6 of 6"));
+
+    let url = format!("sqlite://{}", db.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(r#"UPDATE events SET data = '{"amount":2000}' WHERE position = 4"#)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let out = verify(&db);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("BROKEN at position 4"), "{stdout}");
+
+    let missing = verify(&dir.path().join("nope.db"));
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no database"));
+}
