@@ -259,12 +259,6 @@ impl PluginDirWatcher {
     }
 }
 
-/// Watch `dir` every `interval`, sending new and changed plugin files to
-/// `tx`. The files there at the first scan are recorded, not reported.
-pub fn spawn(dir: PathBuf, interval: Duration, tx: Sender<PluginFileChange>) -> JoinHandle<()> {
-    PluginDirWatcher::new(dir, false).spawn(interval, tx)
-}
-
 /// Read a file whose stamp is stable, record its hash, and return it if it
 /// is to be reported.
 fn read_file(

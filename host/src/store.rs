@@ -359,14 +359,6 @@ pub enum StoreError {
     },
 }
 
-impl StoreError {
-    /// Whether retrying later may succeed (the database was unreachable),
-    /// as opposed to a refusal that will not change.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
-    }
-}
-
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         StoreError::Unavailable(e.to_string())

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use crate::store::hash_chain::{self, HashInput};
+use crate::store::hash_chain;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{EventStore, GlobalQuery, Position, StoreError};
 
@@ -98,19 +98,7 @@ pub async fn verify_log(
                     }),
                 });
             }
-            let hash = hash_chain::event_hash(
-                &previous,
-                &HashInput {
-                    position: e.position,
-                    stream_id: &e.stream_id,
-                    version: e.version,
-                    event_type: &e.event_type,
-                    schema: e.schema,
-                    data: &e.data,
-                    metadata: &e.metadata,
-                    recorded_at_us: e.recorded_at_us,
-                },
-            );
+            let hash = hash_chain::recorded_hash(&previous, e);
             if hash != e.hash {
                 return Ok(Report {
                     checked,

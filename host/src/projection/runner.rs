@@ -48,7 +48,6 @@ pub struct Progress {
     pub events_processed: u64,
     pub batches: u64,
     pub last_batch: Duration,
-    pub batch_time_total: Duration,
     /// Where the time went since start: waiting for reads, in the plugin
     /// (instantiate and call), and committing.
     pub read_time: Duration,
@@ -499,14 +498,21 @@ impl Runner {
     ) -> Result<(), BatchError> {
         let writes = self.run_plugin(events, cache).await?;
         let commit = self.commit_to(to, writes, None);
-        let written = commit.writes.clone();
+        cache.set_pending(&commit.writes);
         let started = Instant::now();
         let committed = self.ctx.store.commit_view(commit).await;
         let took = started.elapsed();
         self.shared.update(|p| p.commit_time += took);
-        committed.map_err(BatchError::Store)?;
-        cache.apply(&written);
-        Ok(())
+        match committed {
+            Ok(()) => {
+                cache.pending_committed();
+                Ok(())
+            }
+            Err(e) => {
+                cache.clear();
+                Err(BatchError::Store(e))
+            }
+        }
     }
 
     fn advanced(&mut self, to: Position, events: u64, took: Duration) {
@@ -517,7 +523,6 @@ impl Runner {
             p.events_processed += events;
             p.batches += 1;
             p.last_batch = took;
-            p.batch_time_total += took;
             p.poison = None;
             p.retrying = None;
         });

@@ -36,6 +36,14 @@ pub fn new_store(
     store
 }
 
+/// The error of an instantiation that failed (e.g. the pool is exhausted).
+pub fn instantiate_failed(plugin: &Plugin) -> impl FnOnce(wasmtime::Error) -> PluginError + '_ {
+    move |e| PluginError::Instantiate {
+        plugin: plugin.name.to_string(),
+        message: format!("{e:#}"),
+    }
+}
+
 /// Give the next call the whole time budget.
 pub fn start_call(store: &mut Store<PluginState>) {
     store.data_mut().ticks_used = 0;

@@ -33,13 +33,10 @@ impl ProjectionInstance {
     ) -> Result<Self, PluginError> {
         let limits = &runtime.limits;
         let mut store = call::new_store(runtime, plugin, now_ms, limits.batch_timeout_ms);
-        let bindings =
-            pre.instantiate_async(&mut store)
-                .await
-                .map_err(|e| PluginError::Instantiate {
-                    plugin: plugin.name.to_string(),
-                    message: format!("{e:#}"),
-                })?;
+        let bindings = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(call::instantiate_failed(plugin))?;
         Ok(Self {
             store,
             bindings,

@@ -40,26 +40,21 @@ impl RowCache {
         }
     }
 
-    /// Fold a committed batch's writes in.
-    pub fn apply(&mut self, writes: &[(String, RowWrite)]) {
-        for (key, write) in writes {
-            self.rows.put(key.clone(), value_of(write));
-        }
-    }
-
-    /// Writes of a batch whose commit is in flight (replacing the previous
-    /// batch's, whose commit has succeeded).
+    /// Writes of a batch whose commit is in flight. They stay out of the
+    /// LRU (which could drop them before the store has them) until
+    /// [`RowCache::pending_committed`].
     pub fn set_pending(&mut self, writes: &[(String, RowWrite)]) {
-        self.pending.clear();
+        debug_assert!(self.pending.is_empty(), "one commit in flight at most");
         for (key, write) in writes {
             self.pending.insert(key.clone(), value_of(write));
         }
-        self.apply(writes);
     }
 
-    /// The in-flight commit succeeded.
+    /// The in-flight commit succeeded: its rows join the cache.
     pub fn pending_committed(&mut self) {
-        self.pending.clear();
+        for (key, value) in self.pending.drain() {
+            self.rows.put(key, value);
+        }
     }
 
     /// Forget everything (after a failed commit).
@@ -432,6 +427,27 @@ mod tests {
                 .await
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn rows_of_the_commit_in_flight_are_never_evicted() {
+        let mut cache = RowCache::new(1);
+        cache.set_pending(&[
+            ("a".into(), RowWrite::Put(b"1".to_vec())),
+            ("b".into(), RowWrite::Delete),
+        ]);
+        // Both are served although the LRU holds one row.
+        assert_eq!(cache.get("a"), Some(Some(b"1".to_vec())));
+        assert_eq!(cache.get("b"), Some(None));
+        cache.pending_committed();
+        assert!(cache.pending.is_empty());
+        // Committed rows are ordinary cache entries: the LRU keeps one.
+        let cached = [cache.get("a"), cache.get("b")];
+        assert_eq!(
+            cached.iter().filter(|c| c.is_some()).count(),
+            1,
+            "{cached:?}"
         );
     }
 }

@@ -48,19 +48,7 @@ async fn assert_chain_intact(store: &dyn EventStore) {
     let mut previous = hash_chain::GENESIS;
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.position, i as u64 + 1, "gap before {}", e.position);
-        let expected = hash_chain::event_hash(
-            &previous,
-            &HashInput {
-                position: e.position,
-                stream_id: &e.stream_id,
-                version: e.version,
-                event_type: &e.event_type,
-                schema: e.schema,
-                data: &e.data,
-                metadata: &e.metadata,
-                recorded_at_us: e.recorded_at_us,
-            },
-        );
+        let expected = hash_chain::recorded_hash(&previous, e);
         assert_eq!(e.hash, expected, "hash of position {}", e.position);
         previous = e.hash;
     }

@@ -37,6 +37,24 @@ pub fn event_hash(previous: &[u8; 32], event: &HashInput<'_>) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// The hash a committed event should carry, given its predecessor's: what
+/// `kiln verify` and the store's tests recompute.
+pub fn recorded_hash(previous: &[u8; 32], e: &crate::store::RecordedEvent) -> [u8; 32] {
+    event_hash(
+        previous,
+        &HashInput {
+            position: e.position,
+            stream_id: &e.stream_id,
+            version: e.version,
+            event_type: &e.event_type,
+            schema: e.schema,
+            data: &e.data,
+            metadata: &e.metadata,
+            recorded_at_us: e.recorded_at_us,
+        },
+    )
+}
+
 fn field(h: &mut Sha256, bytes: &[u8]) {
     h.update((bytes.len() as u64).to_be_bytes());
     h.update(bytes);
