@@ -9,6 +9,7 @@ pub mod openapi;
 pub mod ops;
 pub mod plugins;
 pub mod projections;
+pub mod sagas;
 pub mod streams;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub runtime: Runtime,
     pub projections: Arc<Projections>,
+    pub sagas: Arc<crate::saga::Sagas>,
     pub deployer: Arc<Deployer>,
     pub metrics: Arc<Metrics>,
     /// The bearer token of admin routes; `None` locks them.
@@ -66,6 +68,12 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/projections/{name}/shadow",
             delete(projections::drop_shadow),
         )
+        .route("/sagas", get(sagas::list))
+        .route("/sagas/{name}", get(sagas::status))
+        .route("/sagas/{name}/resume", post(sagas::resume))
+        .route("/sagas/{name}/{instance}", get(sagas::instance))
+        .route("/dead-letters", get(sagas::dead_letters))
+        .route("/dead-letters/{id}/retry", post(sagas::retry_dead_letter))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Limits, PipelineConfig};
 use crate::projection::ProjectionConfig;
+use crate::saga::SagaConfig;
 use crate::server::HostConfig;
 use crate::store::sqlite::SqliteOptions;
 
@@ -101,6 +102,16 @@ pub struct Tuning {
     /// Most appends committed in one SQLite transaction (group commit).
     #[arg(long, env = "KILN_MAX_BATCH", default_value_t = 512)]
     pub max_batch: usize,
+    /// Attempts of a saga command that keeps failing transiently before it
+    /// moves to the dead-letter list.
+    #[arg(long, env = "KILN_SAGA_MAX_ATTEMPTS", default_value_t = crate::saga::MAX_ATTEMPTS_DEFAULT)]
+    pub saga_max_attempts: u32,
+    /// First retry delay of a saga command, in ms (doubles per attempt, with jitter).
+    #[arg(long, env = "KILN_SAGA_RETRY_BASE_MS", default_value_t = crate::saga::RETRY_BASE_MS_DEFAULT)]
+    pub saga_retry_base_ms: u64,
+    /// Longest retry delay of a saga command, in ms.
+    #[arg(long, env = "KILN_SAGA_RETRY_MAX_MS", default_value_t = crate::saga::RETRY_MAX_MS_DEFAULT)]
+    pub saga_retry_max_ms: u64,
     /// Disable wasmtime's pooling allocator.
     #[arg(long, env = "KILN_NO_POOLING")]
     pub no_pooling: bool,
@@ -143,6 +154,12 @@ impl Tuning {
             batch_size: self.projection_batch.max(1),
             cache_rows: self.projection_cache_rows,
             ..ProjectionConfig::default()
+        };
+        config.sagas = SagaConfig {
+            max_attempts: self.saga_max_attempts.max(1),
+            retry_base: Duration::from_millis(self.saga_retry_base_ms),
+            retry_max: Duration::from_millis(self.saga_retry_max_ms.max(self.saga_retry_base_ms)),
+            ..SagaConfig::default()
         };
         config.pooling = !self.no_pooling;
         config

@@ -16,6 +16,7 @@ use crate::plugin_watch::PluginDirWatcher;
 use crate::projection::{ProjectionError, Projections};
 use crate::registry::{Registry, RegistryError, validate_name};
 use crate::runtime::{LoadError, Plugin, PluginKind, Runtime};
+use crate::saga::Sagas;
 use crate::store::{DeployMode, Deployment, EventStore, NewDeployment, StoreError};
 
 /// Why a deployment failed.
@@ -51,6 +52,7 @@ pub struct Deployer {
     runtime: Runtime,
     registry: Arc<Registry>,
     projections: Arc<Projections>,
+    sagas: Arc<Sagas>,
 }
 
 impl Deployer {
@@ -59,12 +61,14 @@ impl Deployer {
         runtime: Runtime,
         registry: Arc<Registry>,
         projections: Arc<Projections>,
+        sagas: Arc<Sagas>,
     ) -> Self {
         Self {
             store,
             runtime,
             registry,
             projections,
+            sagas,
         }
     }
 
@@ -121,8 +125,10 @@ impl Deployer {
             .await?;
         let plugin = self.registry.insert(plugin);
         tracing::info!(plugin = %plugin.name, kind = plugin.kind.as_str(), hash = %plugin.hash, mode = mode.as_str(), source, "plugin deployed");
-        if plugin.kind == PluginKind::Projection {
-            self.projections.deploy(plugin.clone(), mode).await?;
+        match plugin.kind {
+            PluginKind::Projection => self.projections.deploy(plugin.clone(), mode).await?,
+            PluginKind::Saga => self.sagas.deploy(plugin.clone()).await,
+            PluginKind::Aggregate => {}
         }
         Ok(plugin)
     }
@@ -241,6 +247,12 @@ impl Deployer {
             }
         }
         let records = self.store.generations().await?;
+        // Sagas start once every aggregate they may command is loaded.
+        for plugin in self.registry.list() {
+            if plugin.kind == PluginKind::Saga {
+                self.sagas.deploy(plugin).await;
+            }
+        }
         for plugin in self.registry.list() {
             if plugin.kind != PluginKind::Projection {
                 continue;

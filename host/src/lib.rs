@@ -15,6 +15,7 @@ pub mod plugin_watch;
 pub mod projection;
 pub mod registry;
 pub mod runtime;
+pub mod saga;
 pub mod server;
 pub mod store;
 pub mod verify;

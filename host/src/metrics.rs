@@ -182,3 +182,57 @@ mod tests {
         assert!(text.contains("kiln_head_position 7"));
     }
 }
+
+/// Per saga: instances by status, outbox depth, dead letters, lag, and
+/// whether it waits for an operator.
+pub fn render_sagas(out: &mut String, sagas: &[crate::saga::SagaInfo]) {
+    let _ = writeln!(
+        out,
+        "# HELP kiln_saga_instances Saga instances, by status."
+    );
+    let _ = writeln!(out, "# TYPE kiln_saga_instances gauge");
+    for s in sagas {
+        let c = &s.instances;
+        for (status, n) in [
+            ("running", c.running),
+            ("compensating", c.compensating),
+            ("completed", c.completed),
+            ("failed", c.failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "kiln_saga_instances{{saga=\"{}\",status=\"{status}\"}} {n}",
+                s.name
+            );
+        }
+    }
+    let gauges: [(&str, &str, fn(&crate::saga::SagaInfo) -> u64); 4] = [
+        (
+            "kiln_saga_outbox_depth",
+            "Commands decided and not applied yet.",
+            |s| s.instances.outbox,
+        ),
+        (
+            "kiln_saga_dead_letters",
+            "Commands that exhausted their attempts.",
+            |s| s.instances.dead_letters,
+        ),
+        (
+            "kiln_saga_lag",
+            "Events between the head and the saga's checkpoint.",
+            |s| s.lag,
+        ),
+        (
+            "kiln_saga_failed",
+            "1 when the saga's plugin failed and it waits for an operator.",
+            |s| u64::from(s.error.is_some()),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for s in sagas {
+            let _ = writeln!(out, "{name}{{saga=\"{}\"}} {}", s.name, value(s));
+        }
+    }
+}

@@ -8,6 +8,7 @@ pub mod compile_cache;
 pub mod engine;
 pub mod plugin;
 pub mod projection;
+pub mod saga;
 pub mod sandbox;
 pub mod view;
 

@@ -19,6 +19,7 @@ use crate::plugin_watch::PluginDirWatcher;
 use crate::projection::{ProjectionConfig, Projections};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
+use crate::saga::{SagaConfig, Sagas};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{EventStore, now_us};
 
@@ -37,6 +38,7 @@ pub struct HostConfig {
     /// Use wasmtime's pooling allocator (fast instantiation).
     pub pooling: bool,
     pub projections: ProjectionConfig,
+    pub sagas: SagaConfig,
     /// Where compiled plugins are cached; by default beside the database.
     pub compile_cache_dir: Option<PathBuf>,
     /// How often the plugin directory is checked for changes (`None`: not watched).
@@ -58,6 +60,7 @@ impl HostConfig {
             admin_token: None,
             pooling: true,
             projections: ProjectionConfig::default(),
+            sagas: SagaConfig::default(),
             compile_cache_dir: None,
             watch_interval: Some(Duration::from_secs(1)),
             shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
@@ -110,11 +113,24 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
     }
     let registry = Arc::new(Registry::default());
     let projections = Projections::new(store.clone(), runtime.clone(), config.projections.clone());
+    let pipeline = Arc::new(Pipeline::new(
+        store.clone(),
+        registry.clone(),
+        runtime.clone(),
+        config.pipeline.clone(),
+    ));
+    let sagas = Sagas::new(
+        store.clone(),
+        runtime.clone(),
+        pipeline.clone(),
+        config.sagas.clone(),
+    );
     let deployer = Arc::new(Deployer::new(
         store.clone(),
         runtime.clone(),
         registry.clone(),
         projections.clone(),
+        sagas.clone(),
     ));
     // The watcher records the directory before it is loaded (see `watch`).
     let baseline = match (&config.plugins_dir, config.watch_interval) {
@@ -135,17 +151,12 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
         .await
         .context("loading plugins")?;
     let watcher = baseline.map(|(watcher, interval)| deployer.watch(watcher, interval));
-    let pipeline = Arc::new(Pipeline::new(
-        store.clone(),
-        registry.clone(),
-        runtime.clone(),
-        config.pipeline.clone(),
-    ));
     let state = Arc::new(AppState {
         pipeline,
         registry,
         runtime,
         projections,
+        sagas,
         deployer,
         metrics: Arc::new(Metrics::default()),
         admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
@@ -204,6 +215,7 @@ impl Host {
         if let Some(watcher) = self.watcher {
             watcher.abort();
         }
+        self.state.sagas.stop_all().await;
         self.state.projections.stop_all().await;
         self.store.close().await;
         served.context("the HTTP server task failed")??;

@@ -416,3 +416,119 @@ async fn verify_passes_on_an_untouched_log_and_names_a_changed_event() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no database"));
 }
+
+async fn post_to(client: &reqwest::Client, url: String, body: Value) -> Option<(u16, Value)> {
+    let r = client.post(url).json(&body).send().await.ok()?;
+    let status = r.status().as_u16();
+    let body = r.json::<Value>().await.unwrap_or(Value::Null);
+    Some((status, body))
+}
+
+/// Transfers between accounts through the `transfer_saga`, with the host
+/// killed (SIGKILL) three times while sagas run: after the restarts every
+/// transfer ends completed or failed, every balance is what the transfers'
+/// outcomes say, and the total is unchanged. A command lost or applied
+/// twice would break one of those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_survive_sigkill_with_every_transfer_applied_exactly_once() {
+    const OPENING: i64 = 1_000;
+    const ACCOUNTS: usize = 6;
+    const PER_WAVE: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kiln.db");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut kiln = start(&db);
+    for a in 0..ACCOUNTS {
+        let url = format!("{}/commands/bank_account/acct{a}", kiln.base);
+        let open = json!({"type": "Open", "data": {"owner": "o"}});
+        assert_eq!(post_to(&client, url.clone(), open).await.unwrap().0, 200);
+        let deposit = json!({"type": "Deposit", "data": {"amount": OPENING}});
+        assert_eq!(post_to(&client, url, deposit).await.unwrap().0, 200);
+    }
+    // Some transfers are refused (too large): they must fail cleanly too.
+    let mut requested: Vec<(String, usize, usize, i64)> = Vec::new();
+    for wave in 0..3 {
+        let mut tasks = Vec::new();
+        for i in 0..PER_WAVE {
+            let n = wave * PER_WAVE + i;
+            let (from, to) = (n % ACCOUNTS, (n * 7 + 1) % ACCOUNTS);
+            let to = if to == from { (to + 1) % ACCOUNTS } else { to };
+            let amount = if n % 9 == 0 { 5_000 } else { (n % 50 + 1) as i64 };
+            let id = format!("t{n}");
+            let url = format!("{}/commands/transfer/{id}", kiln.base);
+            let body = json!({"type": "Request", "data": {"from": format!("acct{from}"), "to": format!("acct{to}"), "amount": amount}});
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                (post_to(&client, url, body).await.map(|a| a.0), id, from, to, amount)
+            }));
+        }
+        // Kill while the sagas work on this wave.
+        tokio::time::sleep(Duration::from_millis(150 + 100 * wave as u64)).await;
+        signal(&kiln.child, "KILL");
+        kiln.child.wait().unwrap();
+        for task in tasks {
+            let (status, id, from, to, amount) = task.await.unwrap();
+            // Only an acknowledged request is a transfer; an unanswered one
+            // may or may not have been recorded, and is checked below.
+            if status == Some(200) {
+                requested.push((id, from, to, amount));
+            }
+        }
+        kiln = start(&db);
+    }
+    // Every transfer recorded (acknowledged or not) must finish.
+    let mut balances = [OPENING; ACCOUNTS];
+    let mut finished = 0;
+    let all_ids: Vec<usize> = (0..3 * PER_WAVE).collect();
+    for n in all_ids {
+        let id = format!("t{n}");
+        let state = get_json(&client, format!("{}/streams/transfer-{id}/state", kiln.base)).await;
+        if state.get("error").is_some() {
+            assert!(
+                !requested.iter().any(|r| r.0 == id),
+                "acknowledged transfer {id} is missing: {state}"
+            );
+            continue;
+        }
+        // The instance completes once every command it decided is applied.
+        let mut instance = Value::Null;
+        for _ in 0..600 {
+            instance = get_json(&client, format!("{}/sagas/transfer_saga/{id}", kiln.base)).await;
+            if instance["status"] == "completed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(instance["status"], "completed", "saga of {id}: {instance}");
+        assert_eq!(instance["pending"], json!([]), "{instance}");
+        let state = get_json(&client, format!("{}/streams/transfer-{id}/state", kiln.base)).await;
+        let data = &state["state"];
+        let from: usize = data["from"].as_str().unwrap()[4..].parse().unwrap();
+        let to: usize = data["to"].as_str().unwrap()[4..].parse().unwrap();
+        let amount = data["amount"].as_i64().unwrap();
+        let status = data["status"].as_str().unwrap_or("");
+        assert!(
+            status == "completed" || status == "failed",
+            "transfer {id} did not finish: {state}"
+        );
+        if status == "completed" {
+            balances[from] -= amount;
+            balances[to] += amount;
+        }
+        finished += 1;
+    }
+    assert!(finished >= requested.len(), "{finished} < {}", requested.len());
+    let mut total = 0;
+    for (a, expected) in balances.iter().enumerate() {
+        let state = get_json(&client, format!("{}/streams/bank_account-acct{a}/state", kiln.base)).await;
+        let balance = state["state"]["balance"].as_i64().unwrap();
+        assert_eq!(balance, *expected, "account acct{a}: {state}");
+        total += balance;
+    }
+    assert_eq!(total, OPENING * ACCOUNTS as i64);
+    signal(&kiln.child, "TERM");
+    kiln.child.wait().unwrap();
+}

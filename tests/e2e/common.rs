@@ -70,6 +70,22 @@ impl TestHost {
         Self::start_with(|_| {}).await
     }
 
+    /// A host whose plugin directory holds exactly `plugins`: (component
+    /// file, plugin name it is deployed as).
+    pub async fn start_with_plugins(
+        plugins: &[(&str, &str)],
+        tune: impl FnOnce(&mut kiln::server::HostConfig),
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugin_dir = dir.path().join("plugins");
+        std::fs::create_dir(&plugin_dir).expect("plugins dir");
+        for (file, name) in plugins {
+            std::fs::copy(file, plugin_dir.join(format!("{name}.wasm")))
+                .unwrap_or_else(|e| panic!("copy {file}: {e}"));
+        }
+        Self::start_in(dir, plugin_dir, tune).await
+    }
+
     pub async fn start_with(tune: impl FnOnce(&mut kiln::server::HostConfig)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let plugins = dir.path().join("plugins");
@@ -87,6 +103,14 @@ impl TestHost {
         ] {
             copy_into(Path::new(file), &plugins);
         }
+        Self::start_in(dir, plugins, tune).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        plugins: std::path::PathBuf,
+        tune: impl FnOnce(&mut kiln::server::HostConfig),
+    ) -> Self {
         let db = format!("sqlite://{}", dir.path().join("kiln.db").display());
         let mut config = kiln::server::HostConfig::new(db, "127.0.0.1:0".parse().expect("addr"));
         config.plugins_dir = Some(plugins);

@@ -9,6 +9,7 @@ mod durability;
 mod live;
 mod plugins;
 mod projections;
+mod sagas;
 mod sandbox;
 mod streams;
 mod workflow;

@@ -16,6 +16,14 @@ macro_rules! assert_test_exists {
 }
 kiln_plugin_artifacts::foreach_fixture!(assert_test_exists);
 
+// The saga fixtures are tested with the sagas.
+#[allow(unused_imports, reason = "the import only names the fixture's test")]
+use crate::sagas::{
+    a_trapping_saga_fails_alone_until_skipped as fixture_saga_trap,
+    compensation_that_keeps_failing_is_dead_lettered_then_retried as fixture_flaky_bank,
+    three_steps_are_compensated_in_reverse_order as fixture_three_steps,
+};
+
 // The projection fixtures are tested with the other projections.
 #[allow(unused_imports, reason = "the import only names the fixture's test")]
 use crate::projections::{

@@ -101,6 +101,14 @@ async fn run(
                 .to_string(),
         ),
     };
+    if let Some(key) = &idempotency_key
+        && key.starts_with(crate::store::SAGA_IDEMPOTENCY_PREFIX)
+    {
+        return Err(ApiError::invalid_request(format!(
+            "Idempotency-Key may not start with {:?}: the saga manager's keys do",
+            crate::store::SAGA_IDEMPOTENCY_PREFIX
+        )));
+    }
     let request = CommandRequest {
         aggregate,
         id,

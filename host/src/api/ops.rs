@@ -35,6 +35,7 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let head = *app.pipeline.store().subscribe_head().borrow();
     let mut text = app.metrics.render(head, app.registry.len());
     crate::metrics::render_projections(&mut text, &app.projections.statuses().await);
+    crate::metrics::render_sagas(&mut text, &app.sagas.infos().await);
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

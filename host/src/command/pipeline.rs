@@ -27,7 +27,8 @@ use crate::runtime::sandbox::PluginState;
 use crate::runtime::{AggregateInstance, Plugin, PluginCode, PluginError, Runtime};
 use crate::store::{
     AppendOutcome, AppendRequest, EventStore, ExpectedVersion, IdempotencyClaim, IdempotencyEntry,
-    NewEvent, RecordedEvent, Snapshot, StoreError, StreamQuery, now_us,
+    NewEvent, RecordedEvent, SAGA_IDEMPOTENCY_PREFIX, SAGA_IDEMPOTENCY_RETENTION_US, Snapshot,
+    StoreError, StreamQuery, now_us,
 };
 
 /// Stripes of the per-stream lock. Two streams share a stripe with
@@ -156,7 +157,7 @@ impl Pipeline {
             validate_idempotency_key(key)?;
             if let Some(entry) = self
                 .store
-                .find_idempotency(key, self.window_start())
+                .find_idempotency(key, self.window_start(key))
                 .await?
             {
                 return self.replay_idempotent(entry, &request_hash).await;
@@ -212,9 +213,9 @@ impl Pipeline {
                 expected: ExpectedVersion::Exact(loaded_version),
                 events: new_events,
                 idempotency: request.idempotency_key.clone().map(|key| IdempotencyClaim {
+                    window_start_us: self.window_start(&key),
                     key,
                     request_hash: request_hash.clone(),
-                    window_start_us: self.window_start(),
                 }),
             };
             match self.store.append(append).await {
@@ -316,7 +317,12 @@ impl Pipeline {
         }
     }
 
-    fn window_start(&self) -> i64 {
+    /// Keys used before this time are forgotten. The saga manager's keys
+    /// are kept longer than the clients' (see [`SAGA_IDEMPOTENCY_RETENTION_US`]).
+    fn window_start(&self, key: &str) -> i64 {
+        if key.starts_with(SAGA_IDEMPOTENCY_PREFIX) {
+            return now_us() - SAGA_IDEMPOTENCY_RETENTION_US;
+        }
         now_us() - self.config.idempotency_window.as_micros() as i64
     }
 
@@ -557,7 +563,7 @@ async fn instance_for(
     }
     let pre: &AggregatePre<PluginState> = match &plugin.code {
         PluginCode::Aggregate(pre) => pre,
-        PluginCode::Projection(_) | PluginCode::Stored(_) => {
+        PluginCode::Projection(_) | PluginCode::Saga(_) => {
             return Err(PluginError::Contract {
                 plugin: plugin.name.to_string(),
                 message: "not an aggregate".into(),

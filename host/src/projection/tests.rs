@@ -110,6 +110,39 @@ impl EventStore for Flaky {
     async fn plugin_bytes(&self, h: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.plugin_bytes(h).await
     }
+    async fn saga_load(&self, s: &str) -> Result<SagaLoad, StoreError> {
+        self.inner.saga_load(s).await
+    }
+    async fn commit_saga(&self, c: SagaCommit) -> Result<(), StoreError> {
+        self.inner.commit_saga(c).await
+    }
+    async fn saga_instance(
+        &self,
+        s: &str,
+        i: &str,
+    ) -> Result<Option<SagaInstanceRecord>, StoreError> {
+        self.inner.saga_instance(s, i).await
+    }
+    async fn saga_outbox(&self, s: &str, i: &str) -> Result<Vec<OutboxCommand>, StoreError> {
+        self.inner.saga_outbox(s, i).await
+    }
+    async fn saga_history(
+        &self,
+        s: &str,
+        i: &str,
+        l: u32,
+    ) -> Result<Vec<SagaHistoryEntry>, StoreError> {
+        self.inner.saga_history(s, i, l).await
+    }
+    async fn saga_counts(&self, s: &str) -> Result<SagaCounts, StoreError> {
+        self.inner.saga_counts(s).await
+    }
+    async fn dead_letters(&self, a: u64, l: u32) -> Result<Vec<DeadLetter>, StoreError> {
+        self.inner.dead_letters(a, l).await
+    }
+    async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        self.inner.dead_letter(id).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

@@ -35,7 +35,22 @@ pub mod projection {
     });
 }
 
+/// The `saga` world, sharing `log` and `types` with the others.
+pub mod saga {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "saga",
+        exports: { default: async },
+        with: {
+            "kiln:plugin/log": super::aggregate::kiln::plugin::log,
+            "kiln:plugin/types": super::aggregate::kiln::plugin::types,
+        },
+    });
+}
+
 pub use aggregate::kiln::plugin::log::Level as LogLevel;
 pub use aggregate::kiln::plugin::types::{
-    Command as WitCommand, Event as WitEvent, Failure as WitFailure, NewEvent as WitNewEvent,
+    Command as WitCommand, Event as WitEvent, FailedCommand as WitFailedCommand,
+    Failure as WitFailure, NewEvent as WitNewEvent, OutgoingCommand as WitOutgoingCommand,
+    Reaction as WitReaction, Rejection as WitRejection, Timer as WitTimer,
 };

@@ -8,6 +8,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::bindings::aggregate::{Aggregate, AggregatePre};
 use super::bindings::projection::{ProjectionPre, kiln::plugin::view};
+use super::bindings::saga::SagaPre;
 use super::compile_cache::CompileCache;
 use super::plugin::{self, LoadError, Plugin, PluginCode, PluginKind};
 use super::sandbox::PluginState;
@@ -131,7 +132,15 @@ impl Runtime {
                     })?;
                     PluginCode::Projection(pre)
                 }
-                PluginKind::Saga => PluginCode::Stored(component),
+                PluginKind::Saga => {
+                    let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+                        LoadError::Invalid(format!("cannot link the plugin: {e:#}"))
+                    })?;
+                    let pre = SagaPre::new(pre).map_err(|e| {
+                        LoadError::Invalid(format!("does not match the saga world: {e:#}"))
+                    })?;
+                    PluginCode::Saga(pre)
+                }
             };
         Ok(Plugin::new(name, bytes, kind, code))
     }

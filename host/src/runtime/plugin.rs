@@ -10,6 +10,7 @@ use wasmtime::component::{Component, types::ComponentItem};
 
 use super::bindings::aggregate::AggregatePre;
 use super::bindings::projection::ProjectionPre;
+use super::bindings::saga::SagaPre;
 use super::sandbox::PluginState;
 
 /// The three plugin worlds of `wit/`.
@@ -74,8 +75,8 @@ pub enum PluginCode {
     Aggregate(AggregatePre<PluginState>),
     /// A projection, with its imports resolved once.
     Projection(ProjectionPre<PluginState>),
-    /// A kind this host stores and lists but does not run yet.
-    Stored(Component),
+    /// A saga, with its imports resolved once.
+    Saga(SagaPre<PluginState>),
 }
 
 /// A loaded plugin version.

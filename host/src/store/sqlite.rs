@@ -24,13 +24,15 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::hash_chain::{self, HashInput};
 use super::{
-    AppendOutcome, AppendRequest, CommittedBatch, Deployment, EventStore, GenerationRecord,
-    GlobalQuery, IdempotencyEntry, NewDeployment, Position, RecordedEvent, SkipRecord, Snapshot,
-    StoreError, StreamQuery, ViewCommit, ViewId, now_us,
+    AppendOutcome, AppendRequest, CommittedBatch, DeadLetter, Deployment, EventStore,
+    GenerationRecord, GlobalQuery, IdempotencyEntry, NewDeployment, OutboxCommand, Position,
+    RecordedEvent, SagaCommit, SagaCounts, SagaHistoryEntry, SagaInstanceRecord, SagaLoad,
+    SkipRecord, Snapshot, StoreError, StreamQuery, ViewCommit, ViewId, now_us,
 };
 
 mod catalog;
 mod jobs;
+mod sagas;
 
 use jobs::{Job, JobFn, TypedJob};
 
@@ -536,10 +538,18 @@ impl Writer {
         }
         let mut purged = Vec::with_capacity(purges.len());
         for before_us in purges {
-            let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
-                .bind(before_us)
-                .execute(&mut *tx)
-                .await?;
+            // Keys of saga commands are kept longer: a saga retried after a
+            // long outage must still find the result of its command.
+            let done = sqlx::query(
+                "DELETE FROM idempotency_keys WHERE created_at < ? \
+                 AND (substr(key, 1, length(?)) <> ? OR created_at < ?)",
+            )
+            .bind(before_us)
+            .bind(super::SAGA_IDEMPOTENCY_PREFIX)
+            .bind(super::SAGA_IDEMPOTENCY_PREFIX)
+            .bind(now_us() - super::SAGA_IDEMPOTENCY_RETENTION_US)
+            .execute(&mut *tx)
+            .await?;
             purged.push(done.rows_affected());
         }
         for job in jobs.iter_mut() {
@@ -999,6 +1009,54 @@ impl EventStore for SqliteStore {
                 .fetch_optional(&self.readers)
                 .await?,
         )
+    }
+
+    async fn saga_load(&self, saga: &str) -> Result<SagaLoad, StoreError> {
+        sagas::load(&self.readers, saga).await
+    }
+
+    async fn commit_saga(&self, commit: SagaCommit) -> Result<(), StoreError> {
+        self.run_job(Box::new(move |conn| {
+            Box::pin(sagas::commit_saga(conn, commit))
+        }))
+        .await
+    }
+
+    async fn saga_instance(
+        &self,
+        saga: &str,
+        instance: &str,
+    ) -> Result<Option<SagaInstanceRecord>, StoreError> {
+        sagas::instance(&self.readers, saga, instance).await
+    }
+
+    async fn saga_outbox(
+        &self,
+        saga: &str,
+        instance: &str,
+    ) -> Result<Vec<OutboxCommand>, StoreError> {
+        sagas::outbox(&self.readers, saga, instance).await
+    }
+
+    async fn saga_history(
+        &self,
+        saga: &str,
+        instance: &str,
+        limit: u32,
+    ) -> Result<Vec<SagaHistoryEntry>, StoreError> {
+        sagas::history(&self.readers, saga, instance, limit).await
+    }
+
+    async fn saga_counts(&self, saga: &str) -> Result<SagaCounts, StoreError> {
+        sagas::counts(&self.readers, saga).await
+    }
+
+    async fn dead_letters(&self, after: u64, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
+        sagas::dead_letters(&self.readers, after, limit).await
+    }
+
+    async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        sagas::dead_letter(&self.readers, id).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

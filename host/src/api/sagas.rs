@@ -1,0 +1,146 @@
+//! Sagas: status, instances (state, pending commands, history), the
+//! dead-letter list and the operator's controls (retry, resume).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::json::read_optional_json;
+use super::plugins::authorize;
+use super::streams::query;
+use super::{ApiError, AppState};
+use crate::saga::{SagaError, command_json, rfc3339};
+use crate::store::DeadLetter;
+
+/// Dead letters per page when not asked otherwise, and at most.
+pub const DEAD_LETTERS_PAGE_DEFAULT: u32 = 100;
+pub const DEAD_LETTERS_PAGE_MAX: u32 = 1_000;
+
+impl From<SagaError> for ApiError {
+    fn from(e: SagaError) -> Self {
+        match e {
+            SagaError::NotFound(message) => ApiError::not_found(message),
+            SagaError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            SagaError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// `GET /sagas`
+pub async fn list(State(app): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!(app.sagas.infos().await))
+}
+
+/// `GET /sagas/{name}`
+pub async fn status(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(app.sagas.info(&name).await?)))
+}
+
+/// `GET /sagas/{name}/{instance}`
+pub async fn instance(
+    State(app): State<Arc<AppState>>,
+    Path((name, instance)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(app.sagas.instance(&name, &instance).await?)))
+}
+
+#[derive(Deserialize, Default)]
+pub struct ResumeBody {
+    #[serde(default)]
+    skip: bool,
+}
+
+/// `POST /sagas/{name}/resume` (admin): retry, or skip, the unit of work
+/// the saga's plugin failed on.
+pub async fn resume(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let body: ResumeBody = read_optional_json(body, 4096).await?;
+    let resumed = app.sagas.resume(&name, body.skip).await?;
+    Ok(Json(
+        json!({ "name": name, "resumed": resumed, "skip": body.skip }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct DeadLettersQuery {
+    after: Option<u64>,
+    limit: Option<u32>,
+}
+
+fn dead_letter_json(d: &DeadLetter) -> Value {
+    let mut command = command_json(&d.command);
+    if let Some(map) = command.as_object_mut() {
+        map.insert("id".into(), d.id.into());
+        map.insert("saga".into(), d.command.saga.clone().into());
+        map.insert("instance".into(), d.command.instance.clone().into());
+        map.insert(
+            "command".into(),
+            json!({
+                "aggregate": d.command.aggregate,
+                "id": d.command.aggregate_id,
+                "type": d.command.command_type,
+                "data": serde_json::from_str::<Value>(&d.command.data).unwrap_or(Value::Null),
+            }),
+        );
+        map.remove("aggregate");
+        map.remove("type");
+        map.remove("data");
+        map.insert("dead_at".into(), rfc3339(d.dead_at_us).into());
+    }
+    command
+}
+
+/// `GET /dead-letters?after=ID&limit=N`: commands that exhausted their
+/// attempts, oldest first, each with its errors.
+pub async fn dead_letters(
+    State(app): State<Arc<AppState>>,
+    q: Result<Query<DeadLettersQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(DEAD_LETTERS_PAGE_DEFAULT);
+    if limit == 0 || limit > DEAD_LETTERS_PAGE_MAX {
+        return Err(ApiError::invalid_request(format!(
+            "limit must be 1 to {DEAD_LETTERS_PAGE_MAX}"
+        )));
+    }
+    let letters = app.sagas.dead_letters(q.after.unwrap_or(0), limit).await?;
+    let next = (letters.len() == limit as usize)
+        .then(|| letters.last().map(|d| d.id))
+        .flatten();
+    Ok(Json(json!({
+        "dead_letters": letters.iter().map(dead_letter_json).collect::<Vec<_>>(),
+        "next": next,
+    })))
+}
+
+/// `POST /dead-letters/{id}/retry` (admin): back into its instance's
+/// outbox with its attempts reset.
+pub async fn retry_dead_letter(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    authorize(&app, &headers)?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::invalid_request(format!("dead letter id {id:?} is not a number")))?;
+    let letter = app.sagas.retry_dead_letter(id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "retried": dead_letter_json(&letter) })),
+    ))
+}

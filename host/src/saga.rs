@@ -1,0 +1,358 @@
+//! Sagas (process managers): one runner per saga plugin turns events of the
+//! global log into commands, durably.
+//!
+//! ```text
+//! global log ─► correlate ─► react ─► commit { checkpoint, instance states, outbox } ─► dispatch
+//!                                                                                         │
+//!   on-failure ◄── refused ◄── command pipeline (idempotency key per step) ◄──────────────┘
+//!   on-timer   ◄── due timers                       transient failure ─► retry with backoff ─► dead letter
+//! ```
+//!
+//! A runner reads the log from its checkpoint, asks the plugin which
+//! instance each event belongs to and how it reacts, and commits the batch's
+//! checkpoint, instance states and new outbox commands in one transaction.
+//! Only then are the commands dispatched, through the same pipeline as HTTP
+//! commands, one at a time per instance, each with an idempotency key
+//! derived from the saga, the instance and the step: after a crash the
+//! outbox is dispatched again and a command already applied is not applied
+//! twice. See `docs/design.md` ("Sagas") for the guarantees.
+
+mod dispatch;
+pub mod runner;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::command::Pipeline;
+use crate::runtime::{Plugin, Runtime};
+use crate::store::{
+    DeadLetter, EventStore, OutboxCommand, Position, SagaCounts, SagaHistoryEntry, SagaStatus,
+    StoreError,
+};
+pub use runner::{Control, RunnerStatus};
+
+/// Default attempts of a saga command before it becomes a dead letter.
+pub const MAX_ATTEMPTS_DEFAULT: u32 = 10;
+/// Default first retry delay of a transiently failing saga command.
+pub const RETRY_BASE_MS_DEFAULT: u64 = 200;
+/// Default longest retry delay.
+pub const RETRY_MAX_MS_DEFAULT: u64 = 30_000;
+/// History entries shown per instance.
+pub const HISTORY_SHOWN_MAX: u32 = 500;
+
+/// Tuning of the saga runners.
+#[derive(Debug, Clone)]
+pub struct SagaConfig {
+    /// Events read and reacted to per batch (one commit per batch).
+    pub batch_size: u32,
+    /// Attempts of a command (transient failures) before it is dead-lettered.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Commands of one saga executing at once.
+    pub dispatch_concurrency: usize,
+}
+
+impl Default for SagaConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            max_attempts: MAX_ATTEMPTS_DEFAULT,
+            retry_base: Duration::from_millis(RETRY_BASE_MS_DEFAULT),
+            retry_max: Duration::from_millis(RETRY_MAX_MS_DEFAULT),
+            dispatch_concurrency: 64,
+        }
+    }
+}
+
+/// Why a saga operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SagaError {
+    /// Handling: 404 `not_found`.
+    #[error("{0}")]
+    NotFound(String),
+    /// Handling: 409 `conflict`: the operation does not fit the state.
+    #[error("{0}")]
+    Conflict(String),
+    /// Handling: per [`StoreError`].
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A saga's status, as `GET /sagas/{name}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SagaInfo {
+    pub name: String,
+    pub plugin: String,
+    /// `running`, or `failed` when the plugin trapped and the runner waits
+    /// for an operator (`POST /sagas/{name}/resume`).
+    pub state: &'static str,
+    pub position: Position,
+    pub head: Position,
+    pub lag: u64,
+    pub error: Option<String>,
+    pub instances: SagaCounts,
+}
+
+/// One instance, as `GET /sagas/{name}/{instance}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    pub saga: String,
+    pub instance: String,
+    /// The plugin's state, as JSON when it is JSON, else as a string.
+    pub state: serde_json::Value,
+    pub status: SagaStatus,
+    pub done: bool,
+    /// Commands decided and not applied yet, in dispatch order.
+    pub pending: Vec<serde_json::Value>,
+    /// Steps and their outcomes, oldest first.
+    pub history: Vec<serde_json::Value>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+struct Handle {
+    plugin: Arc<Plugin>,
+    control: mpsc::Sender<Control>,
+    status: watch::Receiver<RunnerStatus>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The sagas of this host.
+pub struct Sagas {
+    store: Arc<dyn EventStore>,
+    runtime: Runtime,
+    pipeline: Arc<Pipeline>,
+    config: SagaConfig,
+    runners: RwLock<HashMap<String, Handle>>,
+}
+
+impl Sagas {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        runtime: Runtime,
+        pipeline: Arc<Pipeline>,
+        config: SagaConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            runtime,
+            pipeline,
+            config,
+            runners: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Start the runner of a saga, or hand a running one a new version
+    /// (the next unit of work runs the new logic).
+    pub async fn deploy(&self, plugin: Arc<Plugin>) {
+        let existing = self
+            .read()
+            .get(&*plugin.name)
+            .map(|h| (h.control.clone(), h.task.is_finished()));
+        if let Some((control, false)) = existing {
+            if control
+                .send(Control::Swap(plugin.clone()))
+                .await
+                .is_ok()
+            {
+                if let Some(h) = self.write().get_mut(&*plugin.name) {
+                    h.plugin = plugin;
+                }
+                return;
+            }
+        }
+        let (control, status, task) = runner::spawn(
+            plugin.clone(),
+            self.store.clone(),
+            self.runtime.clone(),
+            self.pipeline.clone(),
+            self.config.clone(),
+        );
+        self.write().insert(
+            plugin.name.to_string(),
+            Handle {
+                plugin,
+                control,
+                status,
+                task,
+            },
+        );
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.read().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The status of one saga.
+    pub async fn info(&self, name: &str) -> Result<SagaInfo, SagaError> {
+        let (plugin, status) = {
+            let runners = self.read();
+            let h = runners
+                .get(name)
+                .ok_or_else(|| SagaError::NotFound(format!("no saga named {name}")))?;
+            (h.plugin.hash.clone(), h.status.borrow().clone())
+        };
+        let head = *self.store.subscribe_head().borrow();
+        Ok(SagaInfo {
+            name: name.to_string(),
+            plugin,
+            state: if status.error.is_some() {
+                "failed"
+            } else {
+                "running"
+            },
+            position: status.position,
+            head,
+            lag: head.saturating_sub(status.position),
+            error: status.error,
+            instances: self.store.saga_counts(name).await?,
+        })
+    }
+
+    /// The status of every saga, by name.
+    pub async fn infos(&self) -> Vec<SagaInfo> {
+        let mut all = Vec::new();
+        for name in self.names() {
+            if let Ok(info) = self.info(&name).await {
+                all.push(info);
+            }
+        }
+        all
+    }
+
+    /// One instance with its pending commands and history.
+    pub async fn instance(&self, name: &str, instance: &str) -> Result<InstanceView, SagaError> {
+        if !self.read().contains_key(name) {
+            return Err(SagaError::NotFound(format!("no saga named {name}")));
+        }
+        let record = self
+            .store
+            .saga_instance(name, instance)
+            .await?
+            .ok_or_else(|| {
+                SagaError::NotFound(format!("saga {name} has no instance {instance:?}"))
+            })?;
+        let pending = self.store.saga_outbox(name, instance).await?;
+        let history = self
+            .store
+            .saga_history(name, instance, HISTORY_SHOWN_MAX)
+            .await?;
+        Ok(InstanceView {
+            saga: record.saga,
+            instance: record.instance,
+            state: serde_json::from_slice(&record.state).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&record.state).into_owned())
+            }),
+            status: record.status,
+            done: record.done,
+            pending: pending.iter().map(command_json).collect(),
+            history: history.into_iter().map(history_json).collect(),
+            created_at: rfc3339(record.created_at_us),
+            updated_at: rfc3339(record.updated_at_us),
+        })
+    }
+
+    /// Dead letters of every saga, oldest first.
+    pub async fn dead_letters(&self, after: u64, limit: u32) -> Result<Vec<DeadLetter>, SagaError> {
+        Ok(self.store.dead_letters(after, limit).await?)
+    }
+
+    /// Put a dead letter back in its instance's outbox, attempts reset.
+    pub async fn retry_dead_letter(&self, id: u64) -> Result<DeadLetter, SagaError> {
+        let letter = self
+            .store
+            .dead_letter(id)
+            .await?
+            .ok_or_else(|| SagaError::NotFound(format!("no dead letter {id}")))?;
+        let (reply, answer) = oneshot::channel();
+        self.send(&letter.command.saga, Control::RetryDeadLetter(id, reply))
+            .await?;
+        answer
+            .await
+            .map_err(|_| SagaError::Conflict("the saga runner stopped".into()))??;
+        Ok(letter)
+    }
+
+    /// Retry (or skip) the unit of work a saga's plugin failed on.
+    pub async fn resume(&self, name: &str, skip: bool) -> Result<String, SagaError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(name, Control::Resume { skip, reply }).await?;
+        answer
+            .await
+            .map_err(|_| SagaError::Conflict("the saga runner stopped".into()))?
+    }
+
+    async fn send(&self, name: &str, control: Control) -> Result<(), SagaError> {
+        let sender = self
+            .read()
+            .get(name)
+            .map(|h| h.control.clone())
+            .ok_or_else(|| SagaError::NotFound(format!("no saga named {name} runs here")))?;
+        sender
+            .send(control)
+            .await
+            .map_err(|_| SagaError::Conflict(format!("the runner of saga {name} stopped")))
+    }
+
+    /// Stop every runner (commands executing finish on their own; the
+    /// outbox dispatches them again at the next start, idempotently).
+    pub async fn stop_all(&self) {
+        let handles: Vec<Handle> = self.write().drain().map(|(_, h)| h).collect();
+        for h in handles {
+            let _ = h.control.send(Control::Stop).await;
+            if tokio::time::timeout(Duration::from_secs(5), h.task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a saga runner did not stop in time");
+            }
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Handle>> {
+        self.runners.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Handle>> {
+        self.runners.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An outbox command as the API shows it.
+pub fn command_json(c: &OutboxCommand) -> serde_json::Value {
+    serde_json::json!({
+        "step": c.step,
+        "aggregate": c.aggregate,
+        "id": c.aggregate_id,
+        "type": c.command_type,
+        "data": serde_json::from_str::<serde_json::Value>(&c.data).unwrap_or(serde_json::Value::Null),
+        "metadata": serde_json::from_str::<serde_json::Value>(&c.metadata).unwrap_or(serde_json::Value::Null),
+        "compensating": c.compensating,
+        "attempts": c.attempts,
+        "errors": c.errors,
+    })
+}
+
+fn history_json(h: SagaHistoryEntry) -> serde_json::Value {
+    let mut entry = h.entry;
+    if let Some(map) = entry.as_object_mut() {
+        map.insert("at".into(), rfc3339(h.at_us).into());
+    }
+    entry
+}
+
+/// Microseconds since the Unix epoch as RFC 3339 with milliseconds.
+pub fn rfc3339(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

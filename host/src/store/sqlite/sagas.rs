@@ -1,0 +1,376 @@
+//! Saga checkpoints, instances, outbox, timers, history and dead letters:
+//! the SQLite side of the saga manager.
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection, SqlitePool};
+
+use crate::store::{
+    DeadLetter, OutboxCommand, SagaCommit, SagaCounts, SagaHistoryEntry, SagaInstanceRecord,
+    SagaLoad, SagaStatus, SagaTimerRecord, StoreError,
+};
+
+const OUTBOX_COLUMNS: &str = "saga, instance, step, aggregate, aggregate_id, command_type, data, metadata, compensating, attempts, errors, created_at";
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<String, sqlx::Error> {
+    serde_json::to_string(value).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
+/// Apply one saga batch, if the checkpoint is where it started.
+pub async fn commit_saga(
+    conn: &mut SqliteConnection,
+    commit: SagaCommit,
+) -> Result<Result<(), StoreError>, sqlx::Error> {
+    let saga = commit.saga.as_str();
+    if let Some((from, to)) = commit.checkpoint {
+        let actual: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM saga_checkpoints WHERE saga = ?")
+                .bind(saga)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if actual.unwrap_or(0) as u64 != from {
+            return Ok(Err(StoreError::CheckpointMoved {
+                projection: format!("saga {saga}"),
+                generation: 0,
+                expected: from,
+                actual: actual.map(|p| p as u64),
+            }));
+        }
+        sqlx::query(
+            "INSERT INTO saga_checkpoints (saga, position) VALUES (?, ?) \
+             ON CONFLICT (saga) DO UPDATE SET position = excluded.position",
+        )
+        .bind(saga)
+        .bind(to as i64)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for i in &commit.instances {
+        sqlx::query(
+            "INSERT OR REPLACE INTO saga_instances \
+             (saga, instance, state, status, done, next_step, awaited_position, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&i.saga)
+        .bind(&i.instance)
+        .bind(&i.state)
+        .bind(i.status.as_str())
+        .bind(i.done)
+        .bind(i.next_step as i64)
+        .bind(i.awaited_position as i64)
+        .bind(i.created_at_us)
+        .bind(i.updated_at_us)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for (instance, step) in &commit.outbox_delete {
+        sqlx::query("DELETE FROM saga_outbox WHERE saga = ? AND instance = ? AND step = ?")
+            .bind(saga)
+            .bind(instance)
+            .bind(*step as i64)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for c in &commit.outbox_put {
+        insert_command(conn, "INSERT OR REPLACE INTO saga_outbox", c, None).await?;
+    }
+    for c in &commit.dead_letters {
+        sqlx::query("DELETE FROM saga_outbox WHERE saga = ? AND instance = ? AND step = ?")
+            .bind(&c.saga)
+            .bind(&c.instance)
+            .bind(c.step as i64)
+            .execute(&mut *conn)
+            .await?;
+        insert_command(
+            conn,
+            "INSERT INTO saga_dead_letters",
+            c,
+            Some(crate::store::now_us()),
+        )
+        .await?;
+    }
+    for id in &commit.dead_letters_delete {
+        sqlx::query("DELETE FROM saga_dead_letters WHERE id = ?")
+            .bind(*id as i64)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (instance, name) in &commit.timers_delete {
+        match name {
+            Some(name) => {
+                sqlx::query("DELETE FROM saga_timers WHERE saga = ? AND instance = ? AND name = ?")
+                    .bind(saga)
+                    .bind(instance)
+                    .bind(name)
+                    .execute(&mut *conn)
+                    .await?
+            }
+            None => {
+                sqlx::query("DELETE FROM saga_timers WHERE saga = ? AND instance = ?")
+                    .bind(saga)
+                    .bind(instance)
+                    .execute(&mut *conn)
+                    .await?
+            }
+        };
+    }
+    for t in &commit.timers_put {
+        sqlx::query(
+            "INSERT OR REPLACE INTO saga_timers (saga, instance, name, fire_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(saga)
+        .bind(&t.instance)
+        .bind(&t.name)
+        .bind(t.fire_at_ms)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for h in &commit.history {
+        sqlx::query("INSERT INTO saga_history (saga, instance, at, entry) VALUES (?, ?, ?, ?)")
+            .bind(saga)
+            .bind(&h.instance)
+            .bind(h.at_us)
+            .bind(encode(&h.entry)?)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Ok(()))
+}
+
+async fn insert_command(
+    conn: &mut SqliteConnection,
+    insert: &str,
+    c: &OutboxCommand,
+    dead_at: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    let sql = match dead_at {
+        None => format!("{insert} ({OUTBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+        Some(_) => {
+            format!("{insert} ({OUTBOX_COLUMNS}, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        }
+    };
+    let mut query = sqlx::query(&sql)
+        .bind(&c.saga)
+        .bind(&c.instance)
+        .bind(c.step as i64)
+        .bind(&c.aggregate)
+        .bind(&c.aggregate_id)
+        .bind(&c.command_type)
+        .bind(&c.data)
+        .bind(&c.metadata)
+        .bind(c.compensating)
+        .bind(c.attempts as i64)
+        .bind(encode(&c.errors)?)
+        .bind(c.created_at_us);
+    if let Some(at) = dead_at {
+        query = query.bind(at);
+    }
+    query.execute(&mut *conn).await?;
+    Ok(())
+}
+
+fn command_from_row(row: &SqliteRow) -> Result<OutboxCommand, StoreError> {
+    let errors: String = row.try_get("errors")?;
+    Ok(OutboxCommand {
+        saga: row.try_get("saga")?,
+        instance: row.try_get("instance")?,
+        step: row.try_get::<i64, _>("step")? as u64,
+        aggregate: row.try_get("aggregate")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        command_type: row.try_get("command_type")?,
+        data: row.try_get("data")?,
+        metadata: row.try_get("metadata")?,
+        compensating: row.try_get("compensating")?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        errors: serde_json::from_str(&errors)
+            .map_err(|e| StoreError::Corrupt(format!("saga command errors: {e}")))?,
+        created_at_us: row.try_get("created_at")?,
+    })
+}
+
+fn instance_from_row(row: &SqliteRow) -> Result<SagaInstanceRecord, StoreError> {
+    Ok(SagaInstanceRecord {
+        saga: row.try_get("saga")?,
+        instance: row.try_get("instance")?,
+        state: row.try_get("state")?,
+        status: SagaStatus::parse(row.try_get("status")?)?,
+        done: row.try_get("done")?,
+        next_step: row.try_get::<i64, _>("next_step")? as u64,
+        awaited_position: row.try_get::<i64, _>("awaited_position")? as u64,
+        created_at_us: row.try_get("created_at")?,
+        updated_at_us: row.try_get("updated_at")?,
+    })
+}
+
+/// What a runner resumes from.
+pub async fn load(readers: &SqlitePool, saga: &str) -> Result<SagaLoad, StoreError> {
+    let checkpoint: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM saga_checkpoints WHERE saga = ?")
+            .bind(saga)
+            .fetch_optional(readers)
+            .await?;
+    let instances = sqlx::query("SELECT * FROM saga_instances WHERE saga = ? AND status <> ?")
+        .bind(saga)
+        .bind(SagaStatus::Completed.as_str())
+        .fetch_all(readers)
+        .await?
+        .iter()
+        .map(instance_from_row)
+        .collect::<Result<_, _>>()?;
+    let outbox = sqlx::query(&format!(
+        "SELECT {OUTBOX_COLUMNS} FROM saga_outbox WHERE saga = ? ORDER BY instance, step"
+    ))
+    .bind(saga)
+    .fetch_all(readers)
+    .await?
+    .iter()
+    .map(command_from_row)
+    .collect::<Result<_, _>>()?;
+    let timers = sqlx::query("SELECT instance, name, fire_at FROM saga_timers WHERE saga = ?")
+        .bind(saga)
+        .fetch_all(readers)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(SagaTimerRecord {
+                instance: row.try_get(0)?,
+                name: row.try_get(1)?,
+                fire_at_ms: row.try_get(2)?,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(SagaLoad {
+        checkpoint: checkpoint.map(|p| p as u64),
+        instances,
+        outbox,
+        timers,
+    })
+}
+
+pub async fn instance(
+    readers: &SqlitePool,
+    saga: &str,
+    instance: &str,
+) -> Result<Option<SagaInstanceRecord>, StoreError> {
+    sqlx::query("SELECT * FROM saga_instances WHERE saga = ? AND instance = ?")
+        .bind(saga)
+        .bind(instance)
+        .fetch_optional(readers)
+        .await?
+        .as_ref()
+        .map(instance_from_row)
+        .transpose()
+}
+
+pub async fn outbox(
+    readers: &SqlitePool,
+    saga: &str,
+    instance: &str,
+) -> Result<Vec<OutboxCommand>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT {OUTBOX_COLUMNS} FROM saga_outbox WHERE saga = ? AND instance = ? ORDER BY step"
+    ))
+    .bind(saga)
+    .bind(instance)
+    .fetch_all(readers)
+    .await?
+    .iter()
+    .map(command_from_row)
+    .collect()
+}
+
+pub async fn history(
+    readers: &SqlitePool,
+    saga: &str,
+    instance: &str,
+    limit: u32,
+) -> Result<Vec<SagaHistoryEntry>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT at, entry FROM saga_history WHERE saga = ? AND instance = ? \
+         ORDER BY id DESC LIMIT ?",
+    )
+    .bind(saga)
+    .bind(instance)
+    .bind(i64::from(limit))
+    .fetch_all(readers)
+    .await?;
+    let mut entries = rows
+        .iter()
+        .map(|row| {
+            let text: String = row.try_get(1)?;
+            Ok(SagaHistoryEntry {
+                instance: instance.to_string(),
+                at_us: row.try_get(0)?,
+                entry: serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Corrupt(format!("saga history entry: {e}")))?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    entries.reverse();
+    Ok(entries)
+}
+
+pub async fn counts(readers: &SqlitePool, saga: &str) -> Result<SagaCounts, StoreError> {
+    let mut counts = SagaCounts::default();
+    let rows =
+        sqlx::query("SELECT status, count(*) FROM saga_instances WHERE saga = ? GROUP BY status")
+            .bind(saga)
+            .fetch_all(readers)
+            .await?;
+    for row in rows {
+        let n = row.try_get::<i64, _>(1)? as u64;
+        match SagaStatus::parse(row.try_get(0)?)? {
+            SagaStatus::Running => counts.running = n,
+            SagaStatus::Compensating => counts.compensating = n,
+            SagaStatus::Completed => counts.completed = n,
+            SagaStatus::Failed => counts.failed = n,
+        }
+    }
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_outbox WHERE saga = ?")
+        .bind(saga)
+        .fetch_one(readers)
+        .await?;
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_dead_letters WHERE saga = ?")
+        .bind(saga)
+        .fetch_one(readers)
+        .await?;
+    counts.outbox = outbox as u64;
+    counts.dead_letters = dead as u64;
+    Ok(counts)
+}
+
+fn dead_letter_from_row(row: &SqliteRow) -> Result<DeadLetter, StoreError> {
+    Ok(DeadLetter {
+        id: row.try_get::<i64, _>("id")? as u64,
+        command: command_from_row(row)?,
+        dead_at_us: row.try_get("dead_at")?,
+    })
+}
+
+pub async fn dead_letters(
+    readers: &SqlitePool,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT id, {OUTBOX_COLUMNS}, dead_at FROM saga_dead_letters WHERE id > ? ORDER BY id LIMIT ?"
+    ))
+    .bind(after as i64)
+    .bind(i64::from(limit))
+    .fetch_all(readers)
+    .await?
+    .iter()
+    .map(dead_letter_from_row)
+    .collect()
+}
+
+pub async fn dead_letter(readers: &SqlitePool, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT id, {OUTBOX_COLUMNS}, dead_at FROM saga_dead_letters WHERE id = ?"
+    ))
+    .bind(id as i64)
+    .fetch_optional(readers)
+    .await?
+    .as_ref()
+    .map(dead_letter_from_row)
+    .transpose()
+}
