@@ -20,6 +20,7 @@
 mod http;
 pub mod projection;
 mod raw;
+pub mod saga;
 mod stats;
 mod wasm;
 

@@ -34,6 +34,9 @@ pub enum Command {
     Verify(crate::verify::VerifyArgs),
     /// Benchmark projection catch-up and a hot swap against the raw read rate.
     BenchProjection(crate::bench::projection::ProjectionBenchArgs),
+    /// Benchmark transfers through the transfer saga against the same
+    /// commands sent plainly.
+    BenchSaga(crate::bench::saga::SagaBenchArgs),
 }
 
 /// Options of `kiln serve`.

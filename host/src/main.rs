@@ -22,6 +22,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => kiln::bench::run(args).await,
             Command::BenchProjection(args) => kiln::bench::projection::run(args).await,
+            Command::BenchSaga(args) => kiln::bench::saga::run(args).await,
             Command::Verify(args) => {
                 if kiln::verify::run(args).await? {
                     Ok(())

@@ -319,6 +319,139 @@ async fn snapshots_are_keyed_by_plugin_hash(store: &dyn EventStore) {
     assert_eq!(store.load_snapshot("s-1", "sha256:c").await.unwrap(), None);
 }
 
+fn saga_command(instance: &str, step: u64) -> OutboxCommand {
+    OutboxCommand {
+        saga: "s".into(),
+        instance: instance.into(),
+        step,
+        aggregate: "bank_account".into(),
+        aggregate_id: "a".into(),
+        command_type: "Deposit".into(),
+        data: r#"{"amount":1}"#.into(),
+        metadata: r#"{"saga":"s"}"#.into(),
+        compensating: false,
+        attempts: 0,
+        errors: vec![],
+        created_at_us: 1,
+    }
+}
+
+fn saga_instance(instance: &str, status: SagaStatus) -> SagaInstanceRecord {
+    SagaInstanceRecord {
+        saga: "s".into(),
+        instance: instance.into(),
+        state: br#"{"step":1}"#.to_vec(),
+        status,
+        done: false,
+        next_step: 3,
+        awaited_position: 7,
+        created_at_us: 1,
+        updated_at_us: 2,
+    }
+}
+
+/// A saga batch commits whole and fenced by its checkpoint; a runner
+/// resumes from exactly what was committed; dead letters move out of the
+/// outbox and back.
+async fn saga_state_outbox_and_dead_letters(store: &dyn EventStore) {
+    assert_eq!(store.saga_load("s").await.unwrap().checkpoint, None);
+    store
+        .commit_saga(SagaCommit {
+            saga: "s".into(),
+            checkpoint: Some((0, 10)),
+            instances: vec![
+                saga_instance("i1", SagaStatus::Running),
+                saga_instance("done", SagaStatus::Completed),
+            ],
+            outbox_put: vec![saga_command("i1", 1), saga_command("i1", 2)],
+            timers_put: vec![SagaTimerRecord {
+                instance: "i1".into(),
+                name: "timeout".into(),
+                fire_at_ms: 99,
+            }],
+            history: vec![SagaHistoryEntry {
+                instance: "i1".into(),
+                at_us: 5,
+                entry: serde_json::json!({"kind": "event"}),
+            }],
+            ..SagaCommit::default()
+        })
+        .await
+        .unwrap();
+    // A stale checkpoint is refused and changes nothing.
+    let stale = store
+        .commit_saga(SagaCommit {
+            saga: "s".into(),
+            checkpoint: Some((3, 12)),
+            outbox_delete: vec![("i1".into(), 1)],
+            ..SagaCommit::default()
+        })
+        .await;
+    assert!(matches!(stale, Err(StoreError::CheckpointMoved { .. })), "{stale:?}");
+    let loaded = store.saga_load("s").await.unwrap();
+    assert_eq!(loaded.checkpoint, Some(10));
+    assert_eq!(loaded.instances, vec![saga_instance("i1", SagaStatus::Running)]);
+    assert_eq!(loaded.outbox.iter().map(|c| c.step).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(loaded.timers.len(), 1);
+    assert_eq!(
+        store.saga_instance("s", "done").await.unwrap().map(|i| i.status),
+        Some(SagaStatus::Completed)
+    );
+    assert_eq!(store.saga_history("s", "i1", 10).await.unwrap().len(), 1);
+
+    // Step 1 applied, step 2 exhausted its attempts.
+    let mut failed = saga_command("i1", 2);
+    failed.attempts = 3;
+    failed.errors = vec![serde_json::json!({"message": "boom"})];
+    store
+        .commit_saga(SagaCommit {
+            saga: "s".into(),
+            instances: vec![saga_instance("i1", SagaStatus::Failed)],
+            outbox_delete: vec![("i1".into(), 1)],
+            dead_letters: vec![failed.clone()],
+            timers_delete: vec![("i1".into(), None)],
+            ..SagaCommit::default()
+        })
+        .await
+        .unwrap();
+    assert!(store.saga_outbox("s", "i1").await.unwrap().is_empty());
+    let letters = store.dead_letters(0, 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].command, failed);
+    let counts = store.saga_counts("s").await.unwrap();
+    assert_eq!((counts.failed, counts.completed, counts.outbox, counts.dead_letters), (1, 1, 0, 1));
+    assert!(store.saga_load("s").await.unwrap().timers.is_empty());
+
+    // Retried: back in the outbox, out of the dead-letter list.
+    let id = letters[0].id;
+    assert_eq!(store.dead_letter(id).await.unwrap().map(|d| d.id), Some(id));
+    store
+        .commit_saga(SagaCommit {
+            saga: "s".into(),
+            outbox_put: vec![saga_command("i1", 2)],
+            dead_letters_delete: vec![id],
+            ..SagaCommit::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.dead_letter(id).await.unwrap(), None);
+    assert_eq!(store.saga_outbox("s", "i1").await.unwrap(), vec![saga_command("i1", 2)]);
+
+    // The saga manager's idempotency keys outlive the clients' window.
+    for (stream, key) in [("x-1", "kiln-saga/s/i1/1"), ("x-2", "client-key")] {
+        let mut request = append(stream, ExpectedVersion::Any, vec![event("E", "{}")]);
+        request.idempotency = Some(IdempotencyClaim {
+            key: key.into(),
+            request_hash: "h".into(),
+            window_start_us: 0,
+        });
+        store.append(request).await.unwrap();
+    }
+    assert_eq!(store.purge_idempotency(now_us() + 1_000_000).await.unwrap(), 1);
+    assert!(store.find_idempotency("kiln-saga/s/i1/1", 0).await.unwrap().is_some());
+    assert!(store.find_idempotency("client-key", 0).await.unwrap().is_none());
+}
+
 // ---- SQLite ----
 
 async fn sqlite(dir: &tempfile::TempDir) -> Arc<dyn EventStore> {
@@ -351,6 +484,7 @@ mod sqlite_backend {
         idempotency_keys,
         filters_by_type_version_and_time,
         snapshots_are_keyed_by_plugin_hash,
+        saga_state_outbox_and_dead_letters,
     );
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
