@@ -181,6 +181,12 @@ async fn health_readiness_metrics_openapi() {
         "/projections/{name}/diff",
         "/projections/{name}/promote",
         "/projections/{name}/shadow",
+        "/sagas",
+        "/sagas/{name}",
+        "/sagas/{name}/resume",
+        "/sagas/{name}/{instance}",
+        "/dead-letters",
+        "/dead-letters/{id}/retry",
     ] {
         assert!(o.body["paths"][path].is_object(), "{path} documented");
     }
