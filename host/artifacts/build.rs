@@ -3,8 +3,9 @@
 //!
 //! A nested `cargo build --profile plugin --target wasm32-wasip2` runs from
 //! the workspace root with a target directory of its own
-//! (`<target>/wasm-build`), so it never waits on the lock of the outer build.
-//! The components are then copied to `<target>/plugins/` (examples) and
+//! (`<target>/wasm-build`), so it never waits on the lock of the outer build;
+//! the few plugins of `BUILT_ALONE` get a nested build and a target directory
+//! each (`<target>/wasm-build-<package>`). The components are then copied to `<target>/plugins/` (examples) and
 //! `<target>/plugins/fixtures/` (fixtures), the directories the host and the
 //! README point at.
 
@@ -87,7 +88,39 @@ const PLUGINS: &[Plugin] = &[
         package: "fixture_balances_v2",
         kind: Kind::Fixture,
     },
+    Plugin {
+        package: "transfer",
+        kind: Kind::Example,
+    },
+    Plugin {
+        package: "transfer_saga",
+        kind: Kind::Example,
+    },
+    Plugin {
+        package: "fixture_three_steps",
+        kind: Kind::Fixture,
+    },
+    Plugin {
+        package: "fixture_flaky_bank",
+        kind: Kind::Fixture,
+    },
+    Plugin {
+        package: "fixture_saga_trap",
+        kind: Kind::Fixture,
+    },
 ];
+
+/// Plugins of [`PLUGINS`] built by a nested cargo build of their own, in a
+/// target directory of their own (`<target>/wasm-build-<package>`).
+///
+/// Cargo unifies the features of every package one build selects: a plugin
+/// that depends on another plugin crate without that crate's exports
+/// (`default-features = false`, as `fixture_flaky_bank` depends on
+/// `bank_account`) would get them anyway when that crate is built beside it,
+/// and its component would not link ("duplicate symbol: handle"). A target
+/// directory of its own also keeps the dependency's export-less component
+/// from overwriting the real one: a component's file name has no hash.
+const BUILT_ALONE: &[&str] = &["fixture_flaky_bank"];
 
 /// Variables the outer build sets (or a developer sets for the host) that
 /// must not change how the plugins are built. The jobserver variables
@@ -145,9 +178,26 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
 
     ensure_wasm_target();
-    build_plugins(&workspace, &wasm_build_dir);
+    for package in BUILT_ALONE {
+        assert!(
+            PLUGINS.iter().any(|plugin| plugin.package == *package),
+            "{package} is built alone but is not in PLUGINS"
+        );
+    }
+    let together: Vec<&str> = PLUGINS
+        .iter()
+        .map(|plugin| plugin.package)
+        .filter(|package| !BUILT_ALONE.contains(package))
+        .collect();
+    build_plugins(&workspace, &wasm_build_dir, &together);
+    for package in BUILT_ALONE {
+        build_plugins(
+            &workspace,
+            &alone_build_dir(&target_dir, package),
+            &[package],
+        );
+    }
 
-    let built_dir = wasm_build_dir.join(WASM_TARGET).join(PROFILE);
     fs::create_dir_all(&fixtures_dir)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", fixtures_dir.display()));
     let mut generated = String::new();
@@ -163,7 +213,15 @@ fn main() {
     .expect("writing to a String cannot fail");
 
     for plugin in PLUGINS {
-        let built = built_dir.join(format!("{}.wasm", plugin.package));
+        let build_dir = if BUILT_ALONE.contains(&plugin.package) {
+            alone_build_dir(&target_dir, plugin.package)
+        } else {
+            wasm_build_dir.clone()
+        };
+        let built = build_dir
+            .join(WASM_TARGET)
+            .join(PROFILE)
+            .join(format!("{}.wasm", plugin.package));
         let dir = match plugin.kind {
             Kind::Example => &examples_dir,
             Kind::Fixture => &fixtures_dir,
@@ -265,8 +323,13 @@ fn ensure_wasm_target() {
     }
 }
 
-/// Run the nested cargo build of every plugin.
-fn build_plugins(workspace: &Path, wasm_build_dir: &Path) {
+/// The target directory of a plugin of [`BUILT_ALONE`].
+fn alone_build_dir(target_dir: &Path, package: &str) -> PathBuf {
+    target_dir.join(format!("wasm-build-{package}"))
+}
+
+/// Run one nested cargo build of `packages` in `wasm_build_dir`.
+fn build_plugins(workspace: &Path, wasm_build_dir: &Path, packages: &[&str]) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -274,8 +337,8 @@ fn build_plugins(workspace: &Path, wasm_build_dir: &Path) {
         .args(["build", "--profile", PROFILE, "--target", WASM_TARGET])
         .arg("--target-dir")
         .arg(wasm_build_dir);
-    for plugin in PLUGINS {
-        command.args(["-p", plugin.package]);
+    for package in packages {
+        command.args(["-p", package]);
     }
     for name in LEAKING_ENV {
         command.env_remove(name);

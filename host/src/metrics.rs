@@ -186,10 +186,7 @@ mod tests {
 /// Per saga: instances by status, outbox depth, dead letters, lag, and
 /// whether it waits for an operator.
 pub fn render_sagas(out: &mut String, sagas: &[crate::saga::SagaInfo]) {
-    let _ = writeln!(
-        out,
-        "# HELP kiln_saga_instances Saga instances, by status."
-    );
+    let _ = writeln!(out, "# HELP kiln_saga_instances Saga instances, by status.");
     let _ = writeln!(out, "# TYPE kiln_saga_instances gauge");
     for s in sagas {
         let c = &s.instances;

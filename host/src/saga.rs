@@ -157,11 +157,7 @@ impl Sagas {
             .get(&*plugin.name)
             .map(|h| (h.control.clone(), h.task.is_finished()));
         if let Some((control, false)) = existing {
-            if control
-                .send(Control::Swap(plugin.clone()))
-                .await
-                .is_ok()
-            {
+            if control.send(Control::Swap(plugin.clone())).await.is_ok() {
                 if let Some(h) = self.write().get_mut(&*plugin.name) {
                     h.plugin = plugin;
                 }

@@ -456,13 +456,23 @@ async fn sagas_survive_sigkill_with_every_transfer_applied_exactly_once() {
             let n = wave * PER_WAVE + i;
             let (from, to) = (n % ACCOUNTS, (n * 7 + 1) % ACCOUNTS);
             let to = if to == from { (to + 1) % ACCOUNTS } else { to };
-            let amount = if n % 9 == 0 { 5_000 } else { (n % 50 + 1) as i64 };
+            let amount = if n % 9 == 0 {
+                5_000
+            } else {
+                (n % 50 + 1) as i64
+            };
             let id = format!("t{n}");
             let url = format!("{}/commands/transfer/{id}", kiln.base);
             let body = json!({"type": "Request", "data": {"from": format!("acct{from}"), "to": format!("acct{to}"), "amount": amount}});
             let client = client.clone();
             tasks.push(tokio::spawn(async move {
-                (post_to(&client, url, body).await.map(|a| a.0), id, from, to, amount)
+                (
+                    post_to(&client, url, body).await.map(|a| a.0),
+                    id,
+                    from,
+                    to,
+                    amount,
+                )
             }));
         }
         // Kill while the sagas work on this wave.
@@ -485,7 +495,11 @@ async fn sagas_survive_sigkill_with_every_transfer_applied_exactly_once() {
     let all_ids: Vec<usize> = (0..3 * PER_WAVE).collect();
     for n in all_ids {
         let id = format!("t{n}");
-        let state = get_json(&client, format!("{}/streams/transfer-{id}/state", kiln.base)).await;
+        let state = get_json(
+            &client,
+            format!("{}/streams/transfer-{id}/state", kiln.base),
+        )
+        .await;
         if state.get("error").is_some() {
             assert!(
                 !requested.iter().any(|r| r.0 == id),
@@ -504,7 +518,11 @@ async fn sagas_survive_sigkill_with_every_transfer_applied_exactly_once() {
         }
         assert_eq!(instance["status"], "completed", "saga of {id}: {instance}");
         assert_eq!(instance["pending"], json!([]), "{instance}");
-        let state = get_json(&client, format!("{}/streams/transfer-{id}/state", kiln.base)).await;
+        let state = get_json(
+            &client,
+            format!("{}/streams/transfer-{id}/state", kiln.base),
+        )
+        .await;
         let data = &state["state"];
         let from: usize = data["from"].as_str().unwrap()[4..].parse().unwrap();
         let to: usize = data["to"].as_str().unwrap()[4..].parse().unwrap();
@@ -520,10 +538,18 @@ async fn sagas_survive_sigkill_with_every_transfer_applied_exactly_once() {
         }
         finished += 1;
     }
-    assert!(finished >= requested.len(), "{finished} < {}", requested.len());
+    assert!(
+        finished >= requested.len(),
+        "{finished} < {}",
+        requested.len()
+    );
     let mut total = 0;
     for (a, expected) in balances.iter().enumerate() {
-        let state = get_json(&client, format!("{}/streams/bank_account-acct{a}/state", kiln.base)).await;
+        let state = get_json(
+            &client,
+            format!("{}/streams/bank_account-acct{a}/state", kiln.base),
+        )
+        .await;
         let balance = state["state"]["balance"].as_i64().unwrap();
         assert_eq!(balance, *expected, "account acct{a}: {state}");
         total += balance;

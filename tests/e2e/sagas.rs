@@ -17,9 +17,13 @@ async fn open(h: &TestHost, id: &str, balance: i64, overdraft: i64) {
     .await
     .expect(200, "");
     if balance > 0 {
-        h.command("bank_account", id, cmd("Deposit", json!({"amount": balance})))
-            .await
-            .expect(200, "");
+        h.command(
+            "bank_account",
+            id,
+            cmd("Deposit", json!({"amount": balance})),
+        )
+        .await
+        .expect(200, "");
     }
 }
 
@@ -74,7 +78,11 @@ fn outcomes(instance: &Value) -> Vec<(String, String, bool, String)> {
                 .filter(|e| e["kind"] == "command")
                 .map(|e| {
                     (
-                        format!("{}-{}", e["aggregate"].as_str().unwrap_or(""), e["id"].as_str().unwrap_or("")),
+                        format!(
+                            "{}-{}",
+                            e["aggregate"].as_str().unwrap_or(""),
+                            e["id"].as_str().unwrap_or("")
+                        ),
                         e["type"].as_str().unwrap_or("").to_string(),
                         e["compensating"].as_bool().unwrap_or(false),
                         e["outcome"].as_str().unwrap_or("").to_string(),
@@ -99,11 +107,12 @@ fn transfer_plugins(bank: &'static str) -> Vec<(&'static str, &'static str)> {
 /// deposit to an account named `unreachable-…` traps.
 #[tokio::test]
 async fn transfer_saga_in_all_its_paths() {
-    let mut h = TestHost::start_with_plugins(&transfer_plugins(artifacts::FIXTURE_FLAKY_BANK), |c| {
-        c.sagas.retry_base = Duration::from_millis(300);
-        c.sagas.retry_max = Duration::from_millis(300);
-    })
-    .await;
+    let mut h =
+        TestHost::start_with_plugins(&transfer_plugins(artifacts::FIXTURE_FLAKY_BANK), |c| {
+            c.sagas.retry_base = Duration::from_millis(300);
+            c.sagas.retry_max = Duration::from_millis(300);
+        })
+        .await;
     open(&h, "a", 100, 0).await;
     open(&h, "b", 0, 0).await;
     open(&h, "closed", 0, 0).await;
@@ -120,9 +129,24 @@ async fn transfer_saga_in_all_its_paths() {
     assert_eq!(
         outcomes(&i),
         vec![
-            ("bank_account-a".into(), "Withdraw".into(), false, "applied".into()),
-            ("bank_account-b".into(), "Deposit".into(), false, "applied".into()),
-            ("transfer-ok".into(), "Complete".into(), false, "applied".into()),
+            (
+                "bank_account-a".into(),
+                "Withdraw".into(),
+                false,
+                "applied".into()
+            ),
+            (
+                "bank_account-b".into(),
+                "Deposit".into(),
+                false,
+                "applied".into()
+            ),
+            (
+                "transfer-ok".into(),
+                "Complete".into(),
+                false,
+                "applied".into()
+            ),
         ]
     );
     // The commands carry the instance as correlation id.
@@ -140,7 +164,13 @@ async fn transfer_saga_in_all_its_paths() {
     wait_instance(&h, "transfer_saga", "poor", "completed").await;
     let t = transfer_state(&h, "poor").await;
     assert_eq!(t["status"], "failed");
-    assert!(t["reason"].as_str().unwrap_or("").contains("insufficient funds"), "{t}");
+    assert!(
+        t["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("insufficient funds"),
+        "{t}"
+    );
     assert_eq!((balance(&h, "a").await, balance(&h, "b").await), (70, 30));
 
     // A closed target: withdrawn, deposit refused, refunded.
@@ -149,10 +179,29 @@ async fn transfer_saga_in_all_its_paths() {
     let t = transfer_state(&h, "shut").await;
     assert_eq!(t["status"], "failed");
     assert!(t["reason"].as_str().unwrap_or("").contains("closed"), "{t}");
-    assert_eq!((balance(&h, "a").await, balance(&h, "closed").await), (70, 0));
+    assert_eq!(
+        (balance(&h, "a").await, balance(&h, "closed").await),
+        (70, 0)
+    );
     let o = outcomes(&i);
-    assert_eq!(o[1], ("bank_account-closed".into(), "Deposit".into(), false, "refused".into()));
-    assert_eq!(o[2], ("bank_account-a".into(), "Deposit".into(), true, "applied".into()));
+    assert_eq!(
+        o[1],
+        (
+            "bank_account-closed".into(),
+            "Deposit".into(),
+            false,
+            "refused".into()
+        )
+    );
+    assert_eq!(
+        o[2],
+        (
+            "bank_account-a".into(),
+            "Deposit".into(),
+            true,
+            "applied".into()
+        )
+    );
 
     // A target that never answers: the timer gives up on the deposit
     // (cancelled while it waits for a retry) and refunds the source.
@@ -160,16 +209,47 @@ async fn transfer_saga_in_all_its_paths() {
     let i = wait_instance(&h, "transfer_saga", "slow", "completed").await;
     let t = transfer_state(&h, "slow").await;
     assert_eq!(t["status"], "failed");
-    assert!(t["reason"].as_str().unwrap_or("").contains("timed out"), "{t}");
-    assert_eq!((balance(&h, "a").await, balance(&h, "unreachable-1").await), (70, 0));
+    assert!(
+        t["reason"].as_str().unwrap_or("").contains("timed out"),
+        "{t}"
+    );
+    assert_eq!(
+        (balance(&h, "a").await, balance(&h, "unreachable-1").await),
+        (70, 0)
+    );
     let o = outcomes(&i);
-    assert!(o.iter().any(|(s, ty, _, out)| s == "bank_account-unreachable-1" && ty == "Deposit" && out == "retry"), "{o:?}");
-    assert!(o.iter().any(|(s, ty, _, out)| s == "bank_account-unreachable-1" && ty == "Deposit" && out == "cancelled"), "{o:?}");
-    assert!(o.iter().any(|(s, ty, comp, out)| s == "bank_account-a" && ty == "Deposit" && *comp && out == "applied"), "{o:?}");
-    assert!(i["history"].as_array().is_some_and(|h| h.iter().any(|e| e["kind"] == "timer")), "{i}");
+    assert!(
+        o.iter()
+            .any(|(s, ty, _, out)| s == "bank_account-unreachable-1"
+                && ty == "Deposit"
+                && out == "retry"),
+        "{o:?}"
+    );
+    assert!(
+        o.iter()
+            .any(|(s, ty, _, out)| s == "bank_account-unreachable-1"
+                && ty == "Deposit"
+                && out == "cancelled"),
+        "{o:?}"
+    );
+    assert!(
+        o.iter().any(|(s, ty, comp, out)| s == "bank_account-a"
+            && ty == "Deposit"
+            && *comp
+            && out == "applied"),
+        "{o:?}"
+    );
+    assert!(
+        i["history"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|e| e["kind"] == "timer")),
+        "{i}"
+    );
 
     // Money is neither created nor lost; metrics and status show the saga.
-    let total = balance(&h, "a").await + balance(&h, "b").await + balance(&h, "closed").await
+    let total = balance(&h, "a").await
+        + balance(&h, "b").await
+        + balance(&h, "closed").await
         + balance(&h, "unreachable-1").await;
     assert_eq!(total, 100);
     let s = h.get("/sagas/transfer_saga").await;
@@ -178,8 +258,13 @@ async fn transfer_saga_in_all_its_paths() {
     assert_eq!(s.body["instances"]["outbox"], 0, "{}", s.body);
     let metrics = h.get("/metrics").await;
     let text = metrics.body.as_str().unwrap_or("");
-    assert!(text.contains("kiln_saga_instances{saga=\"transfer_saga\",status=\"completed\"} 4"), "{text}");
-    h.get("/sagas/transfer_saga/nope").await.expect(404, "not_found");
+    assert!(
+        text.contains("kiln_saga_instances{saga=\"transfer_saga\",status=\"completed\"} 4"),
+        "{text}"
+    );
+    h.get("/sagas/transfer_saga/nope")
+        .await
+        .expect(404, "not_found");
     h.get("/sagas/nope/x").await.expect(404, "not_found");
     h.stop().await;
 }
@@ -204,11 +289,36 @@ pub async fn three_steps_are_compensated_in_reverse_order() {
     assert_eq!((balance(&h, "a").await, balance(&h, "b").await), (100, 0));
     let o = outcomes(&i);
     let expected: Vec<(String, String, bool, String)> = vec![
-        ("bank_account-a".into(), "Withdraw".into(), false, "applied".into()),
-        ("bank_account-b".into(), "Deposit".into(), false, "applied".into()),
-        ("bank_account-b".into(), "Withdraw".into(), false, "refused".into()),
-        ("bank_account-b".into(), "Withdraw".into(), true, "applied".into()),
-        ("bank_account-a".into(), "Deposit".into(), true, "applied".into()),
+        (
+            "bank_account-a".into(),
+            "Withdraw".into(),
+            false,
+            "applied".into(),
+        ),
+        (
+            "bank_account-b".into(),
+            "Deposit".into(),
+            false,
+            "applied".into(),
+        ),
+        (
+            "bank_account-b".into(),
+            "Withdraw".into(),
+            false,
+            "refused".into(),
+        ),
+        (
+            "bank_account-b".into(),
+            "Withdraw".into(),
+            true,
+            "applied".into(),
+        ),
+        (
+            "bank_account-a".into(),
+            "Deposit".into(),
+            true,
+            "applied".into(),
+        ),
     ];
     assert_eq!(o, expected, "{i}");
     // The log agrees: the undo of step 2 is committed before the undo of step 1.
@@ -244,12 +354,13 @@ pub async fn three_steps_are_compensated_in_reverse_order() {
 /// bank is fixed, an operator's retry completes it.
 #[tokio::test]
 pub async fn compensation_that_keeps_failing_is_dead_lettered_then_retried() {
-    let mut h = TestHost::start_with_plugins(&transfer_plugins(artifacts::FIXTURE_FLAKY_BANK), |c| {
-        c.sagas.max_attempts = 3;
-        c.sagas.retry_base = Duration::from_millis(20);
-        c.sagas.retry_max = Duration::from_millis(50);
-    })
-    .await;
+    let mut h =
+        TestHost::start_with_plugins(&transfer_plugins(artifacts::FIXTURE_FLAKY_BANK), |c| {
+            c.sagas.max_attempts = 3;
+            c.sagas.retry_base = Duration::from_millis(20);
+            c.sagas.retry_max = Duration::from_millis(50);
+        })
+        .await;
     // The source can only be refunded by a deposit, which traps for it; it
     // has an overdraft so the withdrawal works.
     open(&h, "unreachable-src", 0, 100).await;
@@ -260,18 +371,36 @@ pub async fn compensation_that_keeps_failing_is_dead_lettered_then_retried() {
     transfer(&h, "stuck", "unreachable-src", "closed", 25, 60_000).await;
     let i = wait_instance(&h, "transfer_saga", "stuck", "failed").await;
     assert_eq!(balance(&h, "unreachable-src").await, -25);
-    assert!(i["history"].as_array().is_some_and(|h| h.iter().any(|e| e["outcome"] == "dead_letter")), "{i}");
+    assert!(
+        i["history"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|e| e["outcome"] == "dead_letter")),
+        "{i}"
+    );
     let letters = h.get("/dead-letters").await;
     letters.expect(200, "");
-    let list = letters.body["dead_letters"].as_array().cloned().unwrap_or_default();
+    let list = letters.body["dead_letters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(list.len(), 1, "{}", letters.body);
     let letter = &list[0];
     assert_eq!(letter["saga"], "transfer_saga");
     assert_eq!(letter["instance"], "stuck");
     assert_eq!(letter["command"]["type"], "Deposit");
     assert_eq!(letter["compensating"], true);
-    assert_eq!(letter["errors"].as_array().map(Vec::len), Some(3), "{letter}");
-    assert!(letter["errors"][0]["message"].as_str().unwrap_or("").contains("unreachable"), "{letter}");
+    assert_eq!(
+        letter["errors"].as_array().map(Vec::len),
+        Some(3),
+        "{letter}"
+    );
+    assert!(
+        letter["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unreachable"),
+        "{letter}"
+    );
     let id = letter["id"].as_u64().unwrap_or(0);
 
     // Retry needs the admin token.
@@ -333,7 +462,10 @@ pub async fn a_trapping_saga_fails_alone_until_skipped() {
         assert!(Instant::now() < deadline, "{}", s.body);
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
-    assert!(status["error"].as_str().unwrap_or("").contains("666"), "{status}");
+    assert!(
+        status["error"].as_str().unwrap_or("").contains("666"),
+        "{status}"
+    );
     // The other saga completes the same transfer, and the next one.
     wait_instance(&h, "transfer_saga", "bad", "completed").await;
     transfer(&h, "next", "a", "b", 5, 60_000).await;
@@ -344,14 +476,22 @@ pub async fn a_trapping_saga_fails_alone_until_skipped() {
         .unwrap_or(0);
     assert_eq!((balance(&h, "a").await, balance(&h, "b").await), (329, 671));
     let row = h
-        .get(&format!("/projections/account_balances/rows/account-b?min_position={position}"))
+        .get(&format!(
+            "/projections/account_balances/rows/account-b?min_position={position}"
+        ))
         .await;
     row.expect(200, "");
     assert_eq!(row.body["balance"], 671, "{}", row.body);
     let s = h.get("/sagas/fixture_saga_trap").await;
     assert_eq!(s.body["state"], "failed", "still waits for an operator");
     let metrics = h.get("/metrics").await;
-    assert!(metrics.body.as_str().unwrap_or("").contains("kiln_saga_failed{saga=\"fixture_saga_trap\"} 1"));
+    assert!(
+        metrics
+            .body
+            .as_str()
+            .unwrap_or("")
+            .contains("kiln_saga_failed{saga=\"fixture_saga_trap\"} 1")
+    );
 
     // Skip the poison event: the saga goes on with the next transfer.
     let auth = format!("Bearer {ADMIN_TOKEN}");
@@ -364,8 +504,13 @@ pub async fn a_trapping_saga_fails_alone_until_skipped() {
     .await
     .expect(200, "");
     wait_instance(&h, "fixture_saga_trap", "next", "completed").await;
-    assert_eq!(h.get("/sagas/fixture_saga_trap").await.body["state"], "running");
-    h.get("/sagas/fixture_saga_trap/bad").await.expect(404, "not_found");
+    assert_eq!(
+        h.get("/sagas/fixture_saga_trap").await.body["state"],
+        "running"
+    );
+    h.get("/sagas/fixture_saga_trap/bad")
+        .await
+        .expect(404, "not_found");
     h.send(
         h.client
             .post(h.url("/sagas/fixture_saga_trap/resume"))
@@ -379,11 +524,12 @@ pub async fn a_trapping_saga_fails_alone_until_skipped() {
 /// A saga instance's timer and outbox survive a restart.
 #[tokio::test]
 async fn a_timer_set_before_a_restart_fires_after_it() {
-    let mut h = TestHost::start_with_plugins(&transfer_plugins(artifacts::FIXTURE_FLAKY_BANK), |c| {
-        c.sagas.retry_base = Duration::from_millis(400);
-        c.sagas.retry_max = Duration::from_millis(400);
-    })
-    .await;
+    let mut h =
+        TestHost::start_with_plugins(&transfer_plugins(artifacts::FIXTURE_FLAKY_BANK), |c| {
+            c.sagas.retry_base = Duration::from_millis(400);
+            c.sagas.retry_max = Duration::from_millis(400);
+        })
+        .await;
     open(&h, "a", 50, 0).await;
     open(&h, "unreachable-2", 0, 0).await;
     transfer(&h, "later", "a", "unreachable-2", 10, 1_500).await;

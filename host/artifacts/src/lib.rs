@@ -6,12 +6,15 @@
 //! rustup if needed) and copies the components to:
 //!
 //! - [`EXAMPLES_DIR`] (`<target>/plugins/`): the aggregates
-//!   `bank_account.wasm` and `workflow_execution.wasm`, and the projections
-//!   `account_balances.wasm` and `executions_by_status.wasm`;
+//!   `bank_account.wasm`, `workflow_execution.wasm` and `transfer.wasm`, the
+//!   projections `account_balances.wasm` and `executions_by_status.wasm`,
+//!   and the saga `transfer_saga.wasm`;
 //! - [`FIXTURES_DIR`] (`<target>/plugins/fixtures/`): the `fixture_*.wasm`
-//!   components the host's tests use, misbehaving aggregates and projections
-//!   (`fixture_poison`) and a second version of a projection
-//!   (`fixture_balances_v2`).
+//!   components the host's tests use, misbehaving aggregates, projections
+//!   (`fixture_poison`) and sagas (`fixture_saga_trap`), a second version of
+//!   a projection (`fixture_balances_v2`), a bank whose deposits to some
+//!   accounts trap (`fixture_flaky_bank`) and a saga that compensates
+//!   several steps (`fixture_three_steps`).
 //!
 //! `<target>` is `$CARGO_TARGET_DIR` when set, else the workspace's `target/`.
 //! The file stem of each component is the plugin name the host uses.
@@ -36,6 +39,9 @@
 //! fn fixture_no_world() {}
 //! fn fixture_poison() {}
 //! fn fixture_balances_v2() {}
+//! fn fixture_three_steps() {}
+//! fn fixture_flaky_bank() {}
+//! fn fixture_saga_trap() {}
 //! # fn main() {
 //! #     assert!(std::path::Path::new(kiln_plugin_artifacts::FIXTURE_PANIC).is_file());
 //! # }
@@ -49,14 +55,16 @@ mod tests {
 
     use super::*;
 
-    const EXAMPLES: [&str; 4] = [
+    const EXAMPLES: [&str; 6] = [
         BANK_ACCOUNT,
         WORKFLOW_EXECUTION,
         ACCOUNT_BALANCES,
         EXECUTIONS_BY_STATUS,
+        TRANSFER,
+        TRANSFER_SAGA,
     ];
 
-    const ALL: [&str; 12] = [
+    const ALL: [&str; 17] = [
         BANK_ACCOUNT,
         WORKFLOW_EXECUTION,
         ACCOUNT_BALANCES,
@@ -69,7 +77,28 @@ mod tests {
         FIXTURE_NO_WORLD,
         FIXTURE_POISON,
         FIXTURE_BALANCES_V2,
+        TRANSFER,
+        TRANSFER_SAGA,
+        FIXTURE_THREE_STEPS,
+        FIXTURE_FLAKY_BANK,
+        FIXTURE_SAGA_TRAP,
     ];
+
+    const AGGREGATES: [&str; 4] = [
+        BANK_ACCOUNT,
+        WORKFLOW_EXECUTION,
+        TRANSFER,
+        FIXTURE_FLAKY_BANK,
+    ];
+
+    const PROJECTIONS: [&str; 4] = [
+        ACCOUNT_BALANCES,
+        EXECUTIONS_BY_STATUS,
+        FIXTURE_POISON,
+        FIXTURE_BALANCES_V2,
+    ];
+
+    const SAGAS: [&str; 3] = [TRANSFER_SAGA, FIXTURE_THREE_STEPS, FIXTURE_SAGA_TRAP];
 
     #[test]
     fn every_component_exists_and_is_a_component() {
@@ -94,22 +123,44 @@ mod tests {
     /// its crate exports. The names of a component's imports and exports are
     /// plain strings in its binary.
     #[test]
-    fn aggregates_and_projections_have_their_own_world() {
-        for path in [BANK_ACCOUNT, WORKFLOW_EXECUTION] {
+    fn aggregates_projections_and_sagas_have_their_own_world() {
+        for path in AGGREGATES {
             let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            for name in ["kiln:plugin/view", "handle-batch", "subscriptions"] {
+            for name in ["handle", "apply"] {
+                assert!(contains(&bytes, name), "{path} does not mention {name}");
+            }
+            for name in [
+                "kiln:plugin/view",
+                "handle-batch",
+                "subscriptions",
+                "correlate",
+                "on-failure",
+            ] {
                 assert!(!contains(&bytes, name), "{path} mentions {name}");
             }
         }
-        for path in [
-            ACCOUNT_BALANCES,
-            EXECUTIONS_BY_STATUS,
-            FIXTURE_POISON,
-            FIXTURE_BALANCES_V2,
-        ] {
+        for path in PROJECTIONS {
             let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
             for name in ["kiln:plugin/view@0.1.0", "handle-batch", "subscriptions"] {
                 assert!(contains(&bytes, name), "{path} does not mention {name}");
+            }
+            for name in ["correlate", "on-failure"] {
+                assert!(!contains(&bytes, name), "{path} mentions {name}");
+            }
+        }
+        for path in SAGAS {
+            let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            for name in [
+                "subscriptions",
+                "correlate",
+                "react",
+                "on-failure",
+                "on-timer",
+            ] {
+                assert!(contains(&bytes, name), "{path} does not mention {name}");
+            }
+            for name in ["kiln:plugin/view", "handle-batch"] {
+                assert!(!contains(&bytes, name), "{path} mentions {name}");
             }
         }
     }
@@ -136,6 +187,6 @@ mod tests {
             };
         }
         foreach_fixture!(check);
-        assert_eq!(fixtures, 8);
+        assert_eq!(fixtures, 11);
     }
 }

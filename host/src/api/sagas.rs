@@ -26,7 +26,9 @@ impl From<SagaError> for ApiError {
     fn from(e: SagaError) -> Self {
         match e {
             SagaError::NotFound(message) => ApiError::not_found(message),
-            SagaError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            SagaError::Conflict(message) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", message)
+            }
             SagaError::Store(e) => e.into(),
         }
     }

@@ -108,7 +108,11 @@ pub async fn run(args: SagaBenchArgs) -> anyhow::Result<()> {
         "| saga overhead per transfer (time saga / plain - 1) | | {:.0}% (target <= {:.0}%: {}) |",
         overhead * 100.0,
         TARGET_OVERHEAD * 100.0,
-        if overhead <= TARGET_OVERHEAD { "met" } else { "not met" }
+        if overhead <= TARGET_OVERHEAD {
+            "met"
+        } else {
+            "not met"
+        }
     );
     Ok(())
 }
@@ -144,9 +148,23 @@ async fn phase(
         .build()?;
     for c in 0..args.clients {
         for (account, balance) in [(format!("src{c}"), 1_000_000), (format!("dst{c}"), 0)] {
-            post(&client, &base, "bank_account", &account, json!({"type": "Open", "data": {"owner": "bench"}})).await?;
+            post(
+                &client,
+                &base,
+                "bank_account",
+                &account,
+                json!({"type": "Open", "data": {"owner": "bench"}}),
+            )
+            .await?;
             if balance > 0 {
-                post(&client, &base, "bank_account", &account, json!({"type": "Deposit", "data": {"amount": balance}})).await?;
+                post(
+                    &client,
+                    &base,
+                    "bank_account",
+                    &account,
+                    json!({"type": "Deposit", "data": {"amount": balance}}),
+                )
+                .await?;
             }
         }
     }

@@ -22,12 +22,12 @@ use crate::runtime::bindings::saga::SagaPre;
 use crate::runtime::bindings::{
     WitFailedCommand, WitFailure, WitOutgoingCommand, WitReaction, WitTimer,
 };
-use crate::runtime::sandbox::PluginState;
 use crate::runtime::saga::SagaInstance;
+use crate::runtime::sandbox::PluginState;
 use crate::runtime::{Plugin, PluginCode, PluginError, Runtime};
 use crate::store::{
-    EventStore, GlobalQuery, OutboxCommand, Position, RecordedEvent, SagaCommit,
-    SagaHistoryEntry, SagaInstanceRecord, SagaStatus, SagaTimerRecord, StoreError, now_us,
+    EventStore, GlobalQuery, OutboxCommand, Position, RecordedEvent, SagaCommit, SagaHistoryEntry,
+    SagaInstanceRecord, SagaStatus, SagaTimerRecord, StoreError, now_us,
 };
 
 /// Longest saga instance id a plugin may return.
@@ -62,9 +62,19 @@ pub struct RunnerStatus {
 /// to the plugin until an operator retries or skips it.
 #[derive(Debug, Clone)]
 enum Poison {
-    Event { position: Position, message: String },
-    Failure { instance: String, message: String },
-    Timer { instance: String, name: String, message: String },
+    Event {
+        position: Position,
+        message: String,
+    },
+    Failure {
+        instance: String,
+        message: String,
+    },
+    Timer {
+        instance: String,
+        name: String,
+        message: String,
+    },
 }
 
 impl Poison {
@@ -227,7 +237,12 @@ impl Runner {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        tracing::info!(saga = self.name(), position = self.checkpoint, instances = self.instances.len(), "saga runner started");
+        tracing::info!(
+            saga = self.name(),
+            position = self.checkpoint,
+            instances = self.instances.len(),
+            "saga runner started"
+        );
         loop {
             while let Ok(result) = results.try_recv() {
                 self.on_result(result);
@@ -284,7 +299,9 @@ impl Runner {
         for command in loaded.outbox {
             match self.instances.get_mut(&command.instance) {
                 Some(i) => i.queue.push_back(command),
-                None => tracing::error!(saga = %command.saga, instance = %command.instance, step = command.step, "outbox command of an unknown instance; ignored"),
+                None => {
+                    tracing::error!(saga = %command.saga, instance = %command.instance, step = command.step, "outbox command of an unknown instance; ignored")
+                }
             }
         }
         for t in loaded.timers {
@@ -334,7 +351,10 @@ impl Runner {
     fn pre(&self) -> Result<SagaPre<PluginState>, Stop> {
         match &self.plugin.code {
             PluginCode::Saga(pre) => Ok(pre.clone()),
-            _ => Err(Stop::Poison(format!("plugin {} is not a saga", self.name()))),
+            _ => Err(Stop::Poison(format!(
+                "plugin {} is not a saga",
+                self.name()
+            ))),
         }
     }
 
@@ -654,7 +674,8 @@ impl Runner {
                     return;
                 };
                 c.attempts += 1;
-                c.errors.push(json!({"at": rfc3339(now), "code": code, "message": message}));
+                c.errors
+                    .push(json!({"at": rfc3339(now), "code": code, "message": message}));
                 let attempts = c.attempts;
                 let summary = json!({"kind": "command", "step": step, "aggregate": c.aggregate, "id": c.aggregate_id, "type": c.command_type, "compensating": c.compensating, "attempt": attempts, "error": {"code": code, "message": message}});
                 if attempts >= max_attempts {
@@ -915,7 +936,9 @@ impl Runner {
                 .saga_instance(self.name(), &instance)
                 .await?
                 .ok_or_else(|| {
-                    SagaError::NotFound(format!("the instance {instance} of dead letter {id} is gone"))
+                    SagaError::NotFound(format!(
+                        "the instance {instance} of dead letter {id} is gone"
+                    ))
                 })?;
             self.instances
                 .insert(instance.clone(), Instance::new(record));
@@ -973,14 +996,16 @@ impl Runner {
                 if let Some(i) = self.instances.get_mut(instance) {
                     i.refused = None;
                 }
-                self.commit
-                    .history
-                    .push(history(instance, json!({"kind": "failure", "outcome": "skipped"})));
+                self.commit.history.push(history(
+                    instance,
+                    json!({"kind": "failure", "outcome": "skipped"}),
+                ));
                 self.dirty.insert(instance.clone());
                 self.maybe_complete(&instance.clone());
             }
             Poison::Timer { instance, name, .. } => {
-                self.timers.retain(|(_, i, n)| !(i == instance && n == name));
+                self.timers
+                    .retain(|(_, i, n)| !(i == instance && n == name));
                 self.commit
                     .timers_delete
                     .push((instance.clone(), Some(name.clone())));
@@ -1009,7 +1034,9 @@ fn history(instance: &str, entry: Value) -> SagaHistoryEntry {
 
 fn failure_json(failure: &WitFailure) -> Value {
     match failure {
-        WitFailure::Rejected(r) => json!({"code": "rejected", "reason": r.code, "message": r.message}),
+        WitFailure::Rejected(r) => {
+            json!({"code": "rejected", "reason": r.code, "message": r.message})
+        }
         WitFailure::Invalid(m) => json!({"code": "invalid_command", "message": m}),
     }
 }
@@ -1031,10 +1058,16 @@ fn validate_command(c: &WitOutgoingCommand, data_bytes_max: usize) -> Result<(),
         || c.id.chars().count() > crate::command::pipeline::ID_CHARS_MAX
         || c.id.chars().any(char::is_control)
     {
-        return Err(format!("a command for {} has a bad id {:?}", c.aggregate, c.id));
+        return Err(format!(
+            "a command for {} has a bad id {:?}",
+            c.aggregate, c.id
+        ));
     }
     if c.command_type.is_empty() {
-        return Err(format!("a command for {}-{} has an empty type", c.aggregate, c.id));
+        return Err(format!(
+            "a command for {}-{} has an empty type",
+            c.aggregate, c.id
+        ));
     }
     if c.data.len() > data_bytes_max {
         return Err(format!(
@@ -1043,9 +1076,8 @@ fn validate_command(c: &WitOutgoingCommand, data_bytes_max: usize) -> Result<(),
             c.data.len()
         ));
     }
-    let text = std::str::from_utf8(&c.data).map_err(|_| {
-        format!("the data of a {} command is not UTF-8 JSON", c.command_type)
-    })?;
+    let text = std::str::from_utf8(&c.data)
+        .map_err(|_| format!("the data of a {} command is not UTF-8 JSON", c.command_type))?;
     serde_json::from_str::<&serde_json::value::RawValue>(text)
         .map_err(|e| format!("the data of a {} command is not JSON: {e}", c.command_type))?;
     Ok(())
@@ -1070,10 +1102,18 @@ mod tests {
         assert!(validate_command(&ok, 1024).is_ok());
         let mut bad = ok.clone();
         bad.data = b"{not json".to_vec();
-        assert!(validate_command(&bad, 1024).unwrap_err().contains("not JSON"));
+        assert!(
+            validate_command(&bad, 1024)
+                .unwrap_err()
+                .contains("not JSON")
+        );
         let mut bad = ok.clone();
         bad.aggregate = "Bank-Account".into();
         assert!(validate_command(&bad, 1024).is_err());
-        assert!(validate_command(&ok, 4).unwrap_err().contains("over the limit"));
+        assert!(
+            validate_command(&ok, 4)
+                .unwrap_err()
+                .contains("over the limit")
+        );
     }
 }

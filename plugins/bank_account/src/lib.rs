@@ -251,6 +251,8 @@ fn validate(command: &Command) -> Result<(), Failure> {
     Ok(())
 }
 
+// Behind the default `export` feature: see Cargo.toml.
+#[cfg(feature = "export")]
 kiln_sdk::export_aggregate!(BankAccount);
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
 //! The one place the Rust SDK binds the WIT contract in `wit/`.
 //!
 //! Each world the SDK supports gets a `generate!` module of its own:
-//! [`aggregate`] and [`projection`] (the `saga` world will get one beside
-//! them). Their export macros are public (`pub_export_macro`) so that
-//! `export_aggregate!` and `export_projection!` can call them from a plugin
-//! crate, and they have world-specific names so that they do not clash.
+//! [`aggregate`], [`projection`] and [`saga`]. Their export macros are public
+//! (`pub_export_macro`) so that `export_aggregate!`, `export_projection!` and
+//! `export_saga!` can call them from a plugin crate, and they have
+//! world-specific names so that they do not clash.
 //!
 //! With `pub_export_macro` wit-bindgen emits the custom section that declares
 //! a world's exports only where its export macro is called; the sections for
@@ -44,5 +44,23 @@ pub mod projection {
         world: "projection",
         pub_export_macro: true,
         export_macro_name: "export_projection_world",
+    });
+}
+
+/// The `saga` world: exports `subscriptions`, `correlate`, `react`,
+/// `on-failure` and `on-timer`, imports `log`.
+///
+/// Its `types` and `log` interfaces are the [`aggregate`] module's (`with`),
+/// so a type such as `event` or `failure` has one Rust type for both worlds.
+pub mod saga {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "saga",
+        pub_export_macro: true,
+        export_macro_name: "export_saga_world",
+        with: {
+            "kiln:plugin/types@0.1.0": crate::bindings::aggregate::kiln::plugin::types,
+            "kiln:plugin/log@0.1.0": crate::bindings::aggregate::kiln::plugin::log,
+        },
     });
 }

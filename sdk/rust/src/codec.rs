@@ -21,19 +21,20 @@ pub(crate) struct EncodedEvent {
     pub(crate) data: Vec<u8>,
 }
 
-/// The state the host passed, decoded; empty bytes are the initial state.
+/// The state the host passed (an aggregate's or a saga instance's), decoded;
+/// empty bytes are the initial state.
 ///
 /// # Panics
-/// When the bytes are not this aggregate's state: the host only ever passes
+/// When the bytes are not this plugin's state: the host only ever passes
 /// back what `encode_state` made, so this is a bug (or a changed state type).
-pub(crate) fn decode_state<A: Aggregate>(bytes: &[u8]) -> A {
+pub(crate) fn decode_state<T: Default + DeserializeOwned>(bytes: &[u8]) -> T {
     if bytes.is_empty() {
-        return A::default();
+        return T::default();
     }
     serde_json::from_slice(bytes).unwrap_or_else(|error| {
         panic!(
             "kiln-sdk: cannot decode the state of {} from {} bytes of JSON: {error}",
-            type_name::<A>(),
+            type_name::<T>(),
             bytes.len()
         )
     })
@@ -43,11 +44,11 @@ pub(crate) fn decode_state<A: Aggregate>(bytes: &[u8]) -> A {
 ///
 /// # Panics
 /// When serde cannot serialize the state (e.g. a map with non-string keys).
-pub(crate) fn encode_state<A: Aggregate>(state: &A) -> Vec<u8> {
+pub(crate) fn encode_state<T: Serialize>(state: &T) -> Vec<u8> {
     serde_json::to_vec(state).unwrap_or_else(|error| {
         panic!(
             "kiln-sdk: cannot serialize the state of {} as JSON: {error}",
-            type_name::<A>()
+            type_name::<T>()
         )
     })
 }

@@ -11,8 +11,12 @@
 //!   read model (the `projection` world): implement [`Projection`], write
 //!   through [`View`], and call [`export_projection!`] once. See
 //!   [Projections](#projections).
+//! - A **saga** (process manager) turns events into commands for other
+//!   aggregates, with timers and compensation (the `saga` world): implement
+//!   [`Saga`], decide through [`SagaContext`], and call [`export_saga!`]
+//!   once. See [Sagas](#sagas).
 //!
-//! Both are tested natively, without wasm or a host, with the given/then
+//! All are tested natively, without wasm or a host, with the given/then
 //! harnesses in [`testing`].
 //!
 //! # The JSON mapping
@@ -193,6 +197,129 @@
 //!     .then_expect_row("b", json!({"value": 0}))
 //!     .then_expect_no_row("1");
 //! ```
+//!
+//! # Sagas
+//!
+//! A saga coordinates several aggregates. Each event it receives is first
+//! mapped to an instance ([`Saga::correlate`]), then handed to that
+//! instance ([`Saga::react`]) with its state, which is the saga type
+//! serialized as JSON, like an aggregate's. A reaction updates the state and
+//! asks the [`SagaContext`] to dispatch commands (adjacently tagged like an
+//! aggregate's command enum), set a timer, or complete the instance. The
+//! host dispatches an instance's commands in order, one at a time; a command
+//! that is refused comes back to [`Saga::on_failure`], a timer that fires to
+//! [`Saga::on_timer`]. The events produced by the saga's own commands carry
+//! its instance in their metadata ([`Envelope::saga_instance`]). Events
+//! decode like a projection's.
+//!
+//! ```
+//! use kiln_sdk::{Envelope, FailedCommand, Saga, SagaContext, Timer};
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// The events the saga reads: an order's, and the stock's.
+//! #[derive(Debug, Serialize, Deserialize)]
+//! #[serde(tag = "type", content = "data")]
+//! pub enum Event {
+//!     OrderPlaced { item: String, quantity: u32 },
+//!     Reserved { quantity: u32 },
+//! }
+//!
+//! /// The commands it dispatches.
+//! #[derive(Debug, Serialize, Deserialize)]
+//! #[serde(tag = "type", content = "data")]
+//! pub enum Command {
+//!     Reserve { quantity: u32 },
+//!     Confirm {},
+//!     Cancel { reason: String },
+//! }
+//!
+//! /// One instance per order: reserve the stock, then confirm the order, or
+//! /// cancel it when the stock refuses or takes more than a minute.
+//! #[derive(Debug, Default, Serialize, Deserialize)]
+//! pub struct Fulfilment {
+//!     order: String,
+//! }
+//!
+//! impl Saga for Fulfilment {
+//!     type Event = Event;
+//!     const SUBSCRIPTIONS: &'static [&'static str] = &["OrderPlaced", "Reserved"];
+//!
+//!     fn correlate(event: &Envelope<Event>) -> Option<String> {
+//!         match event.event {
+//!             Event::OrderPlaced { .. } => Some(event.aggregate_id().to_owned()),
+//!             // Only the reservations this saga asked for.
+//!             Event::Reserved { .. } => event.saga_instance("fulfilment"),
+//!         }
+//!     }
+//!
+//!     fn react(&mut self, event: &Envelope<Event>, ctx: &mut SagaContext) -> Result<(), String> {
+//!         match &event.event {
+//!             Event::OrderPlaced { item, quantity } => {
+//!                 self.order = event.aggregate_id().to_owned();
+//!                 ctx.dispatch("stock", item, &Command::Reserve { quantity: *quantity });
+//!                 ctx.set_timer("timeout", ctx.now_ms() + 60_000);
+//!             }
+//!             Event::Reserved { .. } => {
+//!                 ctx.dispatch("order", &self.order, &Command::Confirm {});
+//!                 ctx.complete();
+//!             }
+//!         }
+//!         Ok(())
+//!     }
+//!
+//!     fn on_failure(&mut self, failed: &FailedCommand, ctx: &mut SagaContext) -> Result<(), String> {
+//!         if failed.command_type == "Reserve" {
+//!             let reason = failed.message().to_owned();
+//!             ctx.dispatch("order", &self.order, &Command::Cancel { reason });
+//!         }
+//!         ctx.complete();
+//!         Ok(())
+//!     }
+//!
+//!     fn on_timer(&mut self, _timer: &Timer, ctx: &mut SagaContext) -> Result<(), String> {
+//!         ctx.cancel_pending();
+//!         let reason = "timed out".to_owned();
+//!         ctx.dispatch("order", &self.order, &Command::Cancel { reason });
+//!         ctx.complete();
+//!         Ok(())
+//!     }
+//! }
+//!
+//! // The component's `subscriptions`, `correlate`, `react`, `on-failure`
+//! // and `on-timer` exports.
+//! kiln_sdk::export_saga!(Fulfilment);
+//!
+//! use kiln_sdk::testing::{SagaTest, json};
+//!
+//! let placed = Event::OrderPlaced { item: "tea".into(), quantity: 2 };
+//! SagaTest::<Fulfilment>::new("fulfilment")
+//!     .given_event("order-7", &placed)
+//!     .then_expect_instance("7")
+//!     .then_expect_commands(vec![("stock", "tea", "Reserve", json!({"quantity": 2}))])
+//!     .then_expect_timer("timeout", 61_000)
+//!     // The reservation succeeded: its event carries the saga's metadata.
+//!     .when_applied(vec![Event::Reserved { quantity: 2 }])
+//!     .then_expect_instance("7")
+//!     .then_expect_commands(vec![("order", "7", "Confirm", json!({}))])
+//!     .then_expect_done();
+//!
+//! SagaTest::<Fulfilment>::new("fulfilment")
+//!     .given_event("order-8", &placed)
+//!     .when_rejected("out_of_stock", "only 1 tea left")
+//!     .then_expect_commands(vec![("order", "8", "Cancel", json!({"reason": "only 1 tea left"}))])
+//!     .then_expect_done();
+//!
+//! SagaTest::<Fulfilment>::new("fulfilment")
+//!     .given_event("order-9", &placed)
+//!     .when_timer("timeout")
+//!     .then_expect_cancel_pending()
+//!     .then_expect_pending(vec![("order", "9", "Cancel", json!({"reason": "timed out"}))]);
+//!
+//! // The same event type from a command of someone else belongs to no instance.
+//! SagaTest::<Fulfilment>::new("fulfilment")
+//!     .given_event("stock-tea", Event::Reserved { quantity: 1 })
+//!     .then_expect_ignored();
+//! ```
 
 mod aggregate;
 #[doc(hidden)]
@@ -201,6 +328,7 @@ mod codec;
 mod export;
 pub mod log;
 mod projection;
+mod saga;
 pub mod testing;
 mod variants;
 mod view;
@@ -208,16 +336,17 @@ mod view;
 pub use aggregate::{Aggregate, CommandContext, Failure};
 pub use codec::EVENT_SCHEMA;
 pub use projection::{Envelope, Projection};
+pub use saga::{FailedCommand, Saga, SagaContext, Timer};
 /// `serde_json`, re-exported so a plugin can name [`serde_json::Value`] without
 /// depending on it.
 pub use serde_json;
 pub use view::{StoreCalls, View};
 
-/// Items used by the code that [`export_aggregate!`] and
-/// [`export_projection!`] generate. Not public API.
+/// Items used by the code that [`export_aggregate!`],
+/// [`export_projection!`] and [`export_saga!`] generate. Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::export::{AggregateExport, ProjectionExport};
+    pub use crate::export::{AggregateExport, ProjectionExport, SagaExport};
 }
 
 /// Export an [`Aggregate`] as the component's implementation of the Kiln
@@ -297,6 +426,44 @@ macro_rules! export_projection {
             fn __kiln_assert_projection<P: $crate::Projection>() {}
             #[cfg(not(target_arch = "wasm32"))]
             let _ = __kiln_assert_projection::<$projection>;
+        };
+    };
+}
+
+/// Export a [`Saga`] as the component's implementation of the Kiln `saga`
+/// world: its `subscriptions`, `correlate`, `react`, `on-failure` and
+/// `on-timer` functions.
+///
+/// Call it once, at the root of the plugin crate, with the saga's type:
+///
+/// ```text
+/// kiln_sdk::export_saga!(TransferSaga);
+/// ```
+///
+/// Like [`export_aggregate!`], the glue lives in an anonymous `const`, and
+/// outside `wasm32` the macro only checks that the type implements
+/// [`Saga`]. A crate exports one world: call one export macro, once.
+#[macro_export]
+macro_rules! export_saga {
+    ($saga:ty) => {
+        #[doc(hidden)]
+        #[allow(
+            unsafe_code,
+            reason = "the canonical ABI exports wit-bindgen generates are unsafe"
+        )]
+        const _: () = {
+            #[allow(dead_code, reason = "used only when building for wasm32")]
+            type __KilnSagaExport = $crate::__private::SagaExport<$saga>;
+
+            #[cfg(target_arch = "wasm32")]
+            $crate::bindings::saga::export_saga_world!(
+                __KilnSagaExport with_types_in $crate::bindings::saga
+            );
+
+            #[cfg(not(target_arch = "wasm32"))]
+            fn __kiln_assert_saga<S: $crate::Saga>() {}
+            #[cfg(not(target_arch = "wasm32"))]
+            let _ = __kiln_assert_saga::<$saga>;
         };
     };
 }

@@ -142,6 +142,71 @@ impl<E> Envelope<E> {
     pub fn metadata_json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.metadata).unwrap_or(serde_json::Value::Null)
     }
+
+    /// The metadata field `key` when it is a string; `None` when it is
+    /// missing, not a string, or the metadata is not a JSON object.
+    pub fn metadata_str(&self, key: &str) -> Option<String> {
+        match self.metadata_field(key)? {
+            serde_json::Value::String(value) => Some(value),
+            _ => None,
+        }
+    }
+
+    /// The `correlation_id` metadata field: the id the host (or the caller)
+    /// gave the flow this event belongs to. Events produced by a command that
+    /// a saga dispatched carry the saga instance's id here.
+    pub fn correlation_id(&self) -> Option<String> {
+        self.metadata_str("correlation_id")
+    }
+
+    /// The `causation_id` metadata field: what caused the command that
+    /// produced this event. For a command a saga dispatched: the position
+    /// (as a string) of the event it reacted to, `timer:<name>`, or
+    /// `command:<step>`.
+    pub fn causation_id(&self) -> Option<String> {
+        self.metadata_str("causation_id")
+    }
+
+    /// The saga instance whose command produced this event, when that
+    /// command was dispatched by the saga named `saga` (its plugin name):
+    /// the `saga_instance` metadata field when the `saga` field is `saga`,
+    /// else `None`. This is how a saga correlates the results of its own
+    /// commands:
+    ///
+    /// ```text
+    /// Event::Withdrawn { .. } => event.saga_instance("transfer_saga"),
+    /// ```
+    pub fn saga_instance(&self, saga: &str) -> Option<String> {
+        let serde_json::Value::Object(mut metadata) = self.metadata_json() else {
+            return None;
+        };
+        if metadata.get("saga").and_then(serde_json::Value::as_str) != Some(saga) {
+            return None;
+        }
+        match metadata.remove("saga_instance")? {
+            serde_json::Value::String(instance) => Some(instance),
+            _ => None,
+        }
+    }
+
+    /// The step number (the `saga_step` metadata field, 1-based in the order
+    /// the instance dispatched its commands) of the command that produced
+    /// this event, when the saga named `saga` dispatched it.
+    pub fn saga_step(&self, saga: &str) -> Option<u64> {
+        self.saga_instance(saga)?;
+        match self.metadata_field("saga_step")? {
+            serde_json::Value::Number(step) => step.as_u64(),
+            serde_json::Value::String(step) => step.parse().ok(),
+            _ => None,
+        }
+    }
+
+    fn metadata_field(&self, key: &str) -> Option<serde_json::Value> {
+        match self.metadata_json() {
+            serde_json::Value::Object(mut metadata) => metadata.remove(key),
+            _ => None,
+        }
+    }
 }
 
 /// An event as the host passes it (the WIT `event`), before decoding.
@@ -158,8 +223,32 @@ pub(crate) struct RawEvent {
 }
 
 impl RawEvent {
-    fn describe(&self) -> String {
+    /// How an error names this event: `event 7 (`Deposited` on `bank_account-42`)`.
+    pub(crate) fn describe(&self) -> String {
         describe(self.position, &self.event_type, &self.stream_id)
+    }
+
+    /// The variants `E` knows when this event's type is not one of them;
+    /// `None` when `E` has a variant for it (or accepts every type).
+    pub(crate) fn unknown_to<E: DeserializeOwned>(&self) -> Option<&'static [&'static str]> {
+        variant_names::<E>().filter(|known| !known.contains(&self.event_type.as_str()))
+    }
+
+    /// The event with its data decoded into `E`, or an error naming the
+    /// event with serde's message.
+    pub(crate) fn decode<E: DeserializeOwned>(self) -> Result<Envelope<E>, String> {
+        let event = codec::try_decode_event(&self.event_type, &self.data)
+            .map_err(|message| format!("{}: cannot decode its data: {message}", self.describe()))?;
+        Ok(Envelope {
+            position: self.position,
+            stream_id: self.stream_id,
+            version: self.version,
+            event_type: self.event_type,
+            schema: self.schema,
+            metadata: self.metadata,
+            recorded_at_ms: self.recorded_at_ms,
+            event,
+        })
     }
 }
 
@@ -174,16 +263,13 @@ pub(crate) fn handle_batch<P: Projection>(
     view: &mut View,
     events: impl IntoIterator<Item = RawEvent>,
 ) -> Result<(), String> {
-    let known = variant_names::<P::Event>();
     let mut projection = P::default();
     projection.begin(view)?;
     for raw in events {
         if !P::accepts(&raw.stream_id, &raw.event_type) {
             continue;
         }
-        if let Some(known) = known
-            && !known.contains(&raw.event_type.as_str())
-        {
+        if let Some(known) = raw.unknown_to::<P::Event>() {
             if P::SUBSCRIPTIONS.is_empty() {
                 continue;
             }
@@ -195,18 +281,7 @@ pub(crate) fn handle_batch<P: Projection>(
                 raw.event_type,
             ));
         }
-        let event = codec::try_decode_event(&raw.event_type, &raw.data)
-            .map_err(|message| format!("{}: cannot decode its data: {message}", raw.describe()))?;
-        let envelope = Envelope {
-            position: raw.position,
-            stream_id: raw.stream_id,
-            version: raw.version,
-            event_type: raw.event_type,
-            schema: raw.schema,
-            metadata: raw.metadata,
-            recorded_at_ms: raw.recorded_at_ms,
-            event,
-        };
+        let envelope = raw.decode::<P::Event>()?;
         projection.handle(view, &envelope).map_err(|message| {
             format!(
                 "{}: {message}",
@@ -217,4 +292,52 @@ pub(crate) fn handle_batch<P: Projection>(
     projection.finish(view)?;
     view.flush();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn with_metadata(metadata: &serde_json::Value) -> Envelope<()> {
+        Envelope {
+            position: 1,
+            stream_id: "bank_account-a-1".into(),
+            version: 1,
+            event_type: "Deposited".into(),
+            schema: 1,
+            metadata: metadata.to_string().into_bytes(),
+            recorded_at_ms: 0,
+            event: (),
+        }
+    }
+
+    #[test]
+    fn metadata_helpers_read_the_host_fields() {
+        let event = with_metadata(&json!({
+            "correlation_id": "t1", "causation_id": "17", "saga": "transfer_saga",
+            "saga_instance": "t1", "saga_step": 2, "user": 5
+        }));
+        assert_eq!(event.category(), "bank_account");
+        assert_eq!(event.aggregate_id(), "a-1");
+        assert_eq!(event.correlation_id().as_deref(), Some("t1"));
+        assert_eq!(event.causation_id().as_deref(), Some("17"));
+        assert_eq!(event.saga_instance("transfer_saga").as_deref(), Some("t1"));
+        assert_eq!(event.saga_instance("other_saga"), None);
+        assert_eq!(event.saga_step("transfer_saga"), Some(2));
+        assert_eq!(event.saga_step("other_saga"), None);
+        // Only strings.
+        assert_eq!(event.metadata_str("user"), None);
+        assert_eq!(event.metadata_str("missing"), None);
+        let event = with_metadata(&json!({"saga": "s", "saga_instance": "i", "saga_step": "3"}));
+        assert_eq!(event.saga_step("s"), Some(3));
+        assert_eq!(event.correlation_id(), None);
+        let event = with_metadata(&json!({"saga_instance": "i"}));
+        assert_eq!(event.saga_instance("s"), None);
+        let mut event = with_metadata(&json!(null));
+        event.metadata.clear();
+        assert_eq!(event.saga_instance("s"), None);
+        assert_eq!(event.causation_id(), None);
+    }
 }

@@ -1,11 +1,17 @@
-//! Given/when/then tests for aggregates ([`AggregateTest`]) and given/then
-//! tests for projections ([`ProjectionTest`]), run natively without wasm or a
-//! host.
+//! Given/when/then tests for aggregates ([`AggregateTest`]), given/then
+//! tests for projections ([`ProjectionTest`]) and given/when/then tests for
+//! sagas ([`SagaTest`]), run natively without wasm or a host.
 //!
 //! The projection harness feeds batches of events through the
 //! `handle-batch` export's code (decoding, the [`View`](crate::View) and its
 //! per-batch cache) over rows kept in memory; see [`ProjectionTest`] and the
 //! [crate documentation](crate#projections) for an example.
+//!
+//! The saga harness runs events, applied and refused commands, and timers
+//! through the code of the `saga` world's exports, over instances kept in
+//! memory as the host keeps them (state bytes, pending commands, timers);
+//! see [`SagaTest`] and the [crate documentation](crate#sagas) for an
+//! example.
 //!
 //! The aggregate harness goes through the same JSON mapping as the component's exports:
 //! the given events are encoded the way `handle` encodes them and folded the
@@ -60,8 +66,10 @@ use crate::codec::{self, EncodedEvent};
 use crate::{Aggregate, CommandContext, Failure};
 
 mod projection;
+mod saga;
 
 pub use projection::{ProjectionTest, TestEvent};
+pub use saga::{SagaTest, TestCommand, TestReaction};
 
 /// The "given" step: an aggregate with some history, about to get a command.
 #[must_use = "call `when` or `when_json` to run a command"]

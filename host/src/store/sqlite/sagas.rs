@@ -145,7 +145,9 @@ async fn insert_command(
     let sql = match dead_at {
         None => format!("{insert} ({OUTBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
         Some(_) => {
-            format!("{insert} ({OUTBOX_COLUMNS}, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            format!(
+                "{insert} ({OUTBOX_COLUMNS}, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            )
         }
     };
     let mut query = sqlx::query(&sql)

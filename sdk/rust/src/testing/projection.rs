@@ -11,16 +11,16 @@ use crate::codec::{self, EVENT_SCHEMA};
 use crate::projection::{self, RawEvent};
 use crate::{Projection, StoreCalls, View};
 
-/// An event to feed a [`ProjectionTest`]: a stream, a type and JSON data,
-/// with optional metadata and recording time. Its position and version are
-/// assigned when it is fed.
+/// An event to feed a [`ProjectionTest`] or a [`SagaTest`](super::SagaTest):
+/// a stream, a type and JSON data, with optional metadata and recording
+/// time. Its position and version are assigned when it is fed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestEvent {
-    stream_id: String,
-    event_type: String,
-    data: Vec<u8>,
-    metadata: Vec<u8>,
-    recorded_at_ms: Option<i64>,
+    pub(super) stream_id: String,
+    pub(super) event_type: String,
+    pub(super) data: Vec<u8>,
+    pub(super) metadata: Vec<u8>,
+    pub(super) recorded_at_ms: Option<i64>,
 }
 
 impl TestEvent {
