@@ -162,26 +162,8 @@ pub fn render_projections(out: &mut String, statuses: &[crate::projection::Proje
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_counts_and_buckets() {
-        let m = Metrics::default();
-        m.record_command("ok", Duration::from_micros(700));
-        m.record_command("rejected", Duration::from_millis(30));
-        let text = m.render(7, 2);
-        assert!(
-            text.contains("kiln_commands_total{outcome=\"ok\"} 1"),
-            "{text}"
-        );
-        assert!(text.contains("kiln_commands_total{outcome=\"rejected\"} 1"));
-        assert!(text.contains("kiln_command_duration_seconds_bucket{le=\"0.001\"} 1"));
-        assert!(text.contains("kiln_command_duration_seconds_bucket{le=\"0.05\"} 2"));
-        assert!(text.contains("kiln_head_position 7"));
-    }
-}
+/// How one saga gauge reads its value.
+type SagaGauge = fn(&crate::saga::SagaInfo) -> u64;
 
 /// Per saga: instances by status, outbox depth, dead letters, lag, and
 /// whether it waits for an operator.
@@ -203,7 +185,7 @@ pub fn render_sagas(out: &mut String, sagas: &[crate::saga::SagaInfo]) {
             );
         }
     }
-    let gauges: [(&str, &str, fn(&crate::saga::SagaInfo) -> u64); 4] = [
+    let gauges: [(&str, &str, SagaGauge); 4] = [
         (
             "kiln_saga_outbox_depth",
             "Commands decided and not applied yet.",
@@ -231,5 +213,26 @@ pub fn render_sagas(out: &mut String, sagas: &[crate::saga::SagaInfo]) {
         for s in sagas {
             let _ = writeln!(out, "{name}{{saga=\"{}\"}} {}", s.name, value(s));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_and_buckets() {
+        let m = Metrics::default();
+        m.record_command("ok", Duration::from_micros(700));
+        m.record_command("rejected", Duration::from_millis(30));
+        let text = m.render(7, 2);
+        assert!(
+            text.contains("kiln_commands_total{outcome=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("kiln_commands_total{outcome=\"rejected\"} 1"));
+        assert!(text.contains("kiln_command_duration_seconds_bucket{le=\"0.001\"} 1"));
+        assert!(text.contains("kiln_command_duration_seconds_bucket{le=\"0.05\"} 2"));
+        assert!(text.contains("kiln_head_position 7"));
     }
 }

@@ -156,13 +156,13 @@ impl Sagas {
             .read()
             .get(&*plugin.name)
             .map(|h| (h.control.clone(), h.task.is_finished()));
-        if let Some((control, false)) = existing {
-            if control.send(Control::Swap(plugin.clone())).await.is_ok() {
-                if let Some(h) = self.write().get_mut(&*plugin.name) {
-                    h.plugin = plugin;
-                }
-                return;
+        if let Some((control, false)) = existing
+            && control.send(Control::Swap(plugin.clone())).await.is_ok()
+        {
+            if let Some(h) = self.write().get_mut(&*plugin.name) {
+                h.plugin = plugin;
             }
+            return;
         }
         let (control, status, task) = runner::spawn(
             plugin.clone(),

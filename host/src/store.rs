@@ -8,6 +8,7 @@
 //! backends batch concurrent appends into one transaction (group commit).
 
 pub mod hash_chain;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -662,8 +663,11 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<Option<SagaInstanceRecord>, StoreError>;
 
     /// The outbox of one instance, by step.
-    async fn saga_outbox(&self, saga: &str, instance: &str)
-    -> Result<Vec<OutboxCommand>, StoreError>;
+    async fn saga_outbox(
+        &self,
+        saga: &str,
+        instance: &str,
+    ) -> Result<Vec<OutboxCommand>, StoreError>;
 
     /// The newest `limit` history entries of an instance, oldest first.
     async fn saga_history(

@@ -20,6 +20,16 @@ struct Kiln {
     base: String,
 }
 
+/// A test that fails must not leave its host running.
+impl Drop for Kiln {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Start `kiln serve` on a free port with the example plugins (the binary's
 /// default) and wait for its "listening" line.
 fn start(db: &Path) -> Kiln {
@@ -450,13 +460,14 @@ async fn sagas_survive_sigkill_with_every_transfer_applied_exactly_once() {
     }
     // Some transfers are refused (too large): they must fail cleanly too.
     let mut requested: Vec<(String, usize, usize, i64)> = Vec::new();
+    let mut interrupted = 0;
     for wave in 0..3 {
         let mut tasks = Vec::new();
         for i in 0..PER_WAVE {
             let n = wave * PER_WAVE + i;
             let (from, to) = (n % ACCOUNTS, (n * 7 + 1) % ACCOUNTS);
             let to = if to == from { (to + 1) % ACCOUNTS } else { to };
-            let amount = if n % 9 == 0 {
+            let amount = if n.is_multiple_of(9) {
                 5_000
             } else {
                 (n % 50 + 1) as i64
@@ -476,7 +487,7 @@ async fn sagas_survive_sigkill_with_every_transfer_applied_exactly_once() {
             }));
         }
         // Kill while the sagas work on this wave.
-        tokio::time::sleep(Duration::from_millis(150 + 100 * wave as u64)).await;
+        tokio::time::sleep(Duration::from_millis(40 + 60 * wave as u64)).await;
         signal(&kiln.child, "KILL");
         kiln.child.wait().unwrap();
         for task in tasks {
@@ -488,7 +499,16 @@ async fn sagas_survive_sigkill_with_every_transfer_applied_exactly_once() {
             }
         }
         kiln = start(&db);
+        // Instances the kill interrupted (the runner may already be at them).
+        let status = get_json(&client, format!("{}/sagas/transfer_saga", kiln.base)).await;
+        interrupted += status["instances"]["running"].as_u64().unwrap_or(0)
+            + status["instances"]["compensating"].as_u64().unwrap_or(0)
+            + status["instances"]["outbox"].as_u64().unwrap_or(0);
     }
+    assert!(
+        interrupted > 0,
+        "no kill landed while a saga was running; the test proves nothing"
+    );
     // Every transfer recorded (acknowledged or not) must finish.
     let mut balances = [OPENING; ACCOUNTS];
     let mut finished = 0;
