@@ -42,7 +42,8 @@ pub enum Command {
 /// Options of `kiln serve`.
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// The event store: `sqlite://path` (or a plain path).
+    /// The event store: `sqlite://path` (or a plain path), or
+    /// `postgres://user:password@host/database` (several hosts may share it).
     #[arg(long, env = "KILN_DB", default_value = "sqlite://kiln.db")]
     pub db: String,
     /// Address to listen on (port 0 picks a free port).
@@ -152,6 +153,10 @@ impl Tuning {
         config.sqlite = SqliteOptions {
             max_batch: self.max_batch,
             ..SqliteOptions::default()
+        };
+        config.postgres = crate::store::postgres::PostgresOptions {
+            max_batch: self.max_batch,
+            ..Default::default()
         };
         config.projections = ProjectionConfig {
             batch_size: self.projection_batch.max(1),

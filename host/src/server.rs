@@ -20,7 +20,8 @@ use crate::projection::{ProjectionConfig, Projections};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::saga::{SagaConfig, Sagas};
-use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::postgres::PostgresOptions;
+use crate::store::sqlite::SqliteOptions;
 use crate::store::{EventStore, now_us};
 
 /// Everything `kiln serve` needs.
@@ -34,6 +35,7 @@ pub struct HostConfig {
     pub limits: Limits,
     pub pipeline: PipelineConfig,
     pub sqlite: SqliteOptions,
+    pub postgres: PostgresOptions,
     pub admin_token: Option<String>,
     /// Use wasmtime's pooling allocator (fast instantiation).
     pub pooling: bool,
@@ -57,6 +59,7 @@ impl HostConfig {
             limits: Limits::default(),
             pipeline: PipelineConfig::default(),
             sqlite: SqliteOptions::default(),
+            postgres: PostgresOptions::default(),
             admin_token: None,
             pooling: true,
             projections: ProjectionConfig::default(),
@@ -72,6 +75,9 @@ impl HostConfig {
     pub fn compile_cache_dir(&self) -> Option<PathBuf> {
         if let Some(dir) = &self.compile_cache_dir {
             return Some(dir.clone());
+        }
+        if crate::store::is_postgres_url(&self.db) {
+            return None;
         }
         let path = self
             .db
@@ -99,11 +105,9 @@ pub struct Host {
 
 /// Open the store, load the plugins, bind the socket and start serving.
 pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
-    let store: Arc<dyn EventStore> = Arc::new(
-        SqliteStore::open(&config.db, config.sqlite.clone())
-            .await
-            .with_context(|| format!("opening the event store {}", config.db))?,
-    );
+    let store = crate::store::open(&config.db, config.sqlite.clone(), config.postgres.clone())
+        .await
+        .with_context(|| format!("opening the event store {}", redact(&config.db)))?;
     let mut runtime = Runtime::new(config.limits.clone(), config.pooling)
         .context("starting the WebAssembly runtime")?;
     if let Some(dir) = config.compile_cache_dir() {
@@ -176,7 +180,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
             .await
     });
     let purger = spawn_idempotency_purger(store.clone(), config.pipeline.idempotency_window);
-    tracing::info!(%addr, db = %config.db, plugins = state.registry.len(), "kiln listening");
+    tracing::info!(%addr, db = %redact(&config.db), plugins = state.registry.len(), "kiln listening");
     Ok(Host {
         addr,
         state,
@@ -241,4 +245,34 @@ fn spawn_idempotency_purger(store: Arc<dyn EventStore>, window: Duration) -> Joi
             }
         }
     })
+}
+
+/// A database URL fit for a log line: the password replaced.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            redact("postgres://kiln:secret@db:5432/kiln"),
+            "postgres://kiln:***@db:5432/kiln"
+        );
+        assert_eq!(redact("sqlite://kiln.db"), "sqlite://kiln.db");
+        let config = HostConfig::new("postgres://k:p@h/d", "127.0.0.1:0".parse().expect("addr"));
+        assert_eq!(config.compile_cache_dir(), None);
+    }
 }

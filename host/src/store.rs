@@ -700,10 +700,32 @@ pub const SAGA_IDEMPOTENCY_PREFIX: &str = "kiln-saga/";
 /// after an outage shorter than this never applies a command twice.
 pub const SAGA_IDEMPOTENCY_RETENTION_US: i64 = 7 * 24 * 3600 * 1_000_000;
 
+/// Whether a `--db` URL names a PostgreSQL database (else it is SQLite).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Open the store a `--db` URL names: `postgres://…` or `postgresql://…`
+/// (several hosts may share it), else a SQLite file (`sqlite://path` or a
+/// path). Migrations are applied.
+pub async fn open(
+    url: &str,
+    sqlite_options: sqlite::SqliteOptions,
+    postgres_options: postgres::PostgresOptions,
+) -> Result<Arc<dyn EventStore>, StoreError> {
+    if is_postgres_url(url) {
+        let store = postgres::PostgresStore::open(url, postgres_options).await?;
+        Ok(Arc::new(store))
+    } else {
+        let store = sqlite::SqliteStore::open(url, sqlite_options).await?;
+        Ok(Arc::new(store))
+    }
+}
+
 /// The current time in microseconds since the Unix epoch.
 pub fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;

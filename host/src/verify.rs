@@ -14,7 +14,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::store::hash_chain;
-use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::sqlite::SqliteOptions;
 use crate::store::{EventStore, GlobalQuery, Position, StoreError};
 
 /// Events read per page.
@@ -124,7 +124,7 @@ pub async fn verify_log(
 /// Options of `kiln verify`.
 #[derive(Args, Debug, Clone)]
 pub struct VerifyArgs {
-    /// The event store: `sqlite://path` (or a plain path).
+    /// The event store: `sqlite://path` (or a plain path), or `postgres://…`.
     #[arg(long, env = "KILN_DB", default_value = "sqlite://kiln.db")]
     pub db: String,
     /// Events read per page.
@@ -137,21 +137,28 @@ pub struct VerifyArgs {
 
 /// Run `kiln verify`; `Ok(false)` when the chain is broken.
 pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
-    let path = args
-        .db
-        .strip_prefix("sqlite://")
-        .or_else(|| args.db.strip_prefix("sqlite:"))
-        .unwrap_or(&args.db);
-    // Opening would create an empty database: refuse a path that is not there.
-    if !PathBuf::from(path).exists() {
-        anyhow::bail!("no database at {path}");
+    if !crate::store::is_postgres_url(&args.db) {
+        let path = args
+            .db
+            .strip_prefix("sqlite://")
+            .or_else(|| args.db.strip_prefix("sqlite:"))
+            .unwrap_or(&args.db);
+        // Opening would create an empty database: refuse a path that is not there.
+        if !PathBuf::from(path).exists() {
+            anyhow::bail!("no database at {path}");
+        }
     }
-    let store = SqliteStore::open(&args.db, SqliteOptions::default())
-        .await
-        .with_context(|| format!("opening {}", args.db))?;
+    let store = crate::store::open(
+        &args.db,
+        SqliteOptions::default(),
+        crate::store::postgres::PostgresOptions::default(),
+    )
+    .await
+    .with_context(|| format!("opening {}", crate::server::redact(&args.db)))?;
+    let store = &*store;
     let started = Instant::now();
     let mut last_print = Instant::now();
-    let report = verify_log(&store, args.page, |checked, head| {
+    let report = verify_log(store, args.page, |checked, head| {
         if last_print.elapsed().as_millis() >= 500 || checked == head {
             let share = if head == 0 {
                 1.0
@@ -190,21 +197,13 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use sqlx::Connection;
-
     use super::*;
+    use crate::store::conformance::TestDb;
     use crate::store::{AppendRequest, ExpectedVersion, NewEvent};
 
-    /// A store with `n` events over two streams, closed; its URL.
-    async fn log_of(dir: &std::path::Path, n: usize) -> String {
-        let url = format!("sqlite://{}", dir.join("kiln.db").display());
-        let store: Arc<dyn EventStore> = Arc::new(
-            SqliteStore::open(&url, SqliteOptions::default())
-                .await
-                .unwrap(),
-        );
+    /// Fill `db` with `n` events over two streams.
+    async fn log_of(db: &TestDb, n: usize) {
+        let store = db.open().await;
         for i in 0..n {
             store
                 .append(AppendRequest {
@@ -222,57 +221,39 @@ mod tests {
                 .unwrap();
         }
         store.close().await;
-        url
     }
 
-    async fn tamper(url: &str, sql: &str) {
-        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
-        conn.close().await.unwrap();
-    }
-
-    async fn check(url: &str) -> Report {
-        let store = SqliteStore::open(url, SqliteOptions::default())
-            .await
-            .unwrap();
+    async fn check(db: &TestDb) -> Report {
+        let store = db.open().await;
         let mut pages = 0;
-        let report = verify_log(&store, 3, |_, _| pages += 1).await.unwrap();
+        let report = verify_log(&*store, 3, |_, _| pages += 1).await.unwrap();
         store.close().await;
         assert!(pages > 0 || report.broken.is_some(), "progress is reported");
         report
     }
 
-    #[tokio::test]
-    async fn an_untouched_log_verifies() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = log_of(dir.path(), 10).await;
-        let report = check(&url).await;
+    async fn untouched(db: TestDb) {
+        log_of(&db, 10).await;
+        let report = check(&db).await;
         assert_eq!(report.broken, None);
         assert_eq!((report.checked, report.head), (10, 10));
     }
 
-    #[tokio::test]
-    async fn a_changed_payload_is_found_by_position() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = log_of(dir.path(), 10).await;
-        tamper(
-            &url,
-            r#"UPDATE events SET data = '{"n":999}' WHERE position = 6"#,
-        )
-        .await;
+    async fn changed_payload(db: TestDb) {
+        log_of(&db, 10).await;
+        db.execute(r#"UPDATE events SET data = '{"n":999}' WHERE position = 6"#)
+            .await;
         assert_eq!(
-            check(&url).await.broken,
+            check(&db).await.broken,
             Some(Break::Altered { position: 6 })
         );
     }
 
-    #[tokio::test]
-    async fn a_deleted_event_is_found_by_position() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = log_of(dir.path(), 10).await;
-        tamper(&url, "DELETE FROM events WHERE position = 4").await;
+    async fn deleted_event(db: TestDb) {
+        log_of(&db, 10).await;
+        db.execute("DELETE FROM events WHERE position = 4").await;
         assert_eq!(
-            check(&url).await.broken,
+            check(&db).await.broken,
             Some(Break::Missing {
                 position: 4,
                 found: 5
@@ -280,38 +261,64 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_reordered_pair_is_found_by_position() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = log_of(dir.path(), 10).await;
+    async fn reordered_pair(db: TestDb) {
+        log_of(&db, 10).await;
         // Swap events 7 and 8 (hashes travel with their rows).
-        tamper(
-            &url,
+        db.execute(
             "UPDATE events SET position = -7 WHERE position = 7; \
              UPDATE events SET position = 7 WHERE position = 8; \
              UPDATE events SET position = 8 WHERE position = -7;",
         )
         .await;
         assert_eq!(
-            check(&url).await.broken,
+            check(&db).await.broken,
             Some(Break::Altered { position: 7 })
         );
     }
 
-    #[tokio::test]
-    async fn an_inserted_event_is_found_by_position() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = log_of(dir.path(), 5).await;
+    async fn inserted_event(db: TestDb) {
+        log_of(&db, 5).await;
         // A forged event at the end, with a copied hash.
-        tamper(
-            &url,
+        db.execute(
             "INSERT INTO events (position, stream_id, version, event_type, schema, data, metadata, recorded_at, hash) \
              SELECT 6, 's-0', 99, 'Forged', 1, '{}', '{}', recorded_at, hash FROM events WHERE position = 5",
         )
         .await;
         assert_eq!(
-            check(&url).await.broken,
+            check(&db).await.broken,
             Some(Break::Altered { position: 6 })
         );
     }
+
+    /// Each check on both backends.
+    macro_rules! on_both_backends {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite_backend {
+                $(
+                    #[tokio::test]
+                    async fn $name() {
+                        super::$name(super::TestDb::sqlite()).await;
+                    }
+                )*
+            }
+            mod postgres_backend {
+                $(
+                    #[tokio::test]
+                    async fn $name() {
+                        if let Some(db) = super::TestDb::postgres(stringify!($name)).await {
+                            super::$name(db).await;
+                        }
+                    }
+                )*
+            }
+        };
+    }
+
+    on_both_backends!(
+        untouched,
+        changed_payload,
+        deleted_event,
+        reordered_pair,
+        inserted_event,
+    );
 }

@@ -1129,14 +1129,14 @@ async fn view_and_saga_commits_are_fenced_across_hosts(db: Arc<TestDb>) {
 // ---- Backends ----
 
 /// The database of one test.
-enum TestDb {
+pub(crate) enum TestDb {
     Sqlite(tempfile::TempDir),
     Postgres(Box<PostgresDb>),
 }
 
 /// A database created for one test on the server of
 /// `KILN_TEST_DATABASE_URL`.
-struct PostgresDb {
+pub(crate) struct PostgresDb {
     /// The database named by the URL, from which test databases are created
     /// and dropped.
     admin: PgConnectOptions,
@@ -1157,13 +1157,13 @@ fn test_postgres_options() -> PostgresOptions {
 }
 
 impl TestDb {
-    fn sqlite() -> Self {
+    pub(crate) fn sqlite() -> Self {
         TestDb::Sqlite(tempfile::tempdir().unwrap())
     }
 
     /// A fresh database, or `None` (after saying why) when no server is
     /// configured and none is required.
-    async fn postgres(test: &str) -> Option<Self> {
+    pub(crate) async fn postgres(test: &str) -> Option<Self> {
         let url = match std::env::var(DATABASE_URL_VAR) {
             Ok(url) if !url.is_empty() => url,
             _ => {
@@ -1200,7 +1200,7 @@ impl TestDb {
 
     /// A store on this database: on PostgreSQL, a new instance each time,
     /// with connections of its own, as another host would have.
-    async fn open(&self) -> Arc<dyn EventStore> {
+    pub(crate) async fn open(&self) -> Arc<dyn EventStore> {
         match self {
             TestDb::Sqlite(dir) => {
                 let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
@@ -1244,17 +1244,17 @@ impl TestDb {
     }
 
     /// Run SQL on the database directly, past the store.
-    async fn execute(&self, sql: &str) {
+    pub(crate) async fn execute(&self, sql: &str) {
         match self {
             TestDb::Sqlite(dir) => {
                 let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
                 let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-                sqlx::query(sql).execute(&mut conn).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
                 let _ = conn.close().await;
             }
             TestDb::Postgres(db) => {
                 let mut conn = sqlx::PgConnection::connect_with(&db.connect).await.unwrap();
-                sqlx::query(sql).execute(&mut conn).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
                 let _ = conn.close().await;
             }
         }
