@@ -232,3 +232,74 @@ fn copy_into(file: &Path, dir: &Path) {
 pub fn cmd(command_type: &str, data: Value) -> Value {
     serde_json::json!({ "type": command_type, "data": data })
 }
+
+/// A PostgreSQL database made for one test on the server of
+/// `KILN_TEST_DATABASE_URL`, dropped by [`PgDatabase::drop`].
+pub struct PgDatabase {
+    /// The URL hosts use.
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    /// A fresh database, or `None` (after saying why) when no server is
+    /// configured; with `KILN_REQUIRE_POSTGRES=1` a missing server fails the test.
+    pub async fn create(test: &str) -> Option<Self> {
+        use sqlx::Connection;
+        let admin_url = match std::env::var("KILN_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => {
+                if std::env::var("KILN_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
+                    panic!(
+                        "KILN_REQUIRE_POSTGRES=1 but KILN_TEST_DATABASE_URL is not set (`source .ci/postgres.sh`)"
+                    );
+                }
+                eprintln!(
+                    "skipped {test}: KILN_TEST_DATABASE_URL is not set (`source .ci/postgres.sh` sets it)"
+                );
+                return None;
+            }
+        };
+        let name = format!("kiln_e2e_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to KILN_TEST_DATABASE_URL");
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create a test database");
+        let _ = conn.close().await;
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(base, _)| base);
+        Some(Self {
+            url: format!("{base}/{name}"),
+            admin_url,
+            name,
+        })
+    }
+
+    /// Drop the database (stop its hosts first).
+    pub async fn drop(self) {
+        use sqlx::Connection;
+        let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await else {
+            eprintln!("could not drop test database {}", self.name);
+            return;
+        };
+        let _ = sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&self.name)
+        .execute(&mut conn)
+        .await;
+        if let Err(e) = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {}", self.name))
+            .execute(&mut conn)
+            .await
+        {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
+        let _ = conn.close().await;
+    }
+}

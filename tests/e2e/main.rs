@@ -8,6 +8,7 @@ mod commands;
 mod durability;
 mod live;
 mod plugins;
+mod postgres;
 mod projections;
 mod sagas;
 mod sandbox;

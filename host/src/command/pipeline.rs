@@ -273,7 +273,13 @@ impl Pipeline {
         let plugin = self.aggregate(category)?;
         let now_ms = now_us() / 1000;
         let loaded = match at {
-            StateAt::Latest => self.load(&plugin, stream_id, now_ms).await?,
+            StateAt::Latest => {
+                let mut loaded = self.load(&plugin, stream_id, now_ms).await?;
+                // The cache may be behind when other hosts share the store:
+                // a read sees every event committed before it.
+                self.catch_up(stream_id, &mut loaded).await?;
+                loaded
+            }
             StateAt::Version(v) => {
                 self.replay(&plugin, stream_id, None, Some(v), None, now_ms)
                     .await?
@@ -351,6 +357,28 @@ impl Pipeline {
         let snapshot = self.store.load_snapshot(stream_id, &plugin.hash).await?;
         self.replay(plugin, stream_id, snapshot, None, None, now_ms)
             .await
+    }
+
+    /// Add to `loaded` the events committed after it (by another host).
+    async fn catch_up(&self, stream_id: &str, loaded: &mut Loaded) -> Result<(), CommandError> {
+        let batch = self.config.replay_batch.max(1);
+        loop {
+            let page = self
+                .store
+                .read_stream(StreamQuery {
+                    stream_id,
+                    from_version: loaded.version() + 1,
+                    to_version: None,
+                    recorded_until_us: None,
+                    limit: batch,
+                })
+                .await?;
+            let full = page.len() == batch as usize;
+            loaded.pending.extend(page);
+            if !full {
+                return Ok(());
+            }
+        }
     }
 
     /// Read a stream from a snapshot (or the start) up to a version or time,
