@@ -170,6 +170,16 @@ struct Runner {
     dirty: HashSet<String>,
     /// After a store failure, nothing is read before this time.
     pause_until: Option<tokio::time::Instant>,
+    /// The commit being written (one at a time): its sequence number and task.
+    /// The runner goes on with the next batch in memory meanwhile.
+    pending: Option<(u64, JoinHandle<Result<(), StoreError>>)>,
+    /// The sequence number the changes accumulating now will commit under.
+    commit_seq: u64,
+    /// The last commit known to be written.
+    committed_seq: u64,
+    /// Outbox commands not written yet, by (instance, step): the commit that
+    /// writes them. They are dispatched only once it is.
+    unsettled: HashMap<(String, u64), u64>,
 }
 
 /// Start the runner of `plugin`.
@@ -207,6 +217,10 @@ pub fn spawn(
         status: status_tx,
         dirty: HashSet::new(),
         pause_until: None,
+        pending: None,
+        commit_seq: 1,
+        committed_seq: 0,
+        unsettled: HashMap::new(),
     };
     let task = tokio::spawn(runner.run(control_rx, results_rx));
     (control_tx, status_rx, task)
@@ -256,10 +270,11 @@ impl Runner {
                 self.deliver_failures().await;
                 self.deliver_timers().await;
             }
-            if let Err(e) = self.flush().await {
-                self.recover(e).await;
-                continue;
+            if self.pending.as_ref().is_some_and(|(_, h)| h.is_finished()) {
+                let done = wait_commit(&mut self.pending).await;
+                self.commit_done(done).await;
             }
+            self.send_commit();
             self.dispatch();
             self.publish();
             let caught_up = paused || self.poison.is_some() || self.checkpoint >= *head.borrow();
@@ -280,8 +295,41 @@ impl Runner {
                     None | Some(Control::Stop) => return,
                     Some(c) => self.on_control(c).await,
                 },
+                done = wait_commit(&mut self.pending) => self.commit_done(done).await,
                 _ = tokio::time::sleep_until(wake) => {}
             }
+        }
+    }
+
+    /// Send what changed as the next commit, unless one is being written.
+    fn send_commit(&mut self) {
+        if self.pending.is_some() {
+            return;
+        }
+        let Some(commit) = self.take_commit() else {
+            return;
+        };
+        let seq = self.commit_seq;
+        self.commit_seq += 1;
+        let store = self.store.clone();
+        self.pending = Some((
+            seq,
+            tokio::spawn(async move { store.commit_saga(commit).await }),
+        ));
+    }
+
+    /// A commit was written (or failed: start again from the store).
+    async fn commit_done(&mut self, (seq, result): (u64, Result<(), StoreError>)) {
+        match result {
+            Ok(()) => {
+                self.committed_seq = seq;
+                self.unsettled.retain(|_, s| *s > seq);
+                // Completed instances whose completion is written leave memory.
+                let dirty = &self.dirty;
+                self.instances
+                    .retain(|id, i| i.record.status != SagaStatus::Completed || dirty.contains(id));
+            }
+            Err(e) => self.recover(e).await,
         }
     }
 
@@ -319,6 +367,10 @@ impl Runner {
     /// from the store. Commands executing finish; their results are matched
     /// by step, and a command dispatched twice is applied once (its key).
     async fn recover(&mut self, error: StoreError) {
+        if let Some((_, h)) = self.pending.take() {
+            let _ = h.await;
+        }
+        self.unsettled.clear();
         tracing::warn!(saga = self.name(), error = %error, "saga commit failed; reloading from the store");
         self.pause_until = Some(tokio::time::Instant::now() + Duration::from_millis(500));
         if let Err(e) = self.load().await {
@@ -571,6 +623,8 @@ impl Runner {
             };
             steps.push(json!({"step": step, "aggregate": command.aggregate, "id": command.aggregate_id, "type": command.command_type}));
             self.commit.outbox_put.push(command.clone());
+            self.unsettled
+                .insert((id.to_string(), step), self.commit_seq);
             inst.queue.push_back(command);
         }
         if let Some(t) = reaction.timer {
@@ -838,8 +892,8 @@ impl Runner {
 
     // ----- commit and dispatch -----
 
-    /// Commit what changed; completed instances then leave memory.
-    async fn flush(&mut self) -> Result<(), StoreError> {
+    /// The changes accumulated since the last commit, if any.
+    fn take_commit(&mut self) -> Option<SagaCommit> {
         let mut dirty: Vec<String> = self.dirty.drain().collect();
         dirty.sort();
         for id in &dirty {
@@ -847,30 +901,57 @@ impl Runner {
                 self.commit.instances.push(i.record.clone());
             }
         }
-        let empty = self.commit.checkpoint.is_none()
-            && self.commit.instances.is_empty()
-            && self.commit.outbox_put.is_empty()
-            && self.commit.outbox_delete.is_empty()
-            && self.commit.dead_letters.is_empty()
-            && self.commit.dead_letters_delete.is_empty()
-            && self.commit.timers_put.is_empty()
-            && self.commit.timers_delete.is_empty()
-            && self.commit.history.is_empty();
+        let c = &self.commit;
+        let empty = c.checkpoint.is_none()
+            && c.instances.is_empty()
+            && c.outbox_put.is_empty()
+            && c.outbox_delete.is_empty()
+            && c.dead_letters.is_empty()
+            && c.dead_letters_delete.is_empty()
+            && c.timers_put.is_empty()
+            && c.timers_delete.is_empty()
+            && c.history.is_empty();
         if empty {
-            return Ok(());
+            return None;
         }
         let saga = self.name().to_string();
-        let commit = std::mem::replace(
+        Some(std::mem::replace(
             &mut self.commit,
             SagaCommit {
                 saga,
                 ..SagaCommit::default()
             },
-        );
-        self.store.commit_saga(commit).await?;
-        self.instances
-            .retain(|_, i| i.record.status != SagaStatus::Completed);
-        Ok(())
+        ))
+    }
+
+    /// Write everything now (an operator's action answers once it is
+    /// durable): wait for the commit being written, then commit the rest.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_some() {
+            let (seq, result) = wait_commit(&mut self.pending).await;
+            if let Err(e) = result {
+                let message = e.to_string();
+                self.commit_done((seq, Err(e))).await;
+                return Err(StoreError::Unavailable(message));
+            }
+            self.commit_done((seq, Ok(()))).await;
+        }
+        let Some(mut commit) = self.take_commit() else {
+            return Ok(());
+        };
+        commit.durable = true;
+        let seq = self.commit_seq;
+        self.commit_seq += 1;
+        let result = self.store.commit_saga(commit).await;
+        let failed = result
+            .as_ref()
+            .err()
+            .map(|e| StoreError::Unavailable(e.to_string()));
+        self.commit_done((seq, result)).await;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Start the next command of every instance that has one ready.
@@ -887,6 +968,14 @@ impl Runner {
             let Some(command) = inst.queue.front().cloned() else {
                 continue;
             };
+            if self
+                .unsettled
+                .get(&(id.clone(), command.step))
+                .is_some_and(|seq| *seq > self.committed_seq)
+            {
+                // Its commit is not written yet.
+                continue;
+            }
             inst.in_flight = true;
             let pipeline = self.pipeline.clone();
             let results = self.results.clone();
@@ -1116,4 +1205,22 @@ mod tests {
                 .contains("over the limit")
         );
     }
+}
+
+/// The result of the commit being written; never resolves when there is none.
+async fn wait_commit(
+    pending: &mut Option<(u64, JoinHandle<Result<(), StoreError>>)>,
+) -> (u64, Result<(), StoreError>) {
+    let Some((seq, handle)) = pending.as_mut() else {
+        return std::future::pending().await;
+    };
+    let seq = *seq;
+    let result = match handle.await {
+        Ok(result) => result,
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "the commit task failed: {e}"
+        ))),
+    };
+    *pending = None;
+    (seq, result)
 }

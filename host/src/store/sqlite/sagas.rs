@@ -44,34 +44,68 @@ pub async fn commit_saga(
         .execute(&mut *conn)
         .await?;
     }
-    for i in &commit.instances {
+    // One statement per table per commit: a batch touches many instances.
+    if !commit.instances.is_empty() {
+        let rows: Vec<_> = commit
+            .instances
+            .iter()
+            .map(|i| {
+                (
+                    &i.saga,
+                    &i.instance,
+                    hex::encode(&i.state),
+                    i.status.as_str(),
+                    i.done,
+                    i.next_step,
+                    i.awaited_position,
+                    i.created_at_us,
+                    i.updated_at_us,
+                )
+            })
+            .collect();
         sqlx::query(
             "INSERT OR REPLACE INTO saga_instances \
              (saga, instance, state, status, done, next_step, awaited_position, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             SELECT value->>0, value->>1, unhex(value->>2), value->>3, value->>4, value->>5, \
+             value->>6, value->>7, value->>8 FROM json_each(?)",
         )
-        .bind(&i.saga)
-        .bind(&i.instance)
-        .bind(&i.state)
-        .bind(i.status.as_str())
-        .bind(i.done)
-        .bind(i.next_step as i64)
-        .bind(i.awaited_position as i64)
-        .bind(i.created_at_us)
-        .bind(i.updated_at_us)
+        .bind(encode(&rows)?)
         .execute(&mut *conn)
         .await?;
     }
-    for (instance, step) in &commit.outbox_delete {
-        sqlx::query("DELETE FROM saga_outbox WHERE saga = ? AND instance = ? AND step = ?")
-            .bind(saga)
-            .bind(instance)
-            .bind(*step as i64)
-            .execute(&mut *conn)
-            .await?;
+    if !commit.outbox_delete.is_empty() {
+        sqlx::query(
+            "DELETE FROM saga_outbox WHERE saga = ? AND (instance, step) IN \
+             (SELECT value->>0, value->>1 FROM json_each(?))",
+        )
+        .bind(saga)
+        .bind(encode(&commit.outbox_delete)?)
+        .execute(&mut *conn)
+        .await?;
     }
-    for c in &commit.outbox_put {
-        insert_command(conn, "INSERT OR REPLACE INTO saga_outbox", c, None).await?;
+    if !commit.outbox_put.is_empty() {
+        let rows: Vec<_> = commit
+            .outbox_put
+            .iter()
+            .map(|c| {
+                Ok((
+                    (&c.saga, &c.instance, c.step, &c.aggregate, &c.aggregate_id),
+                    (&c.command_type, &c.data, &c.metadata, c.compensating),
+                    (c.attempts, encode(&c.errors)?, c.created_at_us),
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        let rows: Vec<_> = rows;
+        sqlx::query(&format!(
+            "INSERT OR REPLACE INTO saga_outbox ({OUTBOX_COLUMNS}) \
+             SELECT value->>'$[0][0]', value->>'$[0][1]', value->>'$[0][2]', value->>'$[0][3]', \
+             value->>'$[0][4]', value->>'$[1][0]', value->>'$[1][1]', value->>'$[1][2]', \
+             value->>'$[1][3]', value->>'$[2][0]', value->>'$[2][1]', value->>'$[2][2]' \
+             FROM json_each(?)"
+        ))
+        .bind(encode(&rows)?)
+        .execute(&mut *conn)
+        .await?;
     }
     for c in &commit.dead_letters {
         sqlx::query("DELETE FROM saga_outbox WHERE saga = ? AND instance = ? AND step = ?")
@@ -124,14 +158,21 @@ pub async fn commit_saga(
         .execute(&mut *conn)
         .await?;
     }
-    for h in &commit.history {
-        sqlx::query("INSERT INTO saga_history (saga, instance, at, entry) VALUES (?, ?, ?, ?)")
-            .bind(saga)
-            .bind(&h.instance)
-            .bind(h.at_us)
-            .bind(encode(&h.entry)?)
-            .execute(&mut *conn)
-            .await?;
+    if !commit.history.is_empty() {
+        let rows: Vec<_> = commit
+            .history
+            .iter()
+            .map(|h| Ok((&h.instance, h.at_us, encode(&h.entry)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let rows: Vec<_> = rows;
+        sqlx::query(
+            "INSERT INTO saga_history (saga, instance, at, entry) \
+             SELECT ?, value->>0, value->>1, value->>2 FROM json_each(?)",
+        )
+        .bind(saga)
+        .bind(encode(&rows)?)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(Ok(()))
 }
