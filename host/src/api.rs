@@ -1,6 +1,7 @@
 //! The HTTP API (see `API.md`): one router, one error type, one file per
 //! resource.
 
+pub mod cluster;
 pub mod commands;
 pub mod error;
 pub mod json;
@@ -22,6 +23,7 @@ pub use error::ApiError;
 
 use crate::command::Pipeline;
 use crate::deploy::Deployer;
+use crate::lease::Leases;
 use crate::metrics::Metrics;
 use crate::projection::Projections;
 use crate::registry::Registry;
@@ -40,6 +42,8 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// The live feeds' configuration and shutdown signal.
     pub live: live::LiveFeeds,
+    /// This host's leases (which projections and sagas it runs).
+    pub leases: Arc<Leases>,
 }
 
 /// The router, separate from serving it, so tests can call it directly.
@@ -74,6 +78,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/sagas/{name}/{instance}", get(sagas::instance))
         .route("/dead-letters", get(sagas::dead_letters))
         .route("/dead-letters/{id}/retry", post(sagas::retry_dead_letter))
+        .route("/cluster", get(cluster::cluster))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -63,6 +63,11 @@ pub struct ServeArgs {
     /// in ms (0: not watched).
     #[arg(long, env = "KILN_WATCH_INTERVAL_MS", default_value_t = 1000)]
     pub watch_interval_ms: u64,
+    /// How long a host's lease on a projection or saga lasts, in ms, when
+    /// several hosts share a PostgreSQL database: it is renewed every third
+    /// of this, and another host takes over a dead host's work within it.
+    #[arg(long, env = "KILN_LEASE_TTL_MS", default_value_t = crate::lease::LEASE_TTL_MS_DEFAULT)]
+    pub lease_ttl_ms: u64,
     #[command(flatten)]
     pub tuning: Tuning,
 }
@@ -129,6 +134,7 @@ impl ServeArgs {
         config.compile_cache_dir = self.compile_cache_dir.clone();
         config.watch_interval =
             (self.watch_interval_ms > 0).then(|| Duration::from_millis(self.watch_interval_ms));
+        config.lease_ttl = Duration::from_millis(self.lease_ttl_ms);
         config
     }
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod command;
 pub mod config;
 pub mod deploy;
+pub mod lease;
 pub mod metrics;
 pub mod plugin_watch;
 pub mod projection;

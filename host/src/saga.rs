@@ -21,13 +21,14 @@ mod dispatch;
 pub mod runner;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::command::Pipeline;
+use crate::lease::{Leases, SAGA_PREFIX};
 use crate::runtime::{Plugin, Runtime};
 use crate::store::{
     DeadLetter, EventStore, OutboxCommand, Position, SagaCounts, SagaHistoryEntry, SagaStatus,
@@ -91,8 +92,13 @@ pub struct SagaInfo {
     pub name: String,
     pub plugin: String,
     /// `running`, or `failed` when the plugin trapped and the runner waits
-    /// for an operator (`POST /sagas/{name}/resume`).
+    /// for an operator (`POST /sagas/{name}/resume`); `elsewhere` when
+    /// another host runs it (the position is then the stored checkpoint).
     pub state: &'static str,
+    /// Whether this host runs it.
+    pub runs_here: bool,
+    /// The host holding its lease (`null` when leases are off or none holds it).
+    pub host: Option<String>,
     pub position: Position,
     pub head: Position,
     pub lag: u64,
@@ -131,6 +137,10 @@ pub struct Sagas {
     pipeline: Arc<Pipeline>,
     config: SagaConfig,
     runners: RwLock<HashMap<String, Handle>>,
+    /// The current version of every saga this host knows, running here or not.
+    plugins: RwLock<HashMap<String, Arc<Plugin>>>,
+    /// When set, a saga runs only while this host holds its lease.
+    leases: OnceLock<Arc<Leases>>,
 }
 
 impl Sagas {
@@ -146,24 +156,54 @@ impl Sagas {
             pipeline,
             config,
             runners: RwLock::new(HashMap::new()),
+            plugins: RwLock::new(HashMap::new()),
+            leases: OnceLock::new(),
         })
     }
 
-    /// Start the runner of a saga, or hand a running one a new version
-    /// (the next unit of work runs the new logic).
-    pub async fn deploy(&self, plugin: Arc<Plugin>) {
-        let existing = self
-            .read()
-            .get(&*plugin.name)
-            .map(|h| (h.control.clone(), h.task.is_finished()));
-        if let Some((control, false)) = existing
-            && control.send(Control::Swap(plugin.clone())).await.is_ok()
-        {
-            if let Some(h) = self.write().get_mut(&*plugin.name) {
-                h.plugin = plugin;
-            }
+    /// Run each saga only while this host holds its lease.
+    pub fn set_leases(&self, leases: Arc<Leases>) {
+        let _ = self.leases.set(leases);
+    }
+
+    fn plugins(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Plugin>>> {
+        self.plugins.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This host took the saga's lease: start its runner from the stored
+    /// checkpoint, outbox and timers (nothing when it runs already).
+    pub async fn take_over(&self, name: &str) {
+        let running = self.read().get(name).is_some_and(|h| !h.task.is_finished());
+        if running {
             return;
         }
+        let Some(plugin) = self.plugins().get(name).cloned() else {
+            return;
+        };
+        tracing::info!(
+            saga = name,
+            "took over the saga; resuming from its checkpoint"
+        );
+        self.start(plugin);
+    }
+
+    /// This host lost the saga's lease: stop its runner (commands executing
+    /// finish; the new holder dispatches the outbox again, idempotently).
+    pub async fn let_go(&self, name: &str) {
+        let handle = self.write().remove(name);
+        if let Some(h) = handle {
+            let _ = h.control.send(Control::Stop).await;
+            if tokio::time::timeout(Duration::from_secs(5), h.task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(saga = name, "a saga runner did not stop in time");
+            }
+            tracing::info!(saga = name, "stopped the saga: another host runs it");
+        }
+    }
+
+    fn start(&self, plugin: Arc<Plugin>) {
         let (control, status, task) = runner::spawn(
             plugin.clone(),
             self.store.clone(),
@@ -182,22 +222,74 @@ impl Sagas {
         );
     }
 
+    /// Start the runner of a saga, or hand a running one a new version
+    /// (the next unit of work runs the new logic).
+    pub async fn deploy(&self, plugin: Arc<Plugin>) {
+        self.plugins()
+            .insert(plugin.name.to_string(), plugin.clone());
+        if let Some(leases) = self.leases.get()
+            && !leases.claim(&format!("{SAGA_PREFIX}{}", plugin.name)).await
+        {
+            tracing::info!(saga = %plugin.name, "another host runs this saga");
+            return;
+        }
+        let existing = self
+            .read()
+            .get(&*plugin.name)
+            .map(|h| (h.control.clone(), h.task.is_finished()));
+        if let Some((control, false)) = existing
+            && control.send(Control::Swap(plugin.clone())).await.is_ok()
+        {
+            if let Some(h) = self.write().get_mut(&*plugin.name) {
+                h.plugin = plugin;
+            }
+            return;
+        }
+        self.start(plugin);
+    }
+
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.read().keys().cloned().collect();
+        let mut names: Vec<String> = self.plugins().keys().cloned().collect();
         names.sort();
         names
     }
 
     /// The status of one saga.
     pub async fn info(&self, name: &str) -> Result<SagaInfo, SagaError> {
-        let (plugin, status) = {
+        let running = {
             let runners = self.read();
-            let h = runners
+            runners
                 .get(name)
-                .ok_or_else(|| SagaError::NotFound(format!("no saga named {name}")))?;
-            (h.plugin.hash.clone(), h.status.borrow().clone())
+                .map(|h| (h.plugin.hash.clone(), h.status.borrow().clone()))
+        };
+        let host = match self.leases.get() {
+            Some(leases) if leases.enabled() => {
+                leases.holder_of(&format!("{SAGA_PREFIX}{name}")).await
+            }
+            _ => None,
         };
         let head = *self.store.subscribe_head().borrow();
+        let Some((plugin, status)) = running else {
+            let plugin = self
+                .plugins()
+                .get(name)
+                .map(|p| p.hash.clone())
+                .ok_or_else(|| SagaError::NotFound(format!("no saga named {name}")))?;
+            let head = head.max(self.store.head_position().await?);
+            let position = self.store.saga_load(name).await?.checkpoint.unwrap_or(0);
+            return Ok(SagaInfo {
+                name: name.to_string(),
+                plugin,
+                state: "elsewhere",
+                runs_here: false,
+                host,
+                position,
+                head,
+                lag: head.saturating_sub(position),
+                error: None,
+                instances: self.store.saga_counts(name).await?,
+            });
+        };
         Ok(SagaInfo {
             name: name.to_string(),
             plugin,
@@ -206,6 +298,8 @@ impl Sagas {
             } else {
                 "running"
             },
+            runs_here: true,
+            host,
             position: status.position,
             head,
             lag: head.saturating_sub(status.position),
@@ -227,7 +321,7 @@ impl Sagas {
 
     /// One instance with its pending commands and history.
     pub async fn instance(&self, name: &str, instance: &str) -> Result<InstanceView, SagaError> {
-        if !self.read().contains_key(name) {
+        if !self.plugins().contains_key(name) {
             return Err(SagaError::NotFound(format!("no saga named {name}")));
         }
         let record = self

@@ -14,6 +14,7 @@ use crate::api::{self, AppState};
 use crate::command::Pipeline;
 use crate::config::{Limits, PipelineConfig};
 use crate::deploy::Deployer;
+use crate::lease::{LEASE_TTL_MS_DEFAULT, Leases};
 use crate::metrics::Metrics;
 use crate::plugin_watch::PluginDirWatcher;
 use crate::projection::{ProjectionConfig, Projections};
@@ -47,6 +48,10 @@ pub struct HostConfig {
     pub watch_interval: Option<Duration>,
     /// How long a graceful shutdown waits for open connections.
     pub shutdown_grace: Duration,
+    /// How long a lease on a projection or saga lasts without renewal (on
+    /// PostgreSQL, where several hosts may share the database): another
+    /// host takes over a dead host's work within about this time.
+    pub lease_ttl: Duration,
 }
 
 impl HostConfig {
@@ -67,6 +72,7 @@ impl HostConfig {
             compile_cache_dir: None,
             watch_interval: Some(Duration::from_secs(1)),
             shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
+            lease_ttl: Duration::from_millis(LEASE_TTL_MS_DEFAULT),
         }
     }
 
@@ -100,6 +106,7 @@ pub struct Host {
     store: Arc<dyn EventStore>,
     purger: JoinHandle<()>,
     watcher: Option<JoinHandle<()>>,
+    lease_manager: Option<JoinHandle<()>>,
     shutdown_grace: Duration,
 }
 
@@ -129,6 +136,15 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
         pipeline.clone(),
         config.sagas.clone(),
     );
+    // Several hosts may share a PostgreSQL database: each projection and
+    // saga then runs on the one holding its lease.
+    let leases = Leases::new(
+        store.clone(),
+        config.lease_ttl,
+        crate::store::is_postgres_url(&config.db),
+    );
+    projections.set_leases(leases.clone());
+    sagas.set_leases(leases.clone());
     let deployer = Arc::new(Deployer::new(
         store.clone(),
         runtime.clone(),
@@ -155,6 +171,8 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
         .await
         .context("loading plugins")?;
     let watcher = baseline.map(|(watcher, interval)| deployer.watch(watcher, interval));
+    let lease_manager = leases.spawn(Arc::downgrade(&projections), Arc::downgrade(&sagas));
+    tracing::info!(host = %leases.holder(), leases = leases.enabled(), "host id");
     let state = Arc::new(AppState {
         pipeline,
         registry,
@@ -165,6 +183,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
         metrics: Arc::new(Metrics::default()),
         admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
         live: Default::default(),
+        leases,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -189,6 +208,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
         store,
         purger,
         watcher,
+        lease_manager,
         shutdown_grace: config.shutdown_grace,
     })
 }
@@ -219,8 +239,13 @@ impl Host {
         if let Some(watcher) = self.watcher {
             watcher.abort();
         }
+        if let Some(manager) = self.lease_manager {
+            manager.abort();
+        }
         self.state.sagas.stop_all().await;
         self.state.projections.stop_all().await;
+        // The runners stopped: another host may take over at once.
+        self.state.leases.release_all().await;
         self.store.close().await;
         served.context("the HTTP server task failed")??;
         Ok(())

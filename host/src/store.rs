@@ -463,6 +463,11 @@ pub struct SagaCommit {
     pub dead_letters: Vec<OutboxCommand>,
     /// Dead letters taken back (retried).
     pub dead_letters_delete: Vec<u64>,
+    /// Answer only once the commit is on disk. Without it the commit is
+    /// atomic and ordered, and on disk once any later durable commit is (a
+    /// command the saga dispatches after it, say): a backend may skip the
+    /// fsync (SQLite's WAL) when nothing else needs one.
+    pub durable: bool,
 }
 
 /// Instances of a saga per status.
@@ -474,6 +479,18 @@ pub struct SagaCounts {
     pub failed: u64,
     pub outbox: u64,
     pub dead_letters: u64,
+}
+
+/// A lease as stored: which host runs a projection or saga, until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseRecord {
+    /// `projection:<name>` or `saga:<name>`.
+    pub name: String,
+    /// The holding host's id.
+    pub holder: String,
+    /// Microseconds since the Unix epoch (by the database's clock on
+    /// PostgreSQL); past it, any host may take the lease.
+    pub expires_at_us: i64,
 }
 
 /// Errors at the store boundary.
@@ -685,6 +702,17 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// One dead letter.
     async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError>;
+
+    /// Take or renew the lease `name` for `holder` for `ttl_us` from now:
+    /// true when `holder` holds it afterwards (it was free, expired, or
+    /// already held by `holder`), false when another holder's lease is live.
+    async fn try_lease(&self, name: &str, holder: &str, ttl_us: i64) -> Result<bool, StoreError>;
+
+    /// Give up a lease `holder` holds (nothing when another holds it).
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// Every lease row, live or expired, by name.
+    async fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError>;
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

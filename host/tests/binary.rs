@@ -578,3 +578,236 @@ async fn sagas_survive_sigkill_with_every_transfer_applied_exactly_once() {
     signal(&kiln.child, "TERM");
     kiln.child.wait().unwrap();
 }
+
+/// A database of its own on the PostgreSQL server of
+/// `KILN_TEST_DATABASE_URL` (`source .ci/postgres.sh`): (its URL, the admin
+/// URL, its name); `None` when no server is configured, unless
+/// `KILN_REQUIRE_POSTGRES=1`.
+async fn postgres_database() -> Option<(String, String, String)> {
+    use sqlx::Connection;
+    let admin_url = match std::env::var("KILN_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            assert!(
+                !std::env::var("KILN_REQUIRE_POSTGRES").is_ok_and(|v| v == "1"),
+                "KILN_REQUIRE_POSTGRES=1 but KILN_TEST_DATABASE_URL is not set"
+            );
+            eprintln!("skipped: KILN_TEST_DATABASE_URL is not set");
+            return None;
+        }
+    };
+    let name = format!("kiln_bin_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let _ = conn.close().await;
+    let base = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url.as_str(), |(base, _)| base);
+    Some((format!("{base}/{name}"), admin_url, name))
+}
+
+async fn drop_postgres_database(admin_url: &str, name: &str) {
+    use sqlx::Connection;
+    let Ok(mut conn) = sqlx::PgConnection::connect(admin_url).await else {
+        return;
+    };
+    let _ = sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .execute(&mut conn)
+    .await;
+    let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}"))
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+}
+
+/// The live holder of the lease `name`, as a host's `GET /cluster` says,
+/// and whether it is that host.
+async fn lease_holder(client: &reqwest::Client, base: &str, name: &str) -> Option<(String, bool)> {
+    let cluster = get_json(client, format!("{base}/cluster")).await;
+    cluster["leases"]
+        .as_array()?
+        .iter()
+        .find(|l| l["name"] == name && l["expired"] == false)
+        .map(|l| (l["holder"].as_str().unwrap().to_string(), l["mine"] == true))
+}
+
+/// The issue's failover test: three `kiln serve` processes on one
+/// PostgreSQL database, commands streaming through two of them, and the one
+/// running `account_balances` killed with SIGKILL. Another host takes the
+/// projection over within the lease time, and every balance and the totals
+/// match the events in the log exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_is_replaced_within_the_lease_time() {
+    const TTL_MS: u64 = 1_000;
+    const LEASE: &str = "projection:account_balances";
+    let Some((url, admin_url, name)) = postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    for (file, name) in [
+        (kiln_plugin_artifacts::BANK_ACCOUNT, "bank_account"),
+        (kiln_plugin_artifacts::ACCOUNT_BALANCES, "account_balances"),
+    ] {
+        std::fs::copy(file, plugins.join(format!("{name}.wasm"))).unwrap();
+    }
+    let ttl = TTL_MS.to_string();
+    let env = [
+        ("KILN_LEASE_TTL_MS", ttl.as_str()),
+        ("KILN_COMPILE_CACHE_DIR", dir.path().to_str().unwrap()),
+    ];
+    let mut hosts: Vec<Kiln> = (0..3)
+        .map(|_| start_with(Path::new(&url), Some(&plugins), &env))
+        .collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+
+    // Exactly one host runs the projection; every host agrees which.
+    let (holder_id, _) = lease_holder(&client, &hosts[0].base, LEASE)
+        .await
+        .expect("a live lease");
+    let mut holder = None;
+    for (i, h) in hosts.iter().enumerate() {
+        let (id, mine) = lease_holder(&client, &h.base, LEASE).await.unwrap();
+        assert_eq!(id, holder_id);
+        if mine {
+            assert!(holder.is_none(), "two hosts hold the lease");
+            holder = Some(i);
+        }
+    }
+    let holder = holder.expect("one host holds the lease");
+    let others: Vec<String> = (0..3)
+        .filter(|i| *i != holder)
+        .map(|i| hosts[i].base.clone())
+        .collect();
+
+    // A stream of commands through the two other hosts.
+    for a in 0..ACCOUNTS {
+        let r = post(
+            &client,
+            &others[a % 2],
+            &a.to_string(),
+            json!({"type": "Open", "data": {"owner": format!("o{a}")}}),
+        )
+        .await;
+        assert_eq!(r, Some(200));
+    }
+    let stop = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for a in 0..ACCOUNTS {
+        let (client, base, stop) = (client.clone(), others[a % 2].clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut acked = 0u64;
+            while stop.load(Ordering::SeqCst) == 0 {
+                let r = post(
+                    &client,
+                    &base,
+                    &a.to_string(),
+                    json!({"type": "Deposit", "data": {"amount": 1}}),
+                )
+                .await;
+                assert_eq!(r, Some(200));
+                acked += 1;
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    hosts[holder].child.kill().expect("SIGKILL");
+    hosts[holder].child.wait().unwrap();
+    let killed = std::time::Instant::now();
+
+    // Another host takes over within the lease time (plus a renewal round
+    // and some slack for a loaded machine).
+    let new_holder = loop {
+        let mut found = None;
+        for base in &others {
+            if let Some((id, true)) = lease_holder(&client, base, LEASE).await {
+                found = Some(id);
+            }
+        }
+        if let Some(id) = found {
+            break id;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_millis(TTL_MS * 3),
+            "no host took the projection over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = killed.elapsed();
+    assert_ne!(new_holder, holder_id);
+    eprintln!("taken over after {} ms", took.as_millis());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(1, Ordering::SeqCst);
+    let mut acked = 0;
+    for t in load {
+        acked += t.await.unwrap();
+    }
+    assert!(acked > 0);
+
+    // The rows match the events exactly.
+    let head = get_json(&client, format!("{}/readyz", others[0])).await["head"]
+        .as_u64()
+        .unwrap();
+    let mut expected = [0i64; ACCOUNTS];
+    let mut from = 1;
+    loop {
+        let page = get_json(
+            &client,
+            format!("{}/events?from_position={from}&limit=1000", others[0]),
+        )
+        .await;
+        let events = page["events"].as_array().unwrap();
+        if events.is_empty() {
+            break;
+        }
+        for e in events {
+            if e["type"] == "Deposited" {
+                let account: usize = e["stream_id"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("bank_account-")
+                    .parse()
+                    .unwrap();
+                expected[account] += e["data"]["amount"].as_i64().unwrap();
+            }
+        }
+        from = page["next_position"].as_u64().unwrap();
+    }
+    assert_eq!(expected.iter().sum::<i64>(), acked as i64);
+    for base in &others {
+        let rows = get_json(
+            &client,
+            format!(
+                "{base}/projections/account_balances/rows?min_position={head}&timeout_ms=20000&limit=100"
+            ),
+        )
+        .await;
+        let rows = rows["rows"].as_array().unwrap_or_else(|| panic!("{rows}"));
+        for (a, balance) in expected.iter().enumerate() {
+            let row = rows
+                .iter()
+                .find(|r| r["key"] == format!("account-{a}"))
+                .unwrap();
+            assert_eq!(row["value"]["balance"], *balance, "account {a}");
+        }
+        let totals = rows.iter().find(|r| r["key"] == "_totals").unwrap();
+        assert_eq!(
+            totals["value"],
+            json!({"open_accounts": ACCOUNTS, "total_balance": expected.iter().sum::<i64>()})
+        );
+    }
+    drop(hosts);
+    drop_postgres_database(&admin_url, &name).await;
+}

@@ -4,6 +4,7 @@
 mod common;
 
 mod bank_account;
+mod cluster;
 mod commands;
 mod durability;
 mod live;

@@ -339,6 +339,14 @@ const OPS: &[Op] = &[
     },
     Op {
         method: "get",
+        path: "/cluster",
+        summary: "This host's id and every lease: which host runs each projection and saga",
+        params: &[],
+        body: None,
+        responses: &[("200", "host and leases"), ("503", "unavailable")],
+    },
+    Op {
+        method: "get",
         path: "/healthz",
         summary: "The process is up",
         params: &[],

@@ -73,25 +73,25 @@ fn entry(app: &AppState, name: &str) -> Result<Arc<Entry>, ApiError> {
 }
 
 /// Read-your-writes: wait until the serving generation has processed
-/// `min_position` (if asked), then name the generation to read.
+/// `min_position` (if asked), then name the generation to read. On a host
+/// that does not run the projection, the stored checkpoint tells.
 async fn serving_after(
+    app: &AppState,
     entry: &Entry,
     min_position: Option<Position>,
     timeout_ms: Option<u64>,
 ) -> Result<Serving, ApiError> {
-    let Some(position) = min_position else {
-        return Ok(entry.serving());
-    };
     let timeout_ms = timeout_ms.unwrap_or(MIN_POSITION_TIMEOUT_MS_DEFAULT);
-    if timeout_ms > MIN_POSITION_TIMEOUT_MS_MAX {
+    if min_position.is_some() && timeout_ms > MIN_POSITION_TIMEOUT_MS_MAX {
         return Err(ApiError::invalid_request(format!(
             "timeout_ms must be at most {MIN_POSITION_TIMEOUT_MS_MAX}"
         )));
     }
-    entry
-        .wait_for(position, Duration::from_millis(timeout_ms))
-        .await
+    app.projections
+        .serving_after(entry, min_position, Duration::from_millis(timeout_ms))
+        .await?
         .map_err(|reached| {
+            let position = min_position.unwrap_or_default();
             ApiError::unavailable(format!(
                 "projection {} has processed position {} and not yet {position} after {timeout_ms} ms",
                 entry.name, reached.position
@@ -127,7 +127,7 @@ pub async fn row(
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let entry = entry(&app, &name)?;
-    let serving = serving_after(&entry, q.min_position, q.timeout_ms).await?;
+    let serving = serving_after(&app, &entry, q.min_position, q.timeout_ms).await?;
     let view = ViewId {
         projection: &name,
         generation: serving.generation,
@@ -180,7 +180,7 @@ pub async fn rows(
         n => n,
     };
     let entry = entry(&app, &name)?;
-    let serving = serving_after(&entry, q.min_position, q.timeout_ms).await?;
+    let serving = serving_after(&app, &entry, q.min_position, q.timeout_ms).await?;
     let view = ViewId {
         projection: &name,
         generation: serving.generation,

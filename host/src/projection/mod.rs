@@ -15,12 +15,14 @@ pub mod runner;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{Mutex, mpsc, watch};
 
+use crate::lease::{Leases, PROJECTION_PREFIX};
 use crate::runtime::{Plugin, Runtime};
 use crate::store::{
     DeployMode, EventStore, GenerationRecord, GenerationRole, Position, StoreError, ViewId,
@@ -31,6 +33,10 @@ pub use runner::{Control, Generation, Poison, RunnerContext, RunnerEvent, Servin
 pub const BATCH_SIZE_DEFAULT: u32 = 256;
 /// Default view rows a runner keeps in memory.
 pub const CACHE_ROWS_DEFAULT: usize = 100_000;
+
+/// How often a read on a host that does not run the projection checks the
+/// stored checkpoint while it waits for a position.
+const READ_POLL: Duration = Duration::from_millis(20);
 
 /// Tuning of the projection runners.
 #[derive(Debug, Clone)]
@@ -81,6 +87,9 @@ pub struct Entry {
     pub name: String,
     state: Mutex<EntryState>,
     serving: Arc<watch::Sender<Serving>>,
+    /// Whether this host runs the projection (holds its lease); when not,
+    /// reads follow the stored checkpoint of the active generation.
+    runs_here: AtomicBool,
 }
 
 #[derive(Default)]
@@ -88,9 +97,17 @@ struct EntryState {
     active: Option<Arc<Generation>>,
     next: Option<(Arc<Generation>, GenerationRole)>,
     next_generation: u64,
+    /// The current version and how it was deployed: what this host starts
+    /// when it takes the projection's lease.
+    current: Option<(Arc<Plugin>, DeployMode)>,
 }
 
 impl Entry {
+    /// Whether this host runs the projection's runners.
+    pub fn runs_here(&self) -> bool {
+        self.runs_here.load(Ordering::SeqCst)
+    }
+
     /// The generation reads use and its position.
     pub fn serving(&self) -> Serving {
         *self.serving.borrow()
@@ -118,8 +135,13 @@ pub struct ProjectionStatus {
     pub name: String,
     pub plugin: Option<String>,
     pub generation: u64,
-    /// `running`, `rebuilding`, `paused` or `failed`.
+    /// `running`, `rebuilding`, `paused` or `failed`; `elsewhere` when
+    /// another host runs it (the position is then the stored checkpoint).
     pub state: &'static str,
+    /// Whether this host runs it.
+    pub runs_here: bool,
+    /// The host holding its lease (`null` when leases are off or none holds it).
+    pub host: Option<String>,
     pub position: Position,
     pub head: Position,
     pub lag: u64,
@@ -187,6 +209,8 @@ fn error_status(poison: &Option<Poison>, retrying: &Option<String>) -> Option<Er
 pub struct Projections {
     ctx: Arc<RunnerContext>,
     entries: RwLock<BTreeMap<String, Arc<Entry>>>,
+    /// When set, a projection runs only while this host holds its lease.
+    leases: OnceLock<Arc<Leases>>,
 }
 
 impl Projections {
@@ -205,6 +229,7 @@ impl Projections {
                 events,
             }),
             entries: RwLock::new(BTreeMap::new()),
+            leases: OnceLock::new(),
         });
         let weak: Weak<Self> = Arc::downgrade(&projections);
         tokio::spawn(async move {
@@ -224,6 +249,19 @@ impl Projections {
 
     fn store(&self) -> &Arc<dyn EventStore> {
         &self.ctx.store
+    }
+
+    /// Run each projection only while this host holds its lease.
+    pub fn set_leases(&self, leases: Arc<Leases>) {
+        let _ = self.leases.set(leases);
+    }
+
+    /// Whether this host may run `name`'s runners (taking its lease if free).
+    async fn claim(&self, name: &str) -> bool {
+        match self.leases.get() {
+            Some(leases) => leases.claim(&format!("{PROJECTION_PREFIX}{name}")).await,
+            None => true,
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Entry>> {
@@ -255,6 +293,7 @@ impl Projections {
                         ..EntryState::default()
                     }),
                     serving: Arc::new(watch::channel(Serving::default()).0),
+                    runs_here: AtomicBool::new(false),
                 })
             })
             .clone()
@@ -288,8 +327,30 @@ impl Projections {
     ) -> Result<(), ProjectionError> {
         let next_generation = records.iter().map(|r| r.generation).max().unwrap_or(0) + 1;
         let entry = self.entry(&plugin.name, next_generation);
+        if !self.claim(&plugin.name).await {
+            let mut state = entry.state.lock().await;
+            state.current = Some((plugin.clone(), mode));
+            tracing::info!(projection = %plugin.name, "another host runs this projection");
+            return Ok(());
+        }
+        self.resume_records(&entry, &plugin, records, versions)
+            .await;
+        self.deploy(plugin, mode).await
+    }
+
+    /// Start runners for the stored generations that can run.
+    async fn resume_records(
+        &self,
+        entry: &Arc<Entry>,
+        plugin: &Arc<Plugin>,
+        records: &[GenerationRecord],
+        versions: &HashMap<String, Arc<Plugin>>,
+    ) {
+        let next_generation = records.iter().map(|r| r.generation).max().unwrap_or(0) + 1;
         {
             let mut state = entry.state.lock().await;
+            state.next_generation = state.next_generation.max(next_generation);
+            entry.runs_here.store(true, Ordering::SeqCst);
             for record in records {
                 let version = if record.plugin_hash == plugin.hash {
                     Some(plugin.clone())
@@ -299,7 +360,7 @@ impl Projections {
                 match (record.role, version) {
                     (GenerationRole::Active, Some(version)) if state.active.is_none() => {
                         let generation =
-                            self.spawn(&entry, version, record.generation, record.position);
+                            self.spawn(entry, version, record.generation, record.position);
                         generation.start_serving();
                         state.active = Some(generation);
                     }
@@ -307,14 +368,170 @@ impl Projections {
                         if version.hash == plugin.hash && state.next.is_none() =>
                     {
                         let generation =
-                            self.spawn(&entry, version, record.generation, record.position);
+                            self.spawn(entry, version, record.generation, record.position);
                         state.next = Some((generation, role));
                     }
+                    (_, _)
+                        if state
+                            .active
+                            .as_ref()
+                            .is_some_and(|g| g.generation == record.generation)
+                            || state
+                                .next
+                                .as_ref()
+                                .is_some_and(|(g, _)| g.generation == record.generation) => {}
                     _ => self.retire_record(record),
                 }
             }
         }
-        self.deploy(plugin, mode).await
+    }
+
+    /// A projection that runs on this host: operations on its generations
+    /// are for the host holding its lease.
+    fn entry_here(&self, name: &str) -> Result<Arc<Entry>, ProjectionError> {
+        let entry = self
+            .get(name)
+            .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        if !entry.runs_here() {
+            return Err(ProjectionError::Conflict(format!(
+                "projection {name} runs on another host (see GET /cluster); ask that host"
+            )));
+        }
+        Ok(entry)
+    }
+
+    /// This host took the projection's lease: start its runners from the
+    /// stored generations and checkpoints (nothing when they run already).
+    pub async fn take_over(&self, name: &str) -> Result<(), ProjectionError> {
+        let Some(entry) = self.get(name) else {
+            return Ok(());
+        };
+        let (plugin, mode) = {
+            let state = entry.state.lock().await;
+            if state.active.is_some() || state.next.is_some() {
+                entry.runs_here.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+            match &state.current {
+                Some(current) => current.clone(),
+                None => return Ok(()),
+            }
+        };
+        let records: Vec<GenerationRecord> = self
+            .store()
+            .generations()
+            .await?
+            .into_iter()
+            .filter(|r| r.name == name)
+            .collect();
+        let mut versions = HashMap::new();
+        for record in &records {
+            if record.plugin_hash == plugin.hash || versions.contains_key(&record.plugin_hash) {
+                continue;
+            }
+            let Some(bytes) = self.store().plugin_bytes(&record.plugin_hash).await? else {
+                continue;
+            };
+            let runtime = self.ctx.runtime.clone();
+            let owned = name.to_string();
+            let compiled =
+                tokio::task::spawn_blocking(move || runtime.compile(&owned, &bytes)).await;
+            if let Ok(Ok(version)) = compiled {
+                versions.insert(record.plugin_hash.clone(), Arc::new(version));
+            }
+        }
+        tracing::info!(
+            projection = name,
+            "took over the projection; resuming from its checkpoints"
+        );
+        self.resume_records(&entry, &plugin, &records, &versions)
+            .await;
+        let current = {
+            let state = entry.state.lock().await;
+            state
+                .active
+                .as_ref()
+                .is_some_and(|g| g.plugin.hash == plugin.hash)
+                || state
+                    .next
+                    .as_ref()
+                    .is_some_and(|(g, _)| g.plugin.hash == plugin.hash)
+        };
+        if current {
+            Ok(())
+        } else {
+            self.deploy(plugin, mode).await
+        }
+    }
+
+    /// This host lost the projection's lease: stop its runners; reads
+    /// follow the stored checkpoints from now on.
+    pub async fn let_go(&self, name: &str) {
+        let Some(entry) = self.get(name) else { return };
+        entry.runs_here.store(false, Ordering::SeqCst);
+        let mut state = entry.state.lock().await;
+        let active = state.active.take();
+        let next = state.next.take().map(|(g, _)| g);
+        for generation in active.iter().chain(next.iter()) {
+            generation.stop_serving();
+            let _ = generation.control(Control::Stop).await;
+        }
+        tracing::info!(
+            projection = name,
+            "stopped the projection: another host runs it"
+        );
+    }
+
+    /// The active generation and its stored checkpoint.
+    async fn stored_serving(&self, name: &str) -> Result<Serving, StoreError> {
+        Ok(self
+            .store()
+            .generations()
+            .await?
+            .into_iter()
+            .find(|r| r.name == name && r.role == GenerationRole::Active)
+            .map(|r| Serving {
+                generation: r.generation,
+                position: r.position,
+            })
+            .unwrap_or_default())
+    }
+
+    /// The generation reads use, once it has processed `min_position` (if
+    /// given): from the runner when it runs here, else from the stored
+    /// checkpoint, polled. The position reached when `timeout` ran out
+    /// otherwise.
+    pub async fn serving_after(
+        &self,
+        entry: &Entry,
+        min_position: Option<Position>,
+        timeout: Duration,
+    ) -> Result<Result<Serving, Serving>, StoreError> {
+        if entry.runs_here() {
+            return Ok(match min_position {
+                None => Ok(entry.serving()),
+                Some(position) => entry.wait_for(position, timeout).await,
+            });
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let serving = self.stored_serving(&entry.name).await?;
+            let Some(position) = min_position else {
+                return Ok(Ok(serving));
+            };
+            if serving.position >= position {
+                return Ok(Ok(serving));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Err(serving));
+            }
+            if entry.runs_here() {
+                // Taken over meanwhile: the runner reports from now on.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                return Ok(entry.wait_for(position, left).await);
+            }
+            tokio::time::sleep(READ_POLL.min(deadline - tokio::time::Instant::now())).await;
+        }
     }
 
     /// Start using a new version of a projection: the first generation, or a
@@ -325,7 +542,14 @@ impl Projections {
         mode: DeployMode,
     ) -> Result<(), ProjectionError> {
         let entry = self.entry(&plugin.name, 1);
+        if !self.claim(&plugin.name).await {
+            let mut state = entry.state.lock().await;
+            state.current = Some((plugin, mode));
+            return Ok(());
+        }
         let mut state = entry.state.lock().await;
+        state.current = Some((plugin.clone(), mode));
+        entry.runs_here.store(true, Ordering::SeqCst);
         let Some(active) = state.active.clone() else {
             let generation = self
                 .create(&entry, &mut state, plugin, GenerationRole::Active)
@@ -386,9 +610,7 @@ impl Projections {
     /// `POST /projections/{name}/rebuild`: a new generation of the version
     /// that serves, switched to when it has caught up.
     pub async fn rebuild(&self, name: &str) -> Result<u64, ProjectionError> {
-        let entry = self
-            .get(name)
-            .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let entry = self.entry_here(name)?;
         let mut state = entry.state.lock().await;
         let plugin = state
             .active
@@ -410,9 +632,7 @@ impl Projections {
     /// `POST /projections/{name}/resume`: retry or skip the poison event of
     /// every failed generation of the projection.
     pub async fn resume(&self, name: &str, skip: bool) -> Result<usize, ProjectionError> {
-        let entry = self
-            .get(name)
-            .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let entry = self.entry_here(name)?;
         let state = entry.state.lock().await;
         let mut resumed = 0;
         let generations = state.active.iter().chain(state.next.iter().map(|(g, _)| g));
@@ -434,9 +654,7 @@ impl Projections {
     /// `POST /projections/{name}/promote`: make the shadow generation switch
     /// over as soon as it has caught up.
     pub async fn promote(&self, name: &str) -> Result<u64, ProjectionError> {
-        let entry = self
-            .get(name)
-            .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let entry = self.entry_here(name)?;
         let generation = {
             let mut state = entry.state.lock().await;
             match &mut state.next {
@@ -467,9 +685,7 @@ impl Projections {
     /// `DELETE /projections/{name}/shadow`: stop and drop the shadow
     /// generation. Returns the plugin that serves, which is current again.
     pub async fn drop_shadow(&self, name: &str) -> Result<Arc<Plugin>, ProjectionError> {
-        let entry = self
-            .get(name)
-            .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let entry = self.entry_here(name)?;
         let mut state = entry.state.lock().await;
         match state.next.take() {
             Some((generation, GenerationRole::Shadow)) => {
@@ -494,9 +710,7 @@ impl Projections {
         &self,
         name: &str,
     ) -> Result<(Arc<Generation>, Arc<Generation>), ProjectionError> {
-        let entry = self
-            .get(name)
-            .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let entry = self.entry_here(name)?;
         let state = entry.state.lock().await;
         match (&state.active, &state.next) {
             (Some(active), Some((next, _))) => Ok((active.clone(), next.clone())),
@@ -602,6 +816,46 @@ impl Projections {
             .get(name)
             .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
         let head = *self.store().subscribe_head().borrow();
+        let host = match self.leases.get() {
+            Some(leases) if leases.enabled() => {
+                leases
+                    .holder_of(&format!("{PROJECTION_PREFIX}{name}"))
+                    .await
+            }
+            _ => None,
+        };
+        if !entry.runs_here() {
+            let serving = self.stored_serving(name).await?;
+            let head = head.max(self.store().head_position().await?);
+            let plugin = self
+                .store()
+                .generations()
+                .await?
+                .into_iter()
+                .find(|r| r.name == name && r.generation == serving.generation)
+                .map(|r| r.plugin_hash);
+            return Ok(ProjectionStatus {
+                name: name.to_string(),
+                plugin,
+                generation: serving.generation,
+                state: "elsewhere",
+                runs_here: false,
+                host,
+                position: serving.position,
+                head,
+                lag: head.saturating_sub(serving.position),
+                error: None,
+                rebuild: None,
+                events_processed: 0,
+                batches: 0,
+                last_batch_ms: 0.0,
+                time_ms: TimeStatus {
+                    read: 0.0,
+                    plugin: 0.0,
+                    commit: 0.0,
+                },
+            });
+        }
         let state = entry.state.lock().await;
         let (plugin, generation, progress) = match &state.active {
             Some(a) => (Some(a.plugin.hash.clone()), a.generation, a.progress()),
@@ -642,6 +896,8 @@ impl Projections {
             plugin,
             generation,
             state: state_name,
+            runs_here: true,
+            host,
             position: progress.position,
             head,
             lag: head.saturating_sub(progress.position),
@@ -679,6 +935,7 @@ impl Projections {
             .cloned()
             .collect();
         for entry in entries {
+            entry.runs_here.store(false, Ordering::SeqCst);
             let state = entry.state.lock().await;
             for generation in state.active.iter().chain(state.next.iter().map(|(g, _)| g)) {
                 let _ = generation.control(Control::Stop).await;

@@ -143,6 +143,15 @@ impl EventStore for Flaky {
     async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
         self.inner.dead_letter(id).await
     }
+    async fn try_lease(&self, n: &str, h: &str, ttl: i64) -> Result<bool, StoreError> {
+        self.inner.try_lease(n, h, ttl).await
+    }
+    async fn release_lease(&self, n: &str, h: &str) -> Result<(), StoreError> {
+        self.inner.release_lease(n, h).await
+    }
+    async fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
+        self.inner.leases().await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

@@ -1172,6 +1172,24 @@ fn validate_command(c: &WitOutgoingCommand, data_bytes_max: usize) -> Result<(),
     Ok(())
 }
 
+/// The result of the commit being written; never resolves when there is none.
+async fn wait_commit(
+    pending: &mut Option<(u64, JoinHandle<Result<(), StoreError>>)>,
+) -> (u64, Result<(), StoreError>) {
+    let Some((seq, handle)) = pending.as_mut() else {
+        return std::future::pending().await;
+    };
+    let seq = *seq;
+    let result = match handle.await {
+        Ok(result) => result,
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "the commit task failed: {e}"
+        ))),
+    };
+    *pending = None;
+    (seq, result)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1205,22 +1223,4 @@ mod tests {
                 .contains("over the limit")
         );
     }
-}
-
-/// The result of the commit being written; never resolves when there is none.
-async fn wait_commit(
-    pending: &mut Option<(u64, JoinHandle<Result<(), StoreError>>)>,
-) -> (u64, Result<(), StoreError>) {
-    let Some((seq, handle)) = pending.as_mut() else {
-        return std::future::pending().await;
-    };
-    let seq = *seq;
-    let result = match handle.await {
-        Ok(result) => result,
-        Err(e) => Err(StoreError::Unavailable(format!(
-            "the commit task failed: {e}"
-        ))),
-    };
-    *pending = None;
-    (seq, result)
 }

@@ -30,9 +30,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::{
     AppendOutcome, AppendRequest, CommittedBatch, DeadLetter, Deployment, EventStore,
-    GenerationRecord, GlobalQuery, IdempotencyEntry, NewDeployment, OutboxCommand, Position,
-    RecordedEvent, SagaCommit, SagaCounts, SagaHistoryEntry, SagaInstanceRecord, SagaLoad,
-    SkipRecord, Snapshot, StoreError, StreamQuery, ViewCommit, ViewId,
+    GenerationRecord, GlobalQuery, IdempotencyEntry, LeaseRecord, NewDeployment, OutboxCommand,
+    Position, RecordedEvent, SagaCommit, SagaCounts, SagaHistoryEntry, SagaInstanceRecord,
+    SagaLoad, SkipRecord, Snapshot, StoreError, StreamQuery, ViewCommit, ViewId,
 };
 
 mod catalog;
@@ -534,6 +534,28 @@ impl EventStore for PostgresStore {
 
     async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
         sagas::dead_letter(&self.readers, id).await
+    }
+
+    async fn try_lease(&self, name: &str, holder: &str, ttl_us: i64) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        let holder = holder.to_string();
+        self.run_job(Box::new(move |conn| {
+            Box::pin(catalog::try_lease(conn, name, holder, ttl_us))
+        }))
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        let holder = holder.to_string();
+        self.run_job(Box::new(move |conn| {
+            Box::pin(catalog::release_lease(conn, name, holder))
+        }))
+        .await
+    }
+
+    async fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
+        catalog::leases(&self.readers).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

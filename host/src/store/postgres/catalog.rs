@@ -11,8 +11,8 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use super::int8;
 use crate::store::{
-    DeployMode, Deployment, GenerationRecord, GenerationRole, NewDeployment, RowWrite, SkipRecord,
-    StoreError, ViewCommit, ViewId, now_us,
+    DeployMode, Deployment, GenerationRecord, GenerationRole, LeaseRecord, NewDeployment, RowWrite,
+    SkipRecord, StoreError, ViewCommit, ViewId, now_us,
 };
 
 /// Write a batch's rows and move its checkpoint, if the checkpoint is still
@@ -364,6 +364,57 @@ pub async fn plugin_history(
             .await?,
         };
     rows.iter().map(deployment_from_row).collect()
+}
+
+/// Take or renew a lease (see `EventStore::try_lease`).
+pub async fn try_lease(
+    conn: &mut PgConnection,
+    name: String,
+    holder: String,
+    ttl_us: i64,
+) -> Result<Result<bool, StoreError>, sqlx::Error> {
+    // The database's clock: the hosts' clocks need not agree.
+    let done = sqlx::query(
+        "INSERT INTO leases (name, holder, expires_at) \
+         VALUES ($1, $2, (extract(epoch from clock_timestamp()) * 1000000)::bigint + $3) \
+         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+         WHERE leases.holder = excluded.holder \
+            OR leases.expires_at <= (extract(epoch from clock_timestamp()) * 1000000)::bigint",
+    )
+    .bind(&name)
+    .bind(&holder)
+    .bind(ttl_us)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Ok(done.rows_affected() == 1))
+}
+
+pub async fn release_lease(
+    conn: &mut PgConnection,
+    name: String,
+    holder: String,
+) -> Result<Result<(), StoreError>, sqlx::Error> {
+    sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+        .bind(&name)
+        .bind(&holder)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Ok(()))
+}
+
+pub async fn leases(readers: &PgPool) -> Result<Vec<LeaseRecord>, StoreError> {
+    let rows = sqlx::query("SELECT name, holder, expires_at FROM leases ORDER BY name")
+        .fetch_all(readers)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(LeaseRecord {
+                name: row.try_get(0)?,
+                holder: row.try_get(1)?,
+                expires_at_us: row.try_get(2)?,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use crate::store::{
-    DeployMode, Deployment, GenerationRecord, GenerationRole, NewDeployment, RowWrite, SkipRecord,
-    StoreError, ViewCommit, ViewId, now_us,
+    DeployMode, Deployment, GenerationRecord, GenerationRole, LeaseRecord, NewDeployment, RowWrite,
+    SkipRecord, StoreError, ViewCommit, ViewId, now_us,
 };
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<String, sqlx::Error> {
@@ -341,6 +341,56 @@ pub async fn plugin_history(
             .await?,
         };
     rows.iter().map(deployment_from_row).collect()
+}
+
+/// Take or renew a lease (see `EventStore::try_lease`).
+pub async fn try_lease(
+    conn: &mut SqliteConnection,
+    name: String,
+    holder: String,
+    ttl_us: i64,
+) -> Result<Result<bool, StoreError>, sqlx::Error> {
+    let now = now_us();
+    let done = sqlx::query(
+        "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3 + ?4) \
+         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+         WHERE leases.holder = excluded.holder OR leases.expires_at <= ?3",
+    )
+    .bind(&name)
+    .bind(&holder)
+    .bind(now)
+    .bind(ttl_us)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Ok(done.rows_affected() == 1))
+}
+
+pub async fn release_lease(
+    conn: &mut SqliteConnection,
+    name: String,
+    holder: String,
+) -> Result<Result<(), StoreError>, sqlx::Error> {
+    sqlx::query("DELETE FROM leases WHERE name = ? AND holder = ?")
+        .bind(&name)
+        .bind(&holder)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Ok(()))
+}
+
+pub async fn leases(readers: &SqlitePool) -> Result<Vec<LeaseRecord>, StoreError> {
+    let rows = sqlx::query("SELECT name, holder, expires_at FROM leases ORDER BY name")
+        .fetch_all(readers)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(LeaseRecord {
+                name: row.try_get(0)?,
+                holder: row.try_get(1)?,
+                expires_at_us: row.try_get(2)?,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
