@@ -452,7 +452,8 @@ pub struct SagaCommit {
     pub instances: Vec<SagaInstanceRecord>,
     /// Outbox rows inserted or replaced.
     pub outbox_put: Vec<OutboxCommand>,
-    /// Outbox rows removed: (instance, step).
+    /// Outbox rows removed: (instance, step). A commit never both writes and
+    /// removes the same row.
     pub outbox_delete: Vec<(String, u64)>,
     pub timers_put: Vec<SagaTimerRecord>,
     /// Timers removed: (instance, name), or every timer of the instance.

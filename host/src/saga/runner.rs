@@ -587,7 +587,7 @@ impl Runner {
             let keep = usize::from(inst.in_flight);
             while inst.queue.len() > keep {
                 if let Some(c) = inst.queue.pop_back() {
-                    self.commit.outbox_delete.push((id.to_string(), c.step));
+                    drop_from_outbox(&mut self.commit, id, c.step);
                     self.commit.history.push(history(
                         id,
                         json!({"kind": "command", "step": c.step, "aggregate": c.aggregate, "id": c.aggregate_id, "type": c.command_type, "compensating": c.compensating, "outcome": "cancelled"}),
@@ -705,7 +705,7 @@ impl Runner {
                 };
                 inst.record.awaited_position = inst.record.awaited_position.max(position);
                 inst.retry_at_ms = 0;
-                self.commit.outbox_delete.push((id.clone(), step));
+                drop_from_outbox(&mut self.commit, &id, step);
                 self.commit.history.push(history(
                     &id,
                     json!({"kind": "command", "step": step, "aggregate": c.aggregate, "id": c.aggregate_id, "type": c.command_type, "compensating": c.compensating, "outcome": "applied", "version": version, "position": position, "events": events, "replayed": replayed, "attempts": c.attempts + 1}),
@@ -716,7 +716,7 @@ impl Runner {
                 let Some(c) = inst.queue.pop_front() else {
                     return;
                 };
-                self.commit.outbox_delete.push((id.clone(), step));
+                drop_from_outbox(&mut self.commit, &id, step);
                 self.commit.history.push(history(
                     &id,
                     json!({"kind": "command", "step": step, "aggregate": c.aggregate, "id": c.aggregate_id, "type": c.command_type, "compensating": c.compensating, "outcome": "refused", "error": failure_json(&failure)}),
@@ -1172,6 +1172,16 @@ fn validate_command(c: &WitOutgoingCommand, data_bytes_max: usize) -> Result<(),
     Ok(())
 }
 
+/// Remove an outbox command in `commit`, and any write of it the same
+/// commit holds (a retry's new attempt count), so that the row cannot come
+/// back whatever order a backend applies them in.
+fn drop_from_outbox(commit: &mut SagaCommit, instance: &str, step: u64) {
+    commit
+        .outbox_put
+        .retain(|c| !(c.instance == instance && c.step == step));
+    commit.outbox_delete.push((instance.to_string(), step));
+}
+
 /// The result of the commit being written; never resolves when there is none.
 async fn wait_commit(
     pending: &mut Option<(u64, JoinHandle<Result<(), StoreError>>)>,
@@ -1193,6 +1203,36 @@ async fn wait_commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dropped_command_is_not_written_back_by_the_same_commit() {
+        let command = OutboxCommand {
+            saga: "s".into(),
+            instance: "i".into(),
+            step: 2,
+            aggregate: "bank_account".into(),
+            aggregate_id: "a".into(),
+            command_type: "Deposit".into(),
+            data: "{}".into(),
+            metadata: "{}".into(),
+            compensating: false,
+            attempts: 1,
+            errors: vec![],
+            created_at_us: 0,
+        };
+        let mut other = command.clone();
+        other.step = 3;
+        let mut commit = SagaCommit {
+            outbox_put: vec![command, other],
+            ..SagaCommit::default()
+        };
+        drop_from_outbox(&mut commit, "i", 2);
+        assert_eq!(
+            commit.outbox_put.iter().map(|c| c.step).collect::<Vec<_>>(),
+            vec![3]
+        );
+        assert_eq!(commit.outbox_delete, vec![("i".to_string(), 2)]);
+    }
 
     #[test]
     fn instance_ids_and_commands_are_checked() {
