@@ -346,6 +346,68 @@ impl Deployer {
     }
 }
 
+impl Deployer {
+    /// Follow deployments made through other hosts sharing the store: every
+    /// `interval`, a name whose current stored version differs from the one
+    /// loaded here is loaded from its stored bytes (not recorded again).
+    /// Aggregates serve their next command with it, sagas react with it from
+    /// their next unit of work. Projections are left to the host that runs
+    /// them (their generations are shared state; see docs/design.md).
+    pub fn follow_store(self: &Arc<Self>, interval: Duration) -> JoinHandle<()> {
+        let deployer = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                if let Err(e) = deployer.load_newer_deployments().await {
+                    tracing::warn!(error = %e, "could not read the stored deployments");
+                }
+            }
+        })
+    }
+
+    /// Load the stored current versions that differ from the loaded ones;
+    /// the names loaded.
+    pub async fn load_newer_deployments(&self) -> Result<Vec<String>, DeployError> {
+        let mut loaded = Vec::new();
+        for deployment in self.store.current_deployments().await? {
+            if deployment.kind == PluginKind::Projection.as_str()
+                || self
+                    .registry
+                    .get(&deployment.name)
+                    .is_some_and(|p| p.hash == deployment.hash)
+            {
+                continue;
+            }
+            let Some(bytes) = self.store.plugin_bytes(&deployment.hash).await? else {
+                continue;
+            };
+            let plugin = match self.compile(&deployment.name, Arc::new(bytes)).await {
+                Ok(plugin) => plugin,
+                Err(e) => {
+                    tracing::error!(plugin = %deployment.name, hash = %deployment.hash, error = %e, "a version deployed through another host does not load here");
+                    continue;
+                }
+            };
+            if self
+                .registry
+                .get(&deployment.name)
+                .is_some_and(|p| p.kind != plugin.kind)
+            {
+                continue;
+            }
+            let plugin = self.registry.insert(plugin);
+            tracing::info!(plugin = %plugin.name, hash = %plugin.hash, "loaded a version deployed through another host");
+            if plugin.kind == PluginKind::Saga {
+                self.sagas.deploy(plugin).await;
+            }
+            loaded.push(deployment.name);
+        }
+        Ok(loaded)
+    }
+}
+
 fn article(kind: PluginKind) -> &'static str {
     match kind {
         PluginKind::Aggregate => "an",

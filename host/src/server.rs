@@ -48,6 +48,9 @@ pub struct HostConfig {
     pub watch_interval: Option<Duration>,
     /// How long a graceful shutdown waits for open connections.
     pub shutdown_grace: Duration,
+    /// How often a host on a shared database looks for versions deployed
+    /// through other hosts.
+    pub deployment_poll: Duration,
     /// How long a lease on a projection or saga lasts without renewal (on
     /// PostgreSQL, where several hosts may share the database): another
     /// host takes over a dead host's work within about this time.
@@ -72,6 +75,7 @@ impl HostConfig {
             compile_cache_dir: None,
             watch_interval: Some(Duration::from_secs(1)),
             shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
+            deployment_poll: Duration::from_secs(2),
             lease_ttl: Duration::from_millis(LEASE_TTL_MS_DEFAULT),
         }
     }
@@ -106,6 +110,7 @@ pub struct Host {
     store: Arc<dyn EventStore>,
     purger: JoinHandle<()>,
     watcher: Option<JoinHandle<()>>,
+    follower: Option<JoinHandle<()>>,
     lease_manager: Option<JoinHandle<()>>,
     shutdown_grace: Duration,
 }
@@ -171,6 +176,9 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
         .await
         .context("loading plugins")?;
     let watcher = baseline.map(|(watcher, interval)| deployer.watch(watcher, interval));
+    // Hosts sharing a database load what was deployed through the others.
+    let follower = crate::store::is_postgres_url(&config.db)
+        .then(|| deployer.follow_store(config.deployment_poll));
     let lease_manager = leases.spawn(Arc::downgrade(&projections), Arc::downgrade(&sagas));
     tracing::info!(host = %leases.holder(), leases = leases.enabled(), "host id");
     let state = Arc::new(AppState {
@@ -208,6 +216,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
         store,
         purger,
         watcher,
+        follower,
         lease_manager,
         shutdown_grace: config.shutdown_grace,
     })
@@ -238,6 +247,9 @@ impl Host {
         self.purger.abort();
         if let Some(watcher) = self.watcher {
             watcher.abort();
+        }
+        if let Some(follower) = self.follower {
+            follower.abort();
         }
         if let Some(manager) = self.lease_manager {
             manager.abort();

@@ -156,3 +156,81 @@ async fn two_hosts_on_one_stream_lose_no_update() {
     second.stop().await;
     db.drop().await;
 }
+
+/// A new aggregate version deployed through one host serves commands on the
+/// other host too, within a few polls.
+#[tokio::test]
+async fn a_version_deployed_through_one_host_runs_on_the_other() {
+    let Some(db) =
+        PgDatabase::create("a_version_deployed_through_one_host_runs_on_the_other").await
+    else {
+        return;
+    };
+    let plugins = [(artifacts::BANK_ACCOUNT, "bank_account")];
+    let (u1, u2) = (db.url.clone(), db.url.clone());
+    let fast = |c: &mut kiln::server::HostConfig| c.deployment_poll = Duration::from_millis(200);
+    let mut first = TestHost::start_with_plugins(&plugins, |c| {
+        c.db = u1;
+        fast(c);
+    })
+    .await;
+    let mut second = TestHost::start_with_plugins(&plugins, |c| {
+        c.db = u2;
+        fast(c);
+    })
+    .await;
+    // The flaky bank: bank_account's logic, but a deposit to an open
+    // `unreachable-…` account traps.
+    let bytes = std::fs::read(artifacts::FIXTURE_FLAKY_BANK).expect("component");
+    let put = first
+        .send(
+            first
+                .client
+                .put(first.url("/plugins/bank_account"))
+                .header(
+                    "Authorization",
+                    format!("Bearer {}", crate::common::ADMIN_TOKEN),
+                )
+                .body(bytes),
+        )
+        .await;
+    put.expect(200, "");
+    let hash = put.body["hash"].as_str().unwrap_or("").to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let plugins = second.get("/plugins").await;
+        let loaded = plugins.body.as_array().is_some_and(|list| {
+            list.iter()
+                .any(|p| p["name"] == "bank_account" && p["hash"] == hash.as_str())
+        });
+        if loaded {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", plugins.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    second
+        .command(
+            "bank_account",
+            "unreachable-1",
+            cmd("Open", json!({"owner": "x"})),
+        )
+        .await
+        .expect(200, "");
+    let trapped = second
+        .command(
+            "bank_account",
+            "unreachable-1",
+            cmd("Deposit", json!({"amount": 5})),
+        )
+        .await;
+    trapped.expect(500, "plugin_trap");
+    assert!(
+        trapped.message().contains("unreachable"),
+        "{}",
+        trapped.body
+    );
+    first.stop().await;
+    second.stop().await;
+    db.drop().await;
+}
