@@ -680,6 +680,13 @@ pub trait EventStore: Send + Sync + 'static {
         instance: &str,
     ) -> Result<Option<SagaInstanceRecord>, StoreError>;
 
+    /// The instances of a saga among `instances` (any status), in no order.
+    async fn saga_instances(
+        &self,
+        saga: &str,
+        instances: &[String],
+    ) -> Result<Vec<SagaInstanceRecord>, StoreError>;
+
     /// The outbox of one instance, by step.
     async fn saga_outbox(
         &self,

@@ -123,6 +123,13 @@ impl EventStore for Flaky {
     ) -> Result<Option<SagaInstanceRecord>, StoreError> {
         self.inner.saga_instance(s, i).await
     }
+    async fn saga_instances(
+        &self,
+        s: &str,
+        i: &[String],
+    ) -> Result<Vec<SagaInstanceRecord>, StoreError> {
+        self.inner.saga_instances(s, i).await
+    }
     async fn saga_outbox(&self, s: &str, i: &str) -> Result<Vec<OutboxCommand>, StoreError> {
         self.inner.saga_outbox(s, i).await
     }

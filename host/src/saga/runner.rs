@@ -459,23 +459,41 @@ impl Runner {
             (true, Some(e)) => e.position,
             _ => head,
         };
+        // Which instance each event belongs to, first, so that the instances
+        // not in memory are read in one query rather than one per event.
+        let mut ids: Vec<Option<String>> = Vec::with_capacity(events.len());
+        let mut stopped: Option<(Position, Stop)> = None;
         for event in &events {
-            match self.on_event(event).await {
-                Ok(()) => {}
+            match self.correlate(event).await {
+                Ok(id) => ids.push(id),
                 Err(stop) => {
-                    last = event.position - 1;
-                    match stop {
-                        Stop::Poison(message) => {
-                            tracing::error!(saga = self.name(), position = event.position, %message, "saga failed on an event; it waits for an operator");
-                            self.poison = Some(Poison::Event {
-                                position: event.position,
-                                message,
-                            });
-                        }
-                        Stop::Transient(message) => self.pause(&message),
-                    }
+                    stopped = Some((event.position, stop));
                     break;
                 }
+            }
+        }
+        let completed = match self.load_instances(&ids).await {
+            Ok(completed) => completed,
+            Err(e) => {
+                self.pause(&e.to_string());
+                return;
+            }
+        };
+        for (event, id) in events.iter().zip(ids) {
+            let Some(id) = id else { continue };
+            if let Err(stop) = self.react_to(event, id, &completed).await {
+                stopped = Some((event.position, stop));
+                break;
+            }
+        }
+        if let Some((position, stop)) = stopped {
+            last = position - 1;
+            match stop {
+                Stop::Poison(message) => {
+                    tracing::error!(saga = self.name(), position, %message, "saga failed on an event; it waits for an operator");
+                    self.poison = Some(Poison::Event { position, message });
+                }
+                Stop::Transient(message) => self.pause(&message),
             }
         }
         if last > self.checkpoint {
@@ -495,36 +513,72 @@ impl Runner {
         Ok(instance.subscriptions().await?)
     }
 
-    async fn on_event(&mut self, event: &RecordedEvent) -> Result<(), Stop> {
+    /// The instance an event belongs to, if any.
+    async fn correlate(&self, event: &RecordedEvent) -> Result<Option<String>, Stop> {
         let wit = to_wit_event(event);
         let mut plugin = self.instance_at(wit.recorded_at_ms).await?;
         let Some(id) = plugin.correlate(&wit).await? else {
-            return Ok(());
+            return Ok(None);
         };
         validate_instance_id(&id).map_err(Stop::Poison)?;
-        if !self.instances.contains_key(&id) {
-            match self.store.saga_instance(self.name(), &id).await? {
-                // A completed instance takes no more events.
-                Some(record) if record.status == SagaStatus::Completed => return Ok(()),
-                Some(record) => {
-                    self.instances.insert(id.clone(), Instance::new(record));
-                }
-                None => {
-                    let now = now_us();
-                    let record = SagaInstanceRecord {
-                        saga: self.name().to_string(),
-                        instance: id.clone(),
-                        state: Vec::new(),
-                        status: SagaStatus::Running,
-                        done: false,
-                        next_step: 1,
-                        awaited_position: 0,
-                        created_at_us: now,
-                        updated_at_us: now,
-                    };
-                    self.instances.insert(id.clone(), Instance::new(record));
-                }
+        Ok(Some(id))
+    }
+
+    /// Read the instances among `ids` not in memory (every instance not
+    /// completed is in memory once loaded, so these are new or completed);
+    /// the completed ones.
+    async fn load_instances(
+        &mut self,
+        ids: &[Option<String>],
+    ) -> Result<HashSet<String>, StoreError> {
+        let mut unknown: Vec<String> = ids
+            .iter()
+            .flatten()
+            .filter(|id| !self.instances.contains_key(*id))
+            .cloned()
+            .collect();
+        unknown.sort();
+        unknown.dedup();
+        let mut completed = HashSet::new();
+        if unknown.is_empty() {
+            return Ok(completed);
+        }
+        for record in self.store.saga_instances(self.name(), &unknown).await? {
+            if record.status == SagaStatus::Completed {
+                completed.insert(record.instance);
+            } else {
+                self.instances
+                    .insert(record.instance.clone(), Instance::new(record));
             }
+        }
+        Ok(completed)
+    }
+
+    /// React to an event of instance `id` (a new one unless it is in memory
+    /// or in `completed`, which takes no more events).
+    async fn react_to(
+        &mut self,
+        event: &RecordedEvent,
+        id: String,
+        completed: &HashSet<String>,
+    ) -> Result<(), Stop> {
+        if !self.instances.contains_key(&id) {
+            if completed.contains(&id) {
+                return Ok(());
+            }
+            let now = now_us();
+            let record = SagaInstanceRecord {
+                saga: self.name().to_string(),
+                instance: id.clone(),
+                state: Vec::new(),
+                status: SagaStatus::Running,
+                done: false,
+                next_step: 1,
+                awaited_position: 0,
+                created_at_us: now,
+                updated_at_us: now,
+            };
+            self.instances.insert(id.clone(), Instance::new(record));
         }
         let Some(state) = self
             .instances
@@ -534,6 +588,8 @@ impl Runner {
         else {
             return Ok(());
         };
+        let wit = to_wit_event(event);
+        let mut plugin = self.instance_at(wit.recorded_at_ms).await?;
         let reaction = plugin
             .react(&state, &wit)
             .await?

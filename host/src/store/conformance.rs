@@ -426,6 +426,22 @@ async fn saga_state_outbox_and_dead_letters(store: &dyn EventStore) {
             .map(|i| i.status),
         Some(SagaStatus::Completed)
     );
+    let mut some = store
+        .saga_instances("s", &["done".into(), "i1".into(), "nope".into()])
+        .await
+        .unwrap();
+    some.sort_by(|a, b| a.instance.cmp(&b.instance));
+    assert_eq!(
+        some.iter().map(|i| i.instance.as_str()).collect::<Vec<_>>(),
+        vec!["done", "i1"]
+    );
+    assert!(
+        store
+            .saga_instances("other", &["i1".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.saga_history("s", "i1", 10).await.unwrap().len(), 1);
 
     // Step 1 applied, step 2 exhausted its attempts.

@@ -507,6 +507,14 @@ impl EventStore for PostgresStore {
         sagas::instance(&self.readers, saga, instance).await
     }
 
+    async fn saga_instances(
+        &self,
+        saga: &str,
+        instances: &[String],
+    ) -> Result<Vec<SagaInstanceRecord>, StoreError> {
+        sagas::instances(&self.readers, saga, instances).await
+    }
+
     async fn saga_outbox(
         &self,
         saga: &str,

@@ -298,6 +298,23 @@ pub async fn load(readers: &PgPool, saga: &str) -> Result<SagaLoad, StoreError> 
     })
 }
 
+pub async fn instances(
+    readers: &PgPool,
+    saga: &str,
+    instances: &[String],
+) -> Result<Vec<SagaInstanceRecord>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT {INSTANCE_COLUMNS} FROM saga_instances WHERE saga = $1 AND instance = ANY($2)"
+    ))
+    .bind(saga)
+    .bind(instances)
+    .fetch_all(readers)
+    .await?
+    .iter()
+    .map(instance_from_row)
+    .collect()
+}
+
 pub async fn instance(
     readers: &PgPool,
     saga: &str,

@@ -304,6 +304,24 @@ pub async fn instance(
         .transpose()
 }
 
+pub async fn instances(
+    readers: &SqlitePool,
+    saga: &str,
+    instances: &[String],
+) -> Result<Vec<SagaInstanceRecord>, StoreError> {
+    sqlx::query(
+        "SELECT * FROM saga_instances WHERE saga = ? \
+         AND instance IN (SELECT value FROM json_each(?))",
+    )
+    .bind(saga)
+    .bind(encode(&instances).map_err(StoreError::from)?)
+    .fetch_all(readers)
+    .await?
+    .iter()
+    .map(instance_from_row)
+    .collect()
+}
+
 pub async fn outbox(
     readers: &SqlitePool,
     saga: &str,
