@@ -722,6 +722,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// Every lease row, live or expired, by name.
     async fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError>;
 
+    /// Whether other hosts may write to this store too (then a state cached
+    /// in memory may be behind it). A SQLite file has one writer: this host.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -276,8 +276,11 @@ impl Pipeline {
             StateAt::Latest => {
                 let mut loaded = self.load(&plugin, stream_id, now_ms).await?;
                 // The cache may be behind when other hosts share the store:
-                // a read sees every event committed before it.
-                self.catch_up(stream_id, &mut loaded).await?;
+                // a read sees every event committed before it. (With one
+                // writer, this host, the cache is never behind.)
+                if self.store.shared() {
+                    self.catch_up(stream_id, &mut loaded).await?;
+                }
                 loaded
             }
             StateAt::Version(v) => {

@@ -507,6 +507,10 @@ impl EventStore for PostgresStore {
         sagas::instance(&self.readers, saga, instance).await
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn saga_instances(
         &self,
         saga: &str,
