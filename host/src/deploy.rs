@@ -42,6 +42,17 @@ impl From<LoadError> for DeployError {
     }
 }
 
+/// Directory plugins larger than this whose compiled form is not cached are
+/// compiled after the host starts serving (a 10–20 MB JavaScript or Python
+/// component takes 10–20 s). Rust components are tens of kilobytes.
+pub const BACKGROUND_COMPILE_BYTES: usize = 1024 * 1024;
+
+/// A directory plugin whose compile was left for after the start.
+pub struct DeferredPlugin {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
 /// Where a deployment came from.
 pub const SOURCE_UPLOAD: &str = "upload";
 pub const SOURCE_DIRECTORY: &str = "directory";
@@ -73,9 +84,13 @@ impl Deployer {
     }
 
     /// Compile on the blocking pool (a cache hit takes a millisecond, a
-    /// compile tens of milliseconds to seconds).
+    /// compile tens of milliseconds for a Rust component, 10–20 s for a
+    /// JavaScript or Python one). Meanwhile `GET /plugins` shows the version
+    /// as compiling, and the current version, if any, keeps serving.
     async fn compile(&self, name: &str, bytes: Arc<Vec<u8>>) -> Result<Plugin, DeployError> {
         validate_name(name)?;
+        let hash = crate::runtime::plugin::content_hash(&bytes);
+        let _compiling = self.registry.begin_compiling(name, &hash, bytes.len());
         let runtime = self.runtime.clone();
         let owned = name.to_string();
         let plugin = tokio::task::spawn_blocking(move || runtime.compile(&owned, &bytes))
@@ -204,7 +219,12 @@ impl Deployer {
     /// At start: load the stored current versions, apply the plugin
     /// directory (a file whose bytes differ from the stored version is a new
     /// deployment), then resume every projection where it stopped.
-    pub async fn restore(&self, dir: Option<&Path>) -> Result<(), DeployError> {
+    ///
+    /// A directory file larger than [`BACKGROUND_COMPILE_BYTES`] whose
+    /// compiled form is not in the cache is not compiled here: it is
+    /// returned, for [`Deployer::load_in_background`] once the host serves.
+    pub async fn restore(&self, dir: Option<&Path>) -> Result<Vec<DeferredPlugin>, DeployError> {
+        let mut deferred = Vec::new();
         let mut modes: HashMap<String, DeployMode> = HashMap::new();
         for deployment in self.store.current_deployments().await? {
             let Some(bytes) = self.store.plugin_bytes(&deployment.hash).await? else {
@@ -233,6 +253,11 @@ impl Deployer {
                 };
                 let hash = crate::runtime::plugin::content_hash(&bytes);
                 if self.registry.get(&name).is_some_and(|p| p.hash == hash) {
+                    continue;
+                }
+                if bytes.len() > BACKGROUND_COMPILE_BYTES && !self.runtime.is_compiled(&bytes) {
+                    tracing::info!(plugin = %name, bytes = bytes.len(), "large plugin not in the compile cache; compiling it in the background");
+                    deferred.push(DeferredPlugin { name, bytes });
                     continue;
                 }
                 match self.deploy_quietly(&name, bytes).await {
@@ -281,7 +306,39 @@ impl Deployer {
                 .restore(plugin, mode, &mine, &versions)
                 .await?;
         }
-        Ok(())
+        Ok(deferred)
+    }
+
+    /// Deploy the plugins [`Deployer::restore`] left for later, one at a
+    /// time (a compile uses every core), as if their files had just
+    /// changed. Until each is done, `GET /plugins` shows it compiling and
+    /// the version stored before, if any, keeps serving.
+    pub fn load_in_background(self: &Arc<Self>, deferred: Vec<DeferredPlugin>) -> JoinHandle<()> {
+        let deployer = Arc::downgrade(self);
+        tokio::spawn(async move {
+            for plugin in deferred {
+                let Some(deployer) = deployer.upgrade() else {
+                    return;
+                };
+                let started = std::time::Instant::now();
+                match deployer
+                    .deploy(
+                        &plugin.name,
+                        plugin.bytes,
+                        DeployMode::Live,
+                        SOURCE_DIRECTORY,
+                    )
+                    .await
+                {
+                    Ok(loaded) => {
+                        tracing::info!(plugin = %loaded.name, kind = loaded.kind.as_str(), hash = %loaded.hash, elapsed_ms = started.elapsed().as_millis() as u64, "plugin compiled in the background and loaded")
+                    }
+                    Err(e) => {
+                        tracing::error!(plugin = %plugin.name, error = %e, "plugin not loaded")
+                    }
+                }
+            }
+        })
     }
 
     /// Compile, record and make current, without starting projections

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::runtime::{LoadError, Plugin};
 
@@ -14,6 +14,35 @@ pub const PLUGIN_NAME_CHARS_MAX: usize = 64;
 #[derive(Default)]
 pub struct Registry {
     plugins: RwLock<HashMap<String, Arc<Plugin>>>,
+    /// Versions being compiled, by plugin name (the current version, if
+    /// any, serves meanwhile).
+    compiling: Mutex<HashMap<String, Compiling>>,
+}
+
+/// A plugin version being compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compiling {
+    /// `sha256:<hex>` of the component bytes.
+    pub hash: String,
+    pub size: usize,
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+/// Marks a version as compiling until dropped.
+pub struct CompilingGuard<'a> {
+    registry: &'a Registry,
+    name: String,
+    hash: String,
+}
+
+impl Drop for CompilingGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.registry.compiling_map();
+        // A newer compile of the same name may have replaced the marker.
+        if map.get(&self.name).is_some_and(|c| c.hash == self.hash) {
+            map.remove(&self.name);
+        }
+    }
 }
 
 /// Why a plugin file or upload was not loaded.
@@ -58,6 +87,38 @@ impl Registry {
         let mut map = self.plugins.write().unwrap_or_else(|p| p.into_inner());
         map.insert(plugin.name.to_string(), plugin.clone());
         plugin
+    }
+
+    /// Show `name` as compiling the version `hash` until the guard drops.
+    pub fn begin_compiling(&self, name: &str, hash: &str, size: usize) -> CompilingGuard<'_> {
+        self.compiling_map().insert(
+            name.to_string(),
+            Compiling {
+                hash: hash.to_string(),
+                size,
+                since: chrono::Utc::now(),
+            },
+        );
+        CompilingGuard {
+            registry: self,
+            name: name.to_string(),
+            hash: hash.to_string(),
+        }
+    }
+
+    /// Versions being compiled, by plugin name, sorted.
+    pub fn compiling(&self) -> Vec<(String, Compiling)> {
+        let mut all: Vec<_> = self
+            .compiling_map()
+            .iter()
+            .map(|(name, c)| (name.clone(), c.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    fn compiling_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Compiling>> {
+        self.compiling.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Plugin>>> {
@@ -105,6 +166,21 @@ pub fn validate_name(name: &str) -> Result<(), RegistryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_compiling_version_shows_until_its_guard_drops() {
+        let registry = Registry::default();
+        let first = registry.begin_compiling("big", "sha256:aa", 10);
+        assert_eq!(registry.compiling().len(), 1);
+        assert_eq!(registry.compiling()[0].1.hash, "sha256:aa");
+        // A newer upload of the same name replaces the marker; the older
+        // compile finishing does not remove the newer one's.
+        let second = registry.begin_compiling("big", "sha256:bb", 20);
+        drop(first);
+        assert_eq!(registry.compiling()[0].1.hash, "sha256:bb");
+        drop(second);
+        assert!(registry.compiling().is_empty());
+    }
 
     #[test]
     fn names_are_checked() {

@@ -111,6 +111,8 @@ pub struct Host {
     purger: JoinHandle<()>,
     watcher: Option<JoinHandle<()>>,
     follower: Option<JoinHandle<()>>,
+    /// Compiles the large plugins the start left for later.
+    background_loads: JoinHandle<()>,
     lease_manager: Option<JoinHandle<()>>,
     shutdown_grace: Duration,
 }
@@ -171,7 +173,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
         }
         _ => None,
     };
-    deployer
+    let deferred = deployer
         .restore(config.plugins_dir.as_deref())
         .await
         .context("loading plugins")?;
@@ -206,6 +208,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
             })
             .await
     });
+    let background_loads = state.deployer.load_in_background(deferred);
     let purger = spawn_idempotency_purger(store.clone(), config.pipeline.idempotency_window);
     tracing::info!(%addr, db = %redact(&config.db), plugins = state.registry.len(), "kiln listening");
     Ok(Host {
@@ -217,6 +220,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
         purger,
         watcher,
         follower,
+        background_loads,
         lease_manager,
         shutdown_grace: config.shutdown_grace,
     })
@@ -251,6 +255,7 @@ impl Host {
         if let Some(follower) = self.follower {
             follower.abort();
         }
+        self.background_loads.abort();
         if let Some(manager) = self.lease_manager {
             manager.abort();
         }

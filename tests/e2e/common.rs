@@ -196,6 +196,58 @@ impl TestHost {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+
+    /// A host whose plugin directory holds `plugins` (component file, name),
+    /// JavaScript or Python ones among them, with the compile cache every
+    /// such host of this run shares (a 10–20 MB component compiles in
+    /// 10–20 s, once). Returns once every plugin is loaded.
+    pub async fn start_polyglot(plugins: &[(&str, &str)]) -> Self {
+        // One host at a time compiles: the others then load from the cache
+        // instead of compiling the same component beside it.
+        let _one_at_a_time = POLYGLOT_START.lock().await;
+        let cache = shared_compile_cache();
+        let host = Self::start_with_plugins(plugins, |c| c.compile_cache_dir = Some(cache)).await;
+        for (_, name) in plugins {
+            host.wait_for_plugin(name, Duration::from_secs(300)).await;
+        }
+        host
+    }
+
+    /// Wait until `GET /plugins` lists `name` as ready with nothing
+    /// compiling; its entry.
+    pub async fn wait_for_plugin(&self, name: &str, timeout: Duration) -> Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let list = self.get("/plugins").await;
+            let entry = list.body.as_array().and_then(|all| {
+                all.iter()
+                    .find(|p| {
+                        p["name"] == name && p["status"] == "ready" && p["compiling"].is_null()
+                    })
+                    .cloned()
+            });
+            if let Some(entry) = entry {
+                return entry;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "plugin {name} not ready after {timeout:?}: {}",
+                list.body
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+static POLYGLOT_START: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `<target>/test-compile-cache`: compiled components kept across the
+/// tests of a run and across runs (keyed by content and engine settings).
+pub fn shared_compile_cache() -> std::path::PathBuf {
+    Path::new(artifacts::EXAMPLES_DIR)
+        .parent()
+        .expect("the plugins directory sits in the target directory")
+        .join("test-compile-cache")
 }
 
 impl Drop for TestHost {

@@ -118,7 +118,7 @@ const OPS: &[Op] = &[
     Op {
         method: "get",
         path: "/plugins",
-        summary: "Loaded plugins",
+        summary: "Loaded plugins, and versions compiling",
         params: &[],
         body: None,
         responses: &[("200", "list of plugins")],

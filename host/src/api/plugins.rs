@@ -14,6 +14,7 @@ use super::json::{format_time_us, read_body, read_optional_json};
 use super::streams::query;
 use super::{ApiError, AppState};
 use crate::deploy::{DeployError, SOURCE_UPLOAD};
+use crate::registry::Compiling;
 use crate::runtime::Plugin;
 use crate::store::{DeployMode, Deployment};
 use serde::Deserialize;
@@ -25,14 +26,53 @@ pub fn plugin_json(p: &Plugin) -> Value {
         "hash": p.hash,
         "size": p.size,
         "loaded_at": format_time_us(p.loaded_at.timestamp_micros()),
+        "status": "ready",
     })
 }
 
-/// `GET /plugins`
+fn compiling_json(c: &Compiling) -> Value {
+    json!({
+        "hash": c.hash,
+        "size": c.size,
+        "since": format_time_us(c.since.timestamp_micros()),
+    })
+}
+
+/// `GET /plugins`: the loaded plugins (`status` `ready`), and those whose
+/// first version is still compiling (`status` `compiling`, `kind` null). A
+/// loaded plugin with a new version compiling carries it under `compiling`
+/// while the loaded version serves.
 pub async fn list_plugins(State(app): State<Arc<AppState>>) -> Json<Value> {
-    Json(Value::Array(
-        app.registry.list().iter().map(|p| plugin_json(p)).collect(),
-    ))
+    let mut compiling: std::collections::HashMap<String, Compiling> =
+        app.registry.compiling().into_iter().collect();
+    let mut entries: Vec<(String, Value)> = app
+        .registry
+        .list()
+        .iter()
+        .map(|p| {
+            let mut entry = plugin_json(p);
+            if let Some(c) = compiling.remove(&*p.name).filter(|c| c.hash != p.hash) {
+                entry["compiling"] = compiling_json(&c);
+            }
+            (p.name.to_string(), entry)
+        })
+        .collect();
+    for (name, c) in compiling {
+        entries.push((
+            name.clone(),
+            json!({
+                "name": name,
+                "kind": null,
+                "hash": c.hash,
+                "size": c.size,
+                "loaded_at": null,
+                "status": "compiling",
+                "compiling": compiling_json(&c),
+            }),
+        ));
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    Json(Value::Array(entries.into_iter().map(|(_, v)| v).collect()))
 }
 
 /// Largest component accepted by `PUT /plugins/{name}`: JavaScript and

@@ -80,11 +80,13 @@ pub fn classify(
         Some(trap) => trap.to_string(),
         None => error.root_cause().to_string(),
     };
-    let message = if stderr.is_empty() {
-        what
-    } else {
-        format!("{what}; plugin stderr: {stderr}")
-    };
+    let mut message = what;
+    if let Some(logged) = data.last_error_log() {
+        message = format!("{message}; plugin error: {logged}");
+    }
+    if !stderr.is_empty() {
+        message = format!("{message}; plugin stderr: {stderr}");
+    }
     PluginError::Trap { plugin, message }
 }
 

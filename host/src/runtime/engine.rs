@@ -91,6 +91,14 @@ impl Runtime {
         Ok(self)
     }
 
+    /// Whether the compiled form of `bytes` is in the on-disk cache, so that
+    /// loading it takes a millisecond rather than a compile.
+    pub fn is_compiled(&self, bytes: &[u8]) -> bool {
+        self.compile_cache
+            .as_ref()
+            .is_some_and(|cache| cache.path_for(&self.engine, bytes).is_file())
+    }
+
     /// Compile and check a plugin. Blocking and CPU-heavy (tens of ms for a
     /// small component, seconds for a large one): never call it on a request
     /// or dispatch thread.

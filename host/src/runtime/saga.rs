@@ -51,9 +51,12 @@ impl SagaInstance {
         result.map_err(|e| self.classify(e))
     }
 
-    /// The instance `event` belongs to, if any.
+    /// The instance `event` belongs to, if any. One instance answers this
+    /// for a whole batch (a mapping from event to id, with no instance state
+    /// involved); its clocks read each event's time.
     pub async fn correlate(&mut self, event: &WitEvent) -> Result<Option<String>, PluginError> {
         call::start_call(&mut self.store);
+        self.store.data_mut().set_now(event.recorded_at_ms);
         let result = self.bindings.call_correlate(&mut self.store, event).await;
         result.map_err(|e| self.classify(e))
     }

@@ -2,6 +2,7 @@
 //! and random numbers, captured stdout/stderr, and per-store limits.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
@@ -16,6 +17,8 @@ use super::bindings::{LogLevel, aggregate::kiln::plugin};
 /// Bytes of stdout and of stderr kept per unit of work. Output past this is
 /// dropped; it only feeds the log and trap messages.
 const CAPTURED_OUTPUT_BYTES_MAX: usize = 16 * 1024;
+/// Bytes of the last error-level log message kept for trap messages.
+const LAST_ERROR_LOG_BYTES_MAX: usize = 2048;
 
 /// What a store holds while a plugin runs one unit of work.
 pub struct PluginState {
@@ -30,6 +33,13 @@ pub struct PluginState {
     stderr: MemoryOutputPipe,
     /// The view of the batch a projection is processing.
     pub view: Option<super::view::ViewSession>,
+    /// The last message the plugin logged at `error` level during this unit
+    /// of work. Guests whose stdio goes nowhere (JavaScript and Python
+    /// components import no WASI) log an uncaught exception here before they
+    /// trap, so the trap message can say what happened.
+    last_error_log: Option<String>,
+    /// The time the sandbox's clocks read, shared with them.
+    now_ms: Arc<AtomicI64>,
 }
 
 impl PluginState {
@@ -40,13 +50,14 @@ impl PluginState {
         let stdout = MemoryOutputPipe::new(CAPTURED_OUTPUT_BYTES_MAX);
         let stderr = MemoryOutputPipe::new(CAPTURED_OUTPUT_BYTES_MAX);
         let seed = now_ms.to_le_bytes().to_vec();
+        let clock = Arc::new(AtomicI64::new(now_ms));
         // The builder's defaults already deny files, network, environment
         // and arguments; clocks and random are real by default, so override.
         let wasi = WasiCtxBuilder::new()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
-            .wall_clock(FixedClock { now_ms })
-            .monotonic_clock(FixedClock { now_ms })
+            .wall_clock(FixedClock(clock.clone()))
+            .monotonic_clock(FixedClock(clock.clone()))
             .secure_random(wasmtime_wasi::Deterministic::new(seed.clone()))
             .insecure_random(wasmtime_wasi::Deterministic::new(seed))
             .insecure_random_seed(now_ms as u128)
@@ -64,7 +75,21 @@ impl PluginState {
             stdout,
             stderr,
             view: None,
+            last_error_log: None,
+            now_ms: clock,
         }
+    }
+
+    /// Move the clocks to `now_ms`, the time of the next unit of work an
+    /// instance reused across a batch is given (the random seed stays the
+    /// one of the instance's start).
+    pub fn set_now(&mut self, now_ms: i64) {
+        self.now_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// The last error-level message the plugin logged, if any.
+    pub fn last_error_log(&self) -> Option<&str> {
+        self.last_error_log.as_deref()
     }
 
     /// The tail of what the plugin wrote to stderr (a Rust panic message
@@ -111,14 +136,33 @@ impl plugin::log::Host for PluginState {
             LogLevel::Debug => tracing::debug!(plugin, "{message}"),
             LogLevel::Info => tracing::info!(plugin, "{message}"),
             LogLevel::Warn => tracing::warn!(plugin, "{message}"),
-            LogLevel::Error => tracing::error!(plugin, "{message}"),
+            LogLevel::Error => {
+                tracing::error!(plugin, "{message}");
+                self.last_error_log = Some(truncate_chars(&message, LAST_ERROR_LOG_BYTES_MAX));
+            }
         }
     }
 }
 
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncate_chars(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// A clock stopped at the time of the unit of work.
-struct FixedClock {
-    now_ms: i64,
+struct FixedClock(Arc<AtomicI64>);
+
+impl FixedClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::Relaxed).max(0) as u64
+    }
 }
 
 impl HostWallClock for FixedClock {
@@ -126,7 +170,7 @@ impl HostWallClock for FixedClock {
         Duration::from_millis(1)
     }
     fn now(&self) -> Duration {
-        Duration::from_millis(self.now_ms.max(0) as u64)
+        Duration::from_millis(self.now_ms())
     }
 }
 
@@ -135,6 +179,35 @@ impl HostMonotonicClock for FixedClock {
         1_000_000
     }
     fn now(&self) -> u64 {
-        (self.now_ms.max(0) as u64).saturating_mul(1_000_000)
+        self.now_ms().saturating_mul(1_000_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clocks_read_the_time_of_the_unit_of_work() {
+        let mut state = PluginState::new(Arc::from("p"), 1_500, 1 << 20);
+        let clock = FixedClock(state.now_ms.clone());
+        assert_eq!(HostWallClock::now(&clock), Duration::from_millis(1_500));
+        state.set_now(2_000);
+        assert_eq!(HostWallClock::now(&clock), Duration::from_millis(2_000));
+        assert_eq!(HostMonotonicClock::now(&clock), 2_000_000_000);
+    }
+
+    #[test]
+    fn the_last_error_log_is_kept_and_cut_at_a_char_boundary() {
+        use plugin::log::Host as _;
+        let mut state = PluginState::new(Arc::from("p"), 0, 1 << 20);
+        assert_eq!(state.last_error_log(), None);
+        state.log(LogLevel::Info, "not an error".into());
+        assert_eq!(state.last_error_log(), None);
+        state.log(LogLevel::Error, "first".into());
+        state.log(LogLevel::Error, "é".repeat(LAST_ERROR_LOG_BYTES_MAX));
+        let kept = state.last_error_log().unwrap();
+        assert!(kept.starts_with('é') && kept.ends_with('…'));
+        assert!(kept.len() <= LAST_ERROR_LOG_BYTES_MAX + '…'.len_utf8());
     }
 }

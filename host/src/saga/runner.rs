@@ -463,8 +463,11 @@ impl Runner {
         // not in memory are read in one query rather than one per event.
         let mut ids: Vec<Option<String>> = Vec::with_capacity(events.len());
         let mut stopped: Option<(Position, Stop)> = None;
+        // One plugin instance maps the whole batch: a JavaScript or Python
+        // instance costs about a millisecond to start.
+        let mut correlator: Option<SagaInstance> = None;
         for event in &events {
-            match self.correlate(event).await {
+            match self.correlate(&mut correlator, event).await {
                 Ok(id) => ids.push(id),
                 Err(stop) => {
                     stopped = Some((event.position, stop));
@@ -472,6 +475,7 @@ impl Runner {
                 }
             }
         }
+        drop(correlator);
         let completed = match self.load_instances(&ids).await {
             Ok(completed) => completed,
             Err(e) => {
@@ -513,10 +517,18 @@ impl Runner {
         Ok(instance.subscriptions().await?)
     }
 
-    /// The instance an event belongs to, if any.
-    async fn correlate(&self, event: &RecordedEvent) -> Result<Option<String>, Stop> {
+    /// The instance an event belongs to, if any, asked of `plugin` (started
+    /// on first use and reused for the rest of the batch).
+    async fn correlate(
+        &self,
+        plugin: &mut Option<SagaInstance>,
+        event: &RecordedEvent,
+    ) -> Result<Option<String>, Stop> {
         let wit = to_wit_event(event);
-        let mut plugin = self.instance_at(wit.recorded_at_ms).await?;
+        let plugin = match plugin {
+            Some(plugin) => plugin,
+            None => plugin.insert(self.instance_at(wit.recorded_at_ms).await?),
+        };
         let Some(id) = plugin.correlate(&wit).await? else {
             return Ok(None);
         };
