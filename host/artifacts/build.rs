@@ -15,6 +15,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "build/polyglot.rs"]
+mod polyglot;
+
 const WASM_TARGET: &str = "wasm32-wasip2";
 const PROFILE: &str = "plugin";
 
@@ -168,6 +171,8 @@ fn main() {
     for path in [
         "plugins",
         "sdk/rust",
+        "sdk/js",
+        "sdk/python",
         "wit",
         "Cargo.toml",
         "Cargo.lock",
@@ -189,14 +194,22 @@ fn main() {
         .map(|plugin| plugin.package)
         .filter(|package| !BUILT_ALONE.contains(package))
         .collect();
-    build_plugins(&workspace, &wasm_build_dir, &together);
-    for package in BUILT_ALONE {
-        build_plugins(
-            &workspace,
-            &alone_build_dir(&target_dir, package),
-            &[package],
-        );
-    }
+    // The JavaScript and Python plugins build beside the Rust ones: their
+    // toolchains' installs mostly wait on the network.
+    std::thread::scope(|scope| {
+        let polyglot = scope.spawn(|| polyglot::build_all(&workspace, &target_dir, &examples_dir));
+        build_plugins(&workspace, &wasm_build_dir, &together);
+        for package in BUILT_ALONE {
+            build_plugins(
+                &workspace,
+                &alone_build_dir(&target_dir, package),
+                &[package],
+            );
+        }
+        if let Err(panic) = polyglot.join() {
+            std::panic::resume_unwind(panic);
+        }
+    });
 
     fs::create_dir_all(&fixtures_dir)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", fixtures_dir.display()));
@@ -239,6 +252,36 @@ fn main() {
         .expect("writing to a String cannot fail");
     }
 
+    let tools = polyglot::Toolchains::new(&target_dir);
+    writeln!(
+        generated,
+        "/// The JavaScript examples (`bank_account`), `<target>/plugins/javascript`.\n\
+         pub const JAVASCRIPT_DIR: &str = {:?};\n\
+         /// The Python examples (`bank_account`, `account_balances`), `<target>/plugins/python`.\n\
+         pub const PYTHON_DIR: &str = {:?};\n\
+         /// The virtualenv's Python, with componentize-py and pytest.\n\
+         pub const PYTHON: &str = {:?};\n\
+         /// The JavaScript toolchain's `node_modules`.\n\
+         pub const NODE_MODULES: &str = {:?};",
+        path_str(&examples_dir.join("javascript")),
+        path_str(&examples_dir.join("python")),
+        path_str(&tools.python),
+        path_str(&tools.node_modules),
+    )
+    .expect("writing to a String cannot fail");
+    for plugin in polyglot::POLYGLOT_PLUGINS {
+        writeln!(
+            generated,
+            "/// The component built from `{dir}` ({world}).\n\
+             pub const {name}: &str = {path:?};",
+            dir = plugin.dir,
+            world = plugin.world,
+            name = plugin.constant,
+            path = path_str(&polyglot::component_path(&examples_dir, plugin)),
+        )
+        .expect("writing to a String cannot fail");
+    }
+
     for (kind, macro_name) in [
         (Kind::Example, "foreach_example"),
         (Kind::Fixture, "foreach_fixture"),
@@ -258,6 +301,12 @@ fn main() {
         for plugin in PLUGINS.iter().filter(|p| p.kind == kind) {
             writeln!(generated, "        $mac!({});", plugin.package)
                 .expect("writing to a String cannot fail");
+        }
+        if kind == Kind::Fixture {
+            for plugin in polyglot::POLYGLOT_PLUGINS.iter().filter(|p| p.fixture) {
+                writeln!(generated, "        $mac!({});", plugin.file_stem)
+                    .expect("writing to a String cannot fail");
+            }
         }
         generated.push_str("    };\n}\n");
     }

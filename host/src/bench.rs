@@ -18,6 +18,7 @@
 //! It reports every run and the median of each figure.
 
 mod http;
+pub mod plugins;
 pub mod projection;
 mod raw;
 pub mod saga;
@@ -71,6 +72,10 @@ pub struct BenchArgs {
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Where the HTTP phase's host caches compiled plugins; defaults to one
+    /// beside each run's database.
+    #[arg(long)]
+    pub compile_cache_dir: Option<PathBuf>,
     #[command(flatten)]
     pub tuning: crate::cli::Tuning,
 }

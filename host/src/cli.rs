@@ -37,6 +37,9 @@ pub enum Command {
     /// Benchmark transfers through the transfer saga against the same
     /// commands sent plainly.
     BenchSaga(crate::bench::saga::SagaBenchArgs),
+    /// Benchmark the same plugins built in Rust, JavaScript and Python:
+    /// per-call costs, commands/s and projection events/s.
+    BenchPlugins(crate::bench::plugins::PluginsBenchArgs),
 }
 
 /// Options of `kiln serve`.

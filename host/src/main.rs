@@ -17,12 +17,13 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => kiln::bench::run(args).await,
             Command::BenchProjection(args) => kiln::bench::projection::run(args).await,
             Command::BenchSaga(args) => kiln::bench::saga::run(args).await,
+            Command::BenchPlugins(args) => kiln::bench::plugins::run(args).await,
             Command::Verify(args) => {
                 if kiln::verify::run(args).await? {
                     Ok(())
@@ -32,8 +33,16 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-    })
+    });
+    // A compile on the blocking pool (a large plugin loading in the
+    // background) is abandoned rather than waited for: the compile cache
+    // only ever renames complete files into place.
+    runtime.shutdown_timeout(SHUTDOWN_BLOCKING_WAIT);
+    result
 }
+
+/// How long the exit waits for blocking work still running.
+const SHUTDOWN_BLOCKING_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 async fn serve(args: kiln::cli::ServeArgs) -> anyhow::Result<()> {
     let config = args.host_config(kiln::default_plugins_dir());

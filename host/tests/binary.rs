@@ -210,6 +210,34 @@ async fn sigterm_finishes_in_flight_commands_and_exits_cleanly() {
     assert!(again.child.wait().unwrap().success());
 }
 
+/// A large plugin compiling in the background (here the JavaScript
+/// `bank_account`, 10+ s to compile, with an empty compile cache) does not
+/// hold up the start, nor the exit: SIGTERM stops the host at once, well
+/// before the compile would have finished.
+#[test]
+fn sigterm_does_not_wait_for_a_background_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(
+        kiln_plugin_artifacts::BANK_ACCOUNT_JS,
+        plugins.join("bank_account.wasm"),
+    )
+    .unwrap();
+    let mut kiln = start_with(&dir.path().join("kiln.db"), Some(&plugins), &[]);
+    // Listening (the start did not wait); give the compile time to begin.
+    std::thread::sleep(Duration::from_millis(300));
+    let stopped = std::time::Instant::now();
+    signal(&kiln.child, "TERM");
+    let status = kiln.child.wait().unwrap();
+    assert!(status.success(), "graceful exit, got {status}");
+    let waited = stopped.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "the exit waited {waited:?} for the compile"
+    );
+}
+
 #[test]
 fn bad_flags_fail_with_a_message() {
     let out = Command::new(env!("CARGO_BIN_EXE_kiln"))

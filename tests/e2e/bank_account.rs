@@ -1,12 +1,73 @@
-//! The bank account's rules, over HTTP.
+//! The bank account's rules, over HTTP, for each build of `bank_account`:
+//! Rust, JavaScript and Python. Every scenario runs unchanged against the
+//! three (a module per scenario, a test per build), and one test sends the
+//! same commands to the three and compares every answer.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::common::{TestHost, cmd};
+use crate::common::{TestHost, artifacts, cmd};
 
-#[tokio::test]
-async fn open_deposit_withdraw_close() {
-    let mut h = TestHost::start().await;
+/// A build of the `bank_account` plugin, loaded under that name.
+#[derive(Clone, Copy, Debug)]
+pub enum Build {
+    Rust,
+    JavaScript,
+    Python,
+}
+
+impl Build {
+    pub const ALL: [Build; 3] = [Build::Rust, Build::JavaScript, Build::Python];
+
+    pub fn component(self) -> &'static str {
+        match self {
+            Build::Rust => artifacts::BANK_ACCOUNT,
+            Build::JavaScript => artifacts::BANK_ACCOUNT_JS,
+            Build::Python => artifacts::BANK_ACCOUNT_PY,
+        }
+    }
+
+    /// A host running this build as `bank_account`.
+    pub async fn host(self) -> TestHost {
+        match self {
+            Build::Rust => TestHost::start().await,
+            _ => TestHost::start_polyglot(&[(self.component(), "bank_account")]).await,
+        }
+    }
+}
+
+/// `mod scenario { rust, javascript, python }`: the scenario once per build.
+macro_rules! for_every_build {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use super::Build;
+
+            #[tokio::test]
+            async fn rust() {
+                super::$scenario(Build::Rust).await;
+            }
+
+            #[tokio::test]
+            async fn javascript() {
+                super::$scenario(Build::JavaScript).await;
+            }
+
+            #[tokio::test]
+            async fn python() {
+                super::$scenario(Build::Python).await;
+            }
+        }
+    )*};
+}
+
+for_every_build!(
+    open_deposit_withdraw_close,
+    business_rules_are_rejected_with_422,
+    bad_input_is_invalid_command_400,
+    time_travel_by_version_and_time,
+);
+
+async fn open_deposit_withdraw_close(build: Build) {
+    let mut h = build.host().await;
     let a = h
         .command("bank_account", "1", cmd("Open", json!({"owner": "ann"})))
         .await;
@@ -48,9 +109,8 @@ async fn open_deposit_withdraw_close() {
     h.stop().await;
 }
 
-#[tokio::test]
-async fn business_rules_are_rejected_with_422() {
-    let mut h = TestHost::start().await;
+async fn business_rules_are_rejected_with_422(build: Build) {
+    let mut h = build.host().await;
     // Not open yet.
     for (t, data) in [
         ("Deposit", json!({"amount": 5})),
@@ -105,9 +165,8 @@ async fn business_rules_are_rejected_with_422() {
     h.stop().await;
 }
 
-#[tokio::test]
-async fn bad_input_is_invalid_command_400() {
-    let mut h = TestHost::start().await;
+async fn bad_input_is_invalid_command_400(build: Build) {
+    let mut h = build.host().await;
     h.command("bank_account", "3", cmd("Open", json!({"owner": "cy"})))
         .await
         .expect(200, "");
@@ -129,9 +188,8 @@ async fn bad_input_is_invalid_command_400() {
     h.stop().await;
 }
 
-#[tokio::test]
-async fn time_travel_by_version_and_time() {
-    let mut h = TestHost::start().await;
+async fn time_travel_by_version_and_time(build: Build) {
+    let mut h = build.host().await;
     h.command("bank_account", "4", cmd("Open", json!({"owner": "di"})))
         .await
         .expect(200, "");
@@ -140,7 +198,7 @@ async fn time_travel_by_version_and_time() {
         .await;
     let at = d.body["events"][0]["recorded_at"]
         .as_str()
-        .unwrap()
+        .expect("recorded_at")
         .to_string();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     h.command("bank_account", "4", cmd("Deposit", json!({"amount": 5})))
@@ -184,4 +242,85 @@ async fn time_travel_by_version_and_time() {
 
 fn urlencode(s: &str) -> String {
     s.replace(':', "%3A").replace('+', "%2B")
+}
+
+/// The same commands, in the same order, to the three builds: every answer
+/// (status, error code, message and details, events, state) is the same.
+#[tokio::test]
+async fn every_build_gives_the_same_answers() {
+    let script: Vec<(&str, Value)> = vec![
+        ("a", cmd("Deposit", json!({"amount": 5}))),
+        (
+            "a",
+            cmd("Open", json!({"owner": "ann", "overdraft_limit": 50})),
+        ),
+        ("a", cmd("Open", json!({"owner": "ann"}))),
+        ("a", cmd("Deposit", json!({"amount": 100}))),
+        ("a", cmd("Withdraw", json!({"amount": 149}))),
+        ("a", cmd("Withdraw", json!({"amount": 2}))),
+        ("a", cmd("Close", json!({}))),
+        ("a", cmd("Deposit", json!({"amount": 0}))),
+        ("a", cmd("Deposit", json!({"amount": -1}))),
+        ("a", cmd("Deposit", json!({"amount": "ten"}))),
+        ("a", cmd("Deposit", json!({}))),
+        ("a", cmd("Withdraw", json!({"amount": 1.5}))),
+        ("a", cmd("Explode", json!({}))),
+        ("b", cmd("Open", json!({}))),
+        ("b", cmd("Open", json!({"owner": 7}))),
+        (
+            "b",
+            cmd("Open", json!({"owner": "bo", "overdraft_limit": -1})),
+        ),
+        ("b", cmd("Open", json!({"owner": "bo"}))),
+        ("b", cmd("Withdraw", json!({"amount": 1}))),
+        ("a", cmd("Deposit", json!({"amount": 99}))),
+        ("a", cmd("Close", json!({}))),
+        ("a", cmd("Withdraw", json!({"amount": 1}))),
+        ("a", cmd("Open", json!({"owner": "again"}))),
+    ];
+    let mut transcripts = Vec::new();
+    for build in Build::ALL {
+        let mut h = build.host().await;
+        let mut transcript = Vec::new();
+        for (id, body) in &script {
+            let a = h.command("bank_account", id, body.clone()).await;
+            transcript.push(comparable(a.status.as_u16(), &a.body));
+        }
+        for id in ["a", "b"] {
+            let s = h.get(&format!("/streams/bank_account-{id}/state")).await;
+            transcript.push(json!({"state": s.body["state"], "version": s.body["version"]}));
+        }
+        h.stop().await;
+        transcripts.push((build, transcript));
+    }
+    let (_, rust) = &transcripts[0];
+    assert!(
+        rust.iter().any(|a| a["status"] == 422) && rust.iter().any(|a| a["status"] == 400),
+        "the script covers rejections and invalid commands"
+    );
+    for (build, other) in &transcripts[1..] {
+        for (i, (r, o)) in rust.iter().zip(other).enumerate() {
+            assert_eq!(r, o, "{build:?} differs from Rust at step {i}");
+        }
+        assert_eq!(rust.len(), other.len());
+    }
+}
+
+/// An answer without what differs between runs (positions, times, ids).
+fn comparable(status: u16, body: &Value) -> Value {
+    let events: Vec<Value> = body["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .map(|e| json!({"type": e["type"], "data": e["data"], "version": e["version"]}))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "status": status,
+        "error": body["error"],
+        "version": body["version"],
+        "events": events,
+    })
 }

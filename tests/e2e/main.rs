@@ -9,6 +9,7 @@ mod commands;
 mod durability;
 mod live;
 mod plugins;
+mod polyglot;
 mod postgres;
 mod projections;
 mod sagas;

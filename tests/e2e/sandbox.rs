@@ -24,6 +24,13 @@ use crate::sagas::{
     three_steps_are_compensated_in_reverse_order as fixture_three_steps,
 };
 
+// The JavaScript and Python fixtures are tested with the other polyglot plugins.
+#[allow(unused_imports, reason = "the import only names the fixture's test")]
+use crate::polyglot::{
+    a_javascript_plugin_that_throws_fails_only_its_command as fixture_throw_js,
+    a_python_plugin_that_raises_fails_only_its_command as fixture_raise_py,
+};
+
 // The projection fixtures are tested with the other projections.
 #[allow(unused_imports, reason = "the import only names the fixture's test")]
 use crate::projections::{

@@ -42,6 +42,8 @@
 //! fn fixture_three_steps() {}
 //! fn fixture_flaky_bank() {}
 //! fn fixture_saga_trap() {}
+//! fn fixture_throw_js() {}
+//! fn fixture_raise_py() {}
 //! # fn main() {
 //! #     assert!(std::path::Path::new(kiln_plugin_artifacts::FIXTURE_PANIC).is_file());
 //! # }
@@ -187,6 +189,34 @@ mod tests {
             };
         }
         foreach_fixture!(check);
-        assert_eq!(fixtures, 11);
+        assert_eq!(fixtures, 13);
+    }
+
+    /// The JavaScript and Python builds, and where they sit: each language
+    /// has a directory of its own holding the examples under their usual
+    /// names, so `kiln serve --plugins <dir>` runs them in place of the Rust
+    /// ones.
+    #[test]
+    fn javascript_and_python_components_are_components_in_their_directories() {
+        for (path, dir) in [
+            (BANK_ACCOUNT_JS, JAVASCRIPT_DIR),
+            (BANK_ACCOUNT_PY, PYTHON_DIR),
+            (ACCOUNT_BALANCES_PY, PYTHON_DIR),
+            (FIXTURE_THROW_JS, FIXTURES_DIR),
+            (FIXTURE_RAISE_PY, FIXTURES_DIR),
+        ] {
+            assert_eq!(Path::new(path).parent(), Some(Path::new(dir)));
+            let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(
+                &bytes[..8],
+                b"\0asm\x0d\0\x01\0",
+                "{path} is not a component"
+            );
+        }
+        for path in [BANK_ACCOUNT_JS, BANK_ACCOUNT_PY] {
+            assert!(path.ends_with("/bank_account.wasm"), "{path}");
+        }
+        assert!(Path::new(PYTHON).is_file(), "{PYTHON}");
+        assert!(Path::new(NODE_MODULES).is_dir(), "{NODE_MODULES}");
     }
 }

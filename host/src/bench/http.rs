@@ -68,6 +68,7 @@ pub async fn run(args: &BenchArgs, db_dir: &Path, run_no: usize) -> anyhow::Resu
     let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut config = args.tuning.host_config(&db.display().to_string(), listen);
     config.plugins_dir = args.plugins.clone().or_else(crate::default_plugins_dir);
+    config.compile_cache_dir = args.compile_cache_dir.clone();
     if config.plugins_dir.is_none() {
         bail!("no plugins: pass --plugins DIR (a directory holding bank_account.wasm)");
     }

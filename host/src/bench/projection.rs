@@ -76,7 +76,11 @@ fn default_component(name: &str) -> Option<PathBuf> {
 
 /// Write the log: every account opened, then deposits and withdrawals
 /// round-robin, in appends of up to 50 events from 64 tasks.
-async fn fill(store: Arc<dyn EventStore>, events: usize, accounts: usize) -> anyhow::Result<()> {
+pub(super) async fn fill(
+    store: Arc<dyn EventStore>,
+    events: usize,
+    accounts: usize,
+) -> anyhow::Result<()> {
     let per_account = events.div_ceil(accounts).max(1);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -157,7 +161,7 @@ async fn read_rate(store: &dyn EventStore, head: u64, page: u32) -> anyhow::Resu
 }
 
 /// `PUT /plugins/{name}` with the admin token.
-async fn deploy(
+pub(super) async fn deploy(
     client: &reqwest::Client,
     base: &str,
     token: &str,
@@ -176,7 +180,11 @@ async fn deploy(
     Ok(())
 }
 
-async fn status(client: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<Value> {
+pub(super) async fn status(
+    client: &reqwest::Client,
+    base: &str,
+    name: &str,
+) -> anyhow::Result<Value> {
     Ok(client
         .get(format!("{base}/projections/{name}"))
         .send()

@@ -55,9 +55,25 @@ pub async fn measure(
     pooling: bool,
     plugins_dir: &Path,
 ) -> anyhow::Result<WasmCost> {
+    measure_with_cache(limits, pooling, plugins_dir, None).await
+}
+
+/// [`measure`], loading the compiled plugin from `compile_cache` when given
+/// (a JavaScript or Python component takes 10–20 s to compile).
+pub async fn measure_with_cache(
+    limits: Limits,
+    pooling: bool,
+    plugins_dir: &Path,
+    compile_cache: Option<&Path>,
+) -> anyhow::Result<WasmCost> {
     let path = plugins_dir.join("bank_account.wasm");
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let runtime = Runtime::new(limits, pooling)?;
+    let mut runtime = Runtime::new(limits, pooling)?;
+    if let Some(dir) = compile_cache {
+        runtime = runtime
+            .with_compile_cache(dir)
+            .with_context(|| format!("opening the compile cache {}", dir.display()))?;
+    }
     let plugin = runtime
         .compile("bank_account", &bytes)
         .map_err(|e| anyhow!("compiling bank_account: {e}"))?;
