@@ -17,6 +17,7 @@
 //!
 //! It reports every run and the median of each figure.
 
+pub mod cluster;
 mod http;
 pub mod plugins;
 pub mod projection;

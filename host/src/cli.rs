@@ -40,6 +40,9 @@ pub enum Command {
     /// Benchmark the same plugins built in Rust, JavaScript and Python:
     /// per-call costs, commands/s and projection events/s.
     BenchPlugins(crate::bench::plugins::PluginsBenchArgs),
+    /// Benchmark commands with 1, 2 and 3 hosts on one PostgreSQL database
+    /// against PostgreSQL's batched-insert rate, and on SQLite.
+    BenchCluster(crate::bench::cluster::ClusterBenchArgs),
 }
 
 /// Options of `kiln serve`.

@@ -24,6 +24,7 @@ fn main() -> anyhow::Result<()> {
             Command::BenchProjection(args) => kiln::bench::projection::run(args).await,
             Command::BenchSaga(args) => kiln::bench::saga::run(args).await,
             Command::BenchPlugins(args) => kiln::bench::plugins::run(args).await,
+            Command::BenchCluster(args) => kiln::bench::cluster::run(args).await,
             Command::Verify(args) => {
                 if kiln::verify::run(args).await? {
                     Ok(())

@@ -87,6 +87,16 @@ impl Metrics {
 }
 
 /// Per-projection gauges and counters, appended to the exposition.
+/// Commands decided again after a conflict with another writer.
+pub fn render_conflict_retries(out: &mut String, retries: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP kiln_command_conflict_retries_total Commands decided again because another writer appended to their stream first."
+    );
+    let _ = writeln!(out, "# TYPE kiln_command_conflict_retries_total counter");
+    let _ = writeln!(out, "kiln_command_conflict_retries_total {retries}");
+}
+
 pub fn render_projections(out: &mut String, statuses: &[crate::projection::ProjectionStatus]) {
     let families: [(&str, &str, &str); 6] = [
         (

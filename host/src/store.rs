@@ -728,6 +728,15 @@ pub trait EventStore: Send + Sync + 'static {
         false
     }
 
+    /// Whether another host has committed to this store in the last few
+    /// seconds: a state cached in memory is then likely behind, and worth
+    /// bringing up to date before a command is decided on it (rather than
+    /// learning it from a conflict). A hint only: the expected-version check
+    /// of every append keeps commands correct either way.
+    fn others_writing(&self) -> bool {
+        false
+    }
+
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -157,6 +157,114 @@ async fn two_hosts_on_one_stream_lose_no_update() {
     db.drop().await;
 }
 
+/// The `kiln_command_conflict_retries_total` counter of a host.
+async fn conflict_retries(h: &TestHost) -> u64 {
+    let text = h
+        .client
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("kiln_command_conflict_retries_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("the conflict counter is exported")
+}
+
+/// A host that knows other hosts write to the database brings a cached
+/// state up to date before deciding, instead of finding out from a
+/// conflict (a whole commit cycle) and deciding again.
+#[tokio::test]
+async fn a_stale_cached_state_is_brought_up_to_date_without_a_conflict() {
+    let Some(db) = PgDatabase::create("a_stale_cached_state_is_brought_up_to_date").await else {
+        return;
+    };
+    let plugins = [(artifacts::BANK_ACCOUNT, "bank_account")];
+    let (u1, u2) = (db.url.clone(), db.url.clone());
+    let mut first = TestHost::start_with_plugins(&plugins, |c| c.db = u1).await;
+    let mut second = TestHost::start_with_plugins(&plugins, |c| c.db = u2).await;
+    // The second host caches the account's state at version 1...
+    second
+        .command("bank_account", "s", cmd("Open", json!({"owner": "ann"})))
+        .await
+        .expect(200, "");
+    // ...the first one moves it on, and the second hears of it.
+    for _ in 0..3 {
+        first
+            .command("bank_account", "s", cmd("Deposit", json!({"amount": 10})))
+            .await
+            .expect(200, "");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let before = conflict_retries(&second).await;
+    let r = second
+        .command("bank_account", "s", cmd("Deposit", json!({"amount": 5})))
+        .await;
+    r.expect(200, "");
+    assert_eq!(r.body["version"], 5, "{}", r.body);
+    assert_eq!(
+        conflict_retries(&second).await,
+        before,
+        "decided once, on the state brought up to date"
+    );
+    assert_eq!(balance(&second, "s").await, 35);
+    first.stop().await;
+    second.stop().await;
+    db.drop().await;
+}
+
+/// A refusal appends nothing, so no version check catches one decided on a
+/// state another host had moved on from: the host confirms it against the
+/// store first. Here the second host does not hear of the first one's
+/// commits (no LISTEN, polling once an hour), so its cache is behind.
+#[tokio::test]
+async fn a_command_is_never_refused_on_a_stale_state() {
+    let Some(db) = PgDatabase::create("a_command_is_never_refused_on_a_stale_state").await else {
+        return;
+    };
+    let plugins = [(artifacts::BANK_ACCOUNT, "bank_account")];
+    let (u1, u2) = (db.url.clone(), db.url.clone());
+    let mut first = TestHost::start_with_plugins(&plugins, |c| c.db = u1).await;
+    let mut second = TestHost::start_with_plugins(&plugins, |c| {
+        c.db = u2;
+        c.postgres.listen = false;
+        c.postgres.poll_interval = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    second
+        .command("bank_account", "t", cmd("Open", json!({"owner": "ann"})))
+        .await
+        .expect(200, "");
+    first
+        .command("bank_account", "t", cmd("Deposit", json!({"amount": 30})))
+        .await
+        .expect(200, "");
+    // On the cached state (balance 0) this withdrawal is refused.
+    let r = second
+        .command("bank_account", "t", cmd("Withdraw", json!({"amount": 30})))
+        .await;
+    r.expect(200, "");
+    assert_eq!(r.body["version"], 3, "{}", r.body);
+    // An expected version the cache is behind on is checked the same way.
+    first
+        .command("bank_account", "t", cmd("Deposit", json!({"amount": 1})))
+        .await
+        .expect(200, "");
+    let mut body = cmd("Deposit", json!({"amount": 1}));
+    body["expected_version"] = json!(4);
+    second
+        .command("bank_account", "t", body)
+        .await
+        .expect(200, "");
+    assert_eq!(balance(&first, "t").await, 2);
+    first.stop().await;
+    second.stop().await;
+    db.drop().await;
+}
+
 /// A new aggregate version deployed through one host serves commands on the
 /// other host too, within a few polls.
 #[tokio::test]

@@ -34,6 +34,7 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Api
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let head = *app.pipeline.store().subscribe_head().borrow();
     let mut text = app.metrics.render(head, app.registry.len());
+    crate::metrics::render_conflict_retries(&mut text, app.pipeline.conflict_retries());
     crate::metrics::render_projections(&mut text, &app.projections.statuses().await);
     crate::metrics::render_sagas(&mut text, &app.sagas.infos().await);
     (

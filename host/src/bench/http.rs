@@ -60,7 +60,9 @@ pub struct HttpResult {
 struct Generator {
     runtime: tokio::runtime::Runtime,
     clients: Vec<reqwest::Client>,
-    urls: Arc<Vec<String>>,
+    /// Per host, the command URL of each account; client `c` talks to host
+    /// `c % hosts`.
+    urls: Vec<Arc<Vec<String>>>,
 }
 
 pub async fn run(args: &BenchArgs, db_dir: &Path, run_no: usize) -> anyhow::Result<HttpResult> {
@@ -91,6 +93,21 @@ async fn drive_host(
     base: &str,
     run_no: usize,
 ) -> anyhow::Result<HttpResult> {
+    let head = host.state.pipeline.store().subscribe_head();
+    drive_hosts(args, &[base.to_string()], &[host.addr.port()], head, run_no).await
+}
+
+/// Open the accounts, warm up, then measure the deposits, with the
+/// connections spread round-robin over the hosts at `bases` (several hosts
+/// on one database), and check the result through the first one.
+pub async fn drive_hosts(
+    args: &BenchArgs,
+    bases: &[String],
+    ports: &[u16],
+    head: tokio::sync::watch::Receiver<u64>,
+    run_no: usize,
+) -> anyhow::Result<HttpResult> {
+    let base = bases.first().context("no host to drive")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.max(1))
         .thread_name(CLIENT_THREAD_NAME)
@@ -107,16 +124,21 @@ async fn drive_host(
         })
         .collect::<Result<Vec<_>, _>>()
         .context("building HTTP clients")?;
-    let urls: Vec<String> = (0..args.accounts)
-        .map(|i| format!("{base}/commands/bank_account/{}", account_id(i)))
+    let urls = bases
+        .iter()
+        .map(|base| {
+            Arc::new(
+                (0..args.accounts)
+                    .map(|i| format!("{base}/commands/bank_account/{}", account_id(i)))
+                    .collect::<Vec<_>>(),
+            )
+        })
         .collect();
     let generator = Generator {
         runtime,
         clients,
-        urls: Arc::new(urls),
+        urls,
     };
-    let port = host.addr.port();
-    let head = host.state.pipeline.store().subscribe_head();
     let label = format!("run {run_no}");
     let result = async {
         let opens = generator
@@ -125,7 +147,7 @@ async fn drive_host(
                 OPEN_BODY,
                 0,
                 args.accounts,
-                port,
+                ports,
                 &head,
             )
             .await;
@@ -137,7 +159,7 @@ async fn drive_host(
                     DEPOSIT_BODY,
                     0,
                     args.warmup,
-                    port,
+                    ports,
                     &head,
                 )
                 .await;
@@ -149,7 +171,7 @@ async fn drive_host(
                 DEPOSIT_BODY,
                 args.warmup,
                 args.commands,
-                port,
+                ports,
                 &head,
             )
             .await;
@@ -184,7 +206,7 @@ impl Generator {
         body: &'static str,
         first: usize,
         count: usize,
-        port: u16,
+        ports: &[u16],
         head: &tokio::sync::watch::Receiver<u64>,
     ) -> Load {
         let next = Arc::new(AtomicUsize::new(first));
@@ -194,13 +216,16 @@ impl Generator {
         let progress = {
             let done = done.clone();
             let label = label.to_string();
+            let ports = ports.to_vec();
             let mut head = head.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
                 let mut last = (Instant::now(), 0usize);
                 let mut max_conns = None::<usize>;
                 let mut sample_conns = || {
-                    if let Some(c) = stats::established_on_port(port) {
+                    let established: Option<usize> =
+                        ports.iter().map(|p| stats::established_on_port(*p)).sum();
+                    if let Some(c) = established {
                         max_conns = Some(max_conns.map_or(c, |m: usize| m.max(c)));
                     }
                 };
@@ -239,9 +264,10 @@ impl Generator {
         let workers: Vec<_> = self
             .clients
             .iter()
-            .map(|client| {
+            .enumerate()
+            .map(|(c, client)| {
                 let client = client.clone();
-                let urls = self.urls.clone();
+                let urls = self.urls[c % self.urls.len()].clone();
                 let next = next.clone();
                 let done = done.clone();
                 self.runtime

@@ -283,7 +283,7 @@ async fn measure_build(
         apply_per_event_us: cost.apply_per_event_us,
         command_unit_us: cost.command_unit_us,
         commands_per_s: deposits.per_s(),
-        p99_ms: deposits.ms(0.99),
+        p99_ms: deposits.ms(99.0),
         projection_events_per_s,
     })
 }

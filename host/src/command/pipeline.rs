@@ -95,6 +95,9 @@ pub struct Pipeline {
     /// Units of work running wasm at once, bounded by the instance pool, so
     /// a burst waits for a slot instead of failing to instantiate.
     wasm_slots: tokio::sync::Semaphore,
+    /// Commands decided again because another writer had appended to their
+    /// stream first (a stale cached state, or a race).
+    conflict_retries: std::sync::atomic::AtomicU64,
 }
 
 /// State loaded for a unit of work: folded up to `base_version`, plus
@@ -132,7 +135,15 @@ impl Pipeline {
             wasm_slots: tokio::sync::Semaphore::new(
                 crate::runtime::engine::POOL_INSTANCES as usize,
             ),
+            conflict_retries: Default::default(),
         }
+    }
+
+    /// Commands decided again after a conflict with another writer, since
+    /// start.
+    pub fn conflict_retries(&self) -> u64 {
+        self.conflict_retries
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -175,10 +186,26 @@ impl Pipeline {
         };
         let _guard = self.lock(&stream_id).await;
         let mut attempt = 0;
+        let mut catch_up_first = false;
         loop {
-            let loaded = self.load(&plugin, &stream_id, issued_at_ms).await?;
+            let mut loaded = self.load(&plugin, &stream_id, issued_at_ms).await?;
+            // With other hosts writing to the store, the cached state is
+            // likely behind: one read of the events after it is cheaper than
+            // a conflict found by the writer (a whole commit cycle), then a
+            // retry.
+            let fresh = if catch_up_first || self.store.others_writing() {
+                self.catch_up(&stream_id, &mut loaded).await?;
+                true
+            } else {
+                // A file has one writer, this host: its cache is never behind.
+                !self.store.shared()
+            };
             let loaded_version = loaded.version();
             if !request.expected.matches(loaded_version) {
+                if !fresh {
+                    catch_up_first = true;
+                    continue;
+                }
                 return Err(CommandError::WrongExpectedVersion {
                     stream_id,
                     expected: request.expected,
@@ -188,6 +215,13 @@ impl Pipeline {
             let (state, decision) = self
                 .decide(&plugin, &stream_id, loaded, command.clone(), issued_at_ms)
                 .await?;
+            // A refusal appends nothing, so no version check would notice it
+            // was decided on a state another host had moved on from: confirm
+            // it against the store, and decide again on the latest state.
+            if decision.is_err() && !fresh && self.moved_on(&stream_id, loaded_version).await? {
+                catch_up_first = true;
+                continue;
+            }
             let folded = CachedState {
                 plugin_hash: Arc::from(plugin.hash.as_str()),
                 base_version: loaded_version,
@@ -258,6 +292,8 @@ impl Pipeline {
                             actual,
                         });
                     }
+                    self.conflict_retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(%stream_id, attempt, "conflict with another writer; retrying");
                 }
                 Err(e) => return Err(e.into()),
@@ -363,6 +399,21 @@ impl Pipeline {
     }
 
     /// Add to `loaded` the events committed after it (by another host).
+    /// Whether the stream has events after `version` in the store.
+    async fn moved_on(&self, stream_id: &str, version: u64) -> Result<bool, CommandError> {
+        let next = self
+            .store
+            .read_stream(StreamQuery {
+                stream_id,
+                from_version: version + 1,
+                to_version: None,
+                recorded_until_us: None,
+                limit: 1,
+            })
+            .await?;
+        Ok(!next.is_empty())
+    }
+
     async fn catch_up(&self, stream_id: &str, loaded: &mut Loaded) -> Result<(), CommandError> {
         let batch = self.config.replay_batch.max(1);
         loop {

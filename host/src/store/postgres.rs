@@ -21,6 +21,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -102,7 +103,13 @@ pub struct PostgresStore {
     head: watch::Receiver<Position>,
     commits: broadcast::Sender<CommittedBatch>,
     follower: Follower,
+    /// When another host's commit was last announced (µs since the epoch).
+    foreign_commit_us: Arc<AtomicI64>,
 }
+
+/// Another host counts as writing for this long after its last commit was
+/// announced.
+const OTHERS_WRITING_WINDOW_US: i64 = 5_000_000;
 
 impl PostgresStore {
     /// Open the database at `url` (`postgres://user:password@host:port/db`),
@@ -156,12 +163,14 @@ impl PostgresStore {
             origin.clone(),
         );
         tokio::spawn(writer::run(state, rx, options.max_batch.max(1)));
+        let foreign_commit_us = Arc::new(AtomicI64::new(i64::MIN));
         let follower = Follower::spawn(
             readers.clone(),
             options.listen.then_some(connect),
             origin,
             publisher,
             options.poll_interval,
+            foreign_commit_us.clone(),
         );
         Ok(Self {
             readers,
@@ -169,6 +178,7 @@ impl PostgresStore {
             head,
             commits,
             follower,
+            foreign_commit_us,
         })
     }
 
@@ -509,6 +519,11 @@ impl EventStore for PostgresStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn others_writing(&self) -> bool {
+        let last = self.foreign_commit_us.load(Ordering::Relaxed);
+        last != i64::MIN && super::now_us().saturating_sub(last) < OTHERS_WRITING_WINDOW_US
     }
 
     async fn saga_instances(

@@ -6,6 +6,7 @@
 //! Another host's events are read back from the database and broadcast like
 //! this host's own, so a live feed on any host carries every commit.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,6 +86,7 @@ impl Follower {
         origin: Arc<str>,
         publisher: Arc<Publisher>,
         poll: Duration,
+        foreign: Arc<AtomicI64>,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
         let wake = Arc::new(Notify::new());
@@ -93,6 +95,7 @@ impl Follower {
             tasks.push(tokio::spawn(listen_for_commits(
                 connect,
                 origin,
+                foreign,
                 wake.clone(),
                 stopped.clone(),
                 poll,
@@ -192,6 +195,7 @@ async fn catch_up(readers: &PgPool, publisher: &Publisher) -> Result<(), StoreEr
 async fn listen_for_commits(
     connect: PgConnectOptions,
     origin: Arc<str>,
+    foreign: Arc<AtomicI64>,
     wake: Arc<Notify>,
     mut stopped: watch::Receiver<bool>,
     retry: Duration,
@@ -208,7 +212,7 @@ async fn listen_for_commits(
         let error = tokio::select! {
             biased;
             _ = stopped.changed() => break,
-            error = listen_once(&pool, &origin, &wake, &mut listening) => error,
+            error = listen_once(&pool, &origin, &foreign, &wake, &mut listening) => error,
         };
         // Once per outage: it is retried every `retry`.
         if listening || !failing {
@@ -229,6 +233,7 @@ async fn listen_for_commits(
 async fn listen_once(
     pool: &PgPool,
     origin: &str,
+    foreign: &AtomicI64,
     wake: &Notify,
     listening: &mut bool,
 ) -> sqlx::Error {
@@ -245,9 +250,15 @@ async fn listen_once(
         match listener.try_recv().await {
             // This store's own commit: its writer has published it.
             Ok(Some(n)) if n.payload().split(' ').next() == Some(origin) => {}
-            // Another store's commit; or `None`: the connection was lost
-            // (and is back), so notifications may have been missed.
-            Ok(_) => wake.notify_one(),
+            // Another store's commit: when it was seen is kept (see
+            // `PostgresStore::others_writing`).
+            Ok(Some(_)) => {
+                foreign.store(crate::store::now_us(), Ordering::Relaxed);
+                wake.notify_one();
+            }
+            // The connection was lost (and is back), so notifications may
+            // have been missed.
+            Ok(None) => wake.notify_one(),
             Err(e) => return e,
         }
     }
