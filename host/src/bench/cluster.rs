@@ -47,6 +47,10 @@ pub struct ClusterBenchArgs {
     /// Runs; every figure is reported per run and as the median.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// How commands are spread over the hosts: by connection (any stream
+    /// reaches any host) or by stream (a load balancer hashing the stream id).
+    #[arg(long, value_enum, default_value_t = http::Routing::Connection)]
+    pub routing: http::Routing,
     /// Where the SQLite phase's database goes; defaults to the system's
     /// temporary directory.
     #[arg(long)]
@@ -152,7 +156,15 @@ async fn cluster_phase(
     let bases: Vec<String> = hosts.iter().map(|h| format!("http://{}", h.addr)).collect();
     let ports: Vec<u16> = hosts.iter().map(|h| h.addr.port()).collect();
     let head = hosts[0].state.pipeline.store().subscribe_head();
-    let result = http::drive_hosts(&bench_args(args, plugins), &bases, &ports, head, run_no).await;
+    let result = http::drive_hosts(
+        &bench_args(args, plugins),
+        &bases,
+        &ports,
+        head,
+        args.routing,
+        run_no,
+    )
+    .await;
     for host in hosts {
         host.shutdown().await?;
     }

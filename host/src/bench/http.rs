@@ -60,9 +60,21 @@ pub struct HttpResult {
 struct Generator {
     runtime: tokio::runtime::Runtime,
     clients: Vec<reqwest::Client>,
-    /// Per host, the command URL of each account; client `c` talks to host
-    /// `c % hosts`.
-    urls: Vec<Arc<Vec<String>>>,
+    /// Per host, the command URL of each account.
+    urls: Arc<Vec<Vec<String>>>,
+    /// How a command picks its host among several.
+    routing: Routing,
+}
+
+/// How commands are spread over several hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Routing {
+    /// Connection `c` talks to host `c % hosts`: any stream's commands reach
+    /// any host.
+    Connection,
+    /// A command goes to host `account % hosts` (a load balancer hashing the
+    /// stream id): each stream is written by one host.
+    Stream,
 }
 
 pub async fn run(args: &BenchArgs, db_dir: &Path, run_no: usize) -> anyhow::Result<HttpResult> {
@@ -94,7 +106,15 @@ async fn drive_host(
     run_no: usize,
 ) -> anyhow::Result<HttpResult> {
     let head = host.state.pipeline.store().subscribe_head();
-    drive_hosts(args, &[base.to_string()], &[host.addr.port()], head, run_no).await
+    drive_hosts(
+        args,
+        &[base.to_string()],
+        &[host.addr.port()],
+        head,
+        Routing::Connection,
+        run_no,
+    )
+    .await
 }
 
 /// Open the accounts, warm up, then measure the deposits, with the
@@ -105,6 +125,7 @@ pub async fn drive_hosts(
     bases: &[String],
     ports: &[u16],
     head: tokio::sync::watch::Receiver<u64>,
+    routing: Routing,
     run_no: usize,
 ) -> anyhow::Result<HttpResult> {
     let base = bases.first().context("no host to drive")?;
@@ -127,17 +148,16 @@ pub async fn drive_hosts(
     let urls = bases
         .iter()
         .map(|base| {
-            Arc::new(
-                (0..args.accounts)
-                    .map(|i| format!("{base}/commands/bank_account/{}", account_id(i)))
-                    .collect::<Vec<_>>(),
-            )
+            (0..args.accounts)
+                .map(|i| format!("{base}/commands/bank_account/{}", account_id(i)))
+                .collect::<Vec<_>>()
         })
         .collect();
     let generator = Generator {
         runtime,
         clients,
-        urls,
+        urls: Arc::new(urls),
+        routing,
     };
     let label = format!("run {run_no}");
     let result = async {
@@ -267,11 +287,15 @@ impl Generator {
             .enumerate()
             .map(|(c, client)| {
                 let client = client.clone();
-                let urls = self.urls[c % self.urls.len()].clone();
+                let route = Route {
+                    urls: self.urls.clone(),
+                    own: c % self.urls.len().max(1),
+                    by_stream: self.routing == Routing::Stream,
+                };
                 let next = next.clone();
                 let done = done.clone();
                 self.runtime
-                    .spawn(worker(client, urls, body, next, end, done))
+                    .spawn(worker(client, route, body, next, end, done))
             })
             .collect();
         let mut load = Load {
@@ -326,9 +350,30 @@ struct WorkerLoad {
     latencies_us: Vec<u32>,
 }
 
+/// Where a worker sends command `i`.
+struct Route {
+    urls: Arc<Vec<Vec<String>>>,
+    /// The worker's host when routing by connection.
+    own: usize,
+    by_stream: bool,
+}
+
+impl Route {
+    fn url(&self, i: usize) -> Option<&str> {
+        let hosts = self.urls.len();
+        let accounts = self.urls.first()?.len();
+        if accounts == 0 {
+            return None;
+        }
+        let account = i % accounts;
+        let host = if self.by_stream { account % hosts } else { self.own };
+        Some(&self.urls[host][account])
+    }
+}
+
 async fn worker(
     client: reqwest::Client,
-    urls: Arc<Vec<String>>,
+    route: Route,
     body: &'static str,
     next: Arc<AtomicUsize>,
     end: usize,
@@ -337,10 +382,9 @@ async fn worker(
     let mut load = WorkerLoad::default();
     loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= end || urls.is_empty() {
+        let Some(url) = route.url(i).filter(|_| i < end) else {
             break;
-        }
-        let url = &urls[i % urls.len()];
+        };
         let t0 = Instant::now();
         let answer = client
             .post(url)
