@@ -290,15 +290,13 @@ pub fn cmd(command_type: &str, data: Value) -> Value {
 pub struct PgDatabase {
     /// The URL hosts use.
     pub url: String,
-    admin_url: String,
-    name: String,
+    scratch: kiln::store::postgres::ScratchDatabase,
 }
 
 impl PgDatabase {
     /// A fresh database, or `None` (after saying why) when no server is
     /// configured; with `KILN_REQUIRE_POSTGRES=1` a missing server fails the test.
     pub async fn create(test: &str) -> Option<Self> {
-        use sqlx::Connection;
         let admin_url = match std::env::var("KILN_TEST_DATABASE_URL") {
             Ok(url) if !url.is_empty() => url,
             _ => {
@@ -314,44 +312,17 @@ impl PgDatabase {
             }
         };
         let name = format!("kiln_e2e_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin_url)
+        let scratch = kiln::store::postgres::ScratchDatabase::create(&admin_url, &name)
             .await
-            .expect("connect to KILN_TEST_DATABASE_URL");
-        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("create a test database");
-        let _ = conn.close().await;
-        let base = admin_url
-            .rsplit_once('/')
-            .map_or(admin_url.as_str(), |(base, _)| base);
+            .expect("create a test database on KILN_TEST_DATABASE_URL");
         Some(Self {
-            url: format!("{base}/{name}"),
-            admin_url,
-            name,
+            url: scratch.url.clone(),
+            scratch,
         })
     }
 
     /// Drop the database (stop its hosts first).
     pub async fn drop(self) {
-        use sqlx::Connection;
-        let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await else {
-            eprintln!("could not drop test database {}", self.name);
-            return;
-        };
-        let _ = sqlx::query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = $1 AND pid <> pg_backend_pid()",
-        )
-        .bind(&self.name)
-        .execute(&mut conn)
-        .await;
-        if let Err(e) = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {}", self.name))
-            .execute(&mut conn)
-            .await
-        {
-            eprintln!("could not drop test database {}: {e}", self.name);
-        }
-        let _ = conn.close().await;
+        self.scratch.drop().await;
     }
 }

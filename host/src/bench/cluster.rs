@@ -21,6 +21,7 @@ use sqlx::Connection;
 use super::http::{self, account_id};
 use super::{BenchArgs, TempDir, stats};
 use crate::server;
+use crate::store::postgres::ScratchDatabase;
 
 /// Options of `kiln bench-cluster`.
 #[derive(Args, Debug, Clone)]
@@ -68,58 +69,6 @@ struct Figure {
     per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
-}
-
-/// A database of its own on the server of the admin URL.
-struct Database {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl Database {
-    async fn create(admin_url: &str, name: String) -> anyhow::Result<Self> {
-        let mut conn = sqlx::PgConnection::connect(admin_url)
-            .await
-            .context("connecting to --db")?;
-        sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}"))
-            .execute(&mut conn)
-            .await?;
-        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .context("creating a benchmark database (the role needs CREATEDB)")?;
-        let _ = conn.close().await;
-        let (base, _) = admin_url
-            .rsplit_once('/')
-            .context("--db must end in /database")?;
-        Ok(Self {
-            admin_url: admin_url.to_string(),
-            url: format!("{base}/{name}"),
-            name,
-        })
-    }
-
-    async fn drop(self) {
-        let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await else {
-            eprintln!("could not drop benchmark database {}", self.name);
-            return;
-        };
-        let _ = sqlx::query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = $1 AND pid <> pg_backend_pid()",
-        )
-        .bind(&self.name)
-        .execute(&mut conn)
-        .await;
-        if let Err(e) = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {}", self.name))
-            .execute(&mut conn)
-            .await
-        {
-            eprintln!("could not drop benchmark database {}: {e}", self.name);
-        }
-        let _ = conn.close().await;
-    }
 }
 
 fn bench_args(args: &ClusterBenchArgs, plugins: &Path) -> BenchArgs {
@@ -294,11 +243,12 @@ pub async fn run(args: ClusterBenchArgs) -> anyhow::Result<()> {
         });
         for &n in &args.hosts {
             eprintln!("== run {run_no} of {}: postgres, {n} host(s)", args.runs);
-            let db = Database::create(
+            let db = ScratchDatabase::create(
                 &args.db,
-                format!("kiln_bench_{}_{run_no}_{n}", std::process::id()),
+                &format!("kiln_bench_{}_{run_no}_{n}", std::process::id()),
             )
-            .await?;
+            .await
+            .context("creating a benchmark database (the role needs CREATEDB)")?;
             let figure = cluster_phase(&args, &plugins, &db.url, n, run_no).await;
             db.drop().await;
             figures.push(figure?);
@@ -306,11 +256,12 @@ pub async fn run(args: ClusterBenchArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         eprintln!("== run {run_no} of {}: postgres batched INSERT", args.runs);
-        let db = Database::create(
+        let db = ScratchDatabase::create(
             &args.db,
-            format!("kiln_bench_{}_{run_no}_raw", std::process::id()),
+            &format!("kiln_bench_{}_{run_no}_raw", std::process::id()),
         )
-        .await?;
+        .await
+        .context("creating a benchmark database (the role needs CREATEDB)")?;
         let figure = raw_insert_phase(&args, &db.url).await;
         db.drop().await;
         figures.push(figure?);

@@ -366,7 +366,11 @@ impl Route {
             return None;
         }
         let account = i % accounts;
-        let host = if self.by_stream { account % hosts } else { self.own };
+        let host = if self.by_stream {
+            account % hosts
+        } else {
+            self.own
+        };
         Some(&self.urls[host][account])
     }
 }

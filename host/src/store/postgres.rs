@@ -40,7 +40,10 @@ mod catalog;
 mod follower;
 mod jobs;
 mod sagas;
+mod scratch;
 mod writer;
+
+pub use scratch::ScratchDatabase;
 
 use follower::{Follower, Publisher};
 use jobs::{JobFn, TypedJob};
