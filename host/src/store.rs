@@ -728,12 +728,14 @@ pub trait EventStore: Send + Sync + 'static {
         false
     }
 
-    /// Whether another host has committed to this store in the last few
-    /// seconds: a state cached in memory is then likely behind, and worth
-    /// bringing up to date before a command is decided on it (rather than
-    /// learning it from a conflict). A hint only: the expected-version check
-    /// of every append keeps commands correct either way.
-    fn others_writing(&self) -> bool {
+    /// Whether this store has seen a commit that took `stream_id` beyond
+    /// `version` (this host's own commits keep its cached states current,
+    /// so in practice: another host's): a state cached at `version` is then
+    /// behind, and worth bringing up to date before a command is decided on
+    /// it, rather than learning it from a conflict. A hint, known a moment
+    /// after the other host's commit: the expected-version check of every
+    /// append keeps commands correct either way.
+    fn newer_version_known(&self, _stream_id: &str, _version: u64) -> bool {
         false
     }
 

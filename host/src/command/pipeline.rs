@@ -189,17 +189,17 @@ impl Pipeline {
         let mut catch_up_first = false;
         loop {
             let mut loaded = self.load(&plugin, &stream_id, issued_at_ms).await?;
-            // With other hosts writing to the store, the cached state is
-            // likely behind: one read of the events after it is cheaper than
-            // a conflict found by the writer (a whole commit cycle), then a
-            // retry.
-            let fresh = if catch_up_first || self.store.others_writing() {
-                self.catch_up(&stream_id, &mut loaded).await?;
-                true
-            } else {
-                // A file has one writer, this host: its cache is never behind.
-                !self.store.shared()
-            };
+            // Another host moved the stream on since the cached state: one
+            // read of the newer events is cheaper than a conflict found by
+            // the writer (a whole commit cycle), then a retry.
+            let fresh =
+                if catch_up_first || self.store.newer_version_known(&stream_id, loaded.version()) {
+                    self.catch_up(&stream_id, &mut loaded).await?;
+                    true
+                } else {
+                    // A file has one writer, this host: its cache is never behind.
+                    !self.store.shared()
+                };
             let loaded_version = loaded.version();
             if !request.expected.matches(loaded_version) {
                 if !fresh {

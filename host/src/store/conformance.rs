@@ -1031,7 +1031,7 @@ async fn other_hosts_commits_wake_this_one(db: Arc<TestDb>) {
     let mut feed = b.subscribe_commits();
     // Let b's listener start listening before a commits.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!b.others_writing(), "no other host has written yet");
+    assert!(!b.newer_version_known("s-1", 0), "nothing written yet");
     a.append(append(
         "s-1",
         ExpectedVersion::Any,
@@ -1052,11 +1052,11 @@ async fn other_hosts_commits_wake_this_one(db: Arc<TestDb>) {
         .unwrap();
     assert_eq!(batch.iter().map(|e| e.position).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(batch[0], a.read_positions(1, 1).await.unwrap()[0]);
-    // The notified host knows another host writes (so its pipeline brings a
-    // cached state up to date before deciding); the writer's own commits
-    // do not count.
-    assert!(b.others_writing(), "b was told of a's commit");
-    assert!(!a.others_writing(), "a has seen only its own commits");
+    // The notified host knows how far the stream went (so its pipeline
+    // brings a state cached at an older version up to date before deciding).
+    assert!(b.newer_version_known("s-1", 1), "b follows a's commits");
+    assert!(!b.newer_version_known("s-1", 2), "version 2 is the latest");
+    assert!(!b.newer_version_known("s-2", 0), "an untouched stream");
     // Its own commit follows on in its feed, after the other host's.
     b.append(append(
         "s-1",

@@ -21,7 +21,6 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -45,7 +44,7 @@ mod writer;
 
 pub use scratch::ScratchDatabase;
 
-use follower::{Follower, Publisher};
+use follower::{Follower, Publisher, StreamVersions};
 use jobs::{JobFn, TypedJob};
 use writer::{WriteOp, Writer};
 
@@ -106,13 +105,9 @@ pub struct PostgresStore {
     head: watch::Receiver<Position>,
     commits: broadcast::Sender<CommittedBatch>,
     follower: Follower,
-    /// When another host's commit was last announced (µs since the epoch).
-    foreign_commit_us: Arc<AtomicI64>,
+    /// The latest versions of the streams recent commits touched.
+    versions: Arc<StreamVersions>,
 }
-
-/// Another host counts as writing for this long after its last commit was
-/// announced.
-const OTHERS_WRITING_WINDOW_US: i64 = 5_000_000;
 
 impl PostgresStore {
     /// Open the database at `url` (`postgres://user:password@host:port/db`),
@@ -166,14 +161,14 @@ impl PostgresStore {
             origin.clone(),
         );
         tokio::spawn(writer::run(state, rx, options.max_batch.max(1)));
-        let foreign_commit_us = Arc::new(AtomicI64::new(i64::MIN));
+        let versions = Arc::new(StreamVersions::new(tail));
         let follower = Follower::spawn(
             readers.clone(),
             options.listen.then_some(connect),
             origin,
             publisher,
             options.poll_interval,
-            foreign_commit_us.clone(),
+            versions.clone(),
         );
         Ok(Self {
             readers,
@@ -181,7 +176,7 @@ impl PostgresStore {
             head,
             commits,
             follower,
-            foreign_commit_us,
+            versions,
         })
     }
 
@@ -524,9 +519,8 @@ impl EventStore for PostgresStore {
         true
     }
 
-    fn others_writing(&self) -> bool {
-        let last = self.foreign_commit_us.load(Ordering::Relaxed);
-        last != i64::MIN && super::now_us().saturating_sub(last) < OTHERS_WRITING_WINDOW_US
+    fn newer_version_known(&self, stream_id: &str, version: u64) -> bool {
+        self.versions.newer_than(stream_id, version)
     }
 
     async fn saga_instances(

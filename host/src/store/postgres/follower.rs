@@ -6,7 +6,6 @@
 //! Another host's events are read back from the database and broadcast like
 //! this host's own, so a live feed on any host carries every commit.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use super::{CHANNEL, FOLLOW_PAGE, head_from, read_global};
+use super::{CHANNEL, FOLLOW_PAGE, head_from, int8, read_global};
 use crate::store::{CommittedBatch, GlobalQuery, Position, RecordedEvent, StoreError};
 
 /// The head `watch` and the live feed of one store.
@@ -70,6 +69,73 @@ impl Publisher {
     }
 }
 
+/// The latest version of each stream committed recently, by any host: what
+/// tells a host that a state it cached is behind the store (another host
+/// wrote to the stream since), so that it reads the newer events before
+/// deciding a command rather than learning it from a conflict.
+pub struct StreamVersions {
+    inner: Mutex<VersionsInner>,
+}
+
+struct VersionsInner {
+    /// Every commit up to this position is accounted for.
+    cursor: Position,
+    latest: lru::LruCache<String, u64>,
+}
+
+/// Streams whose latest version is remembered.
+const STREAM_VERSIONS_MAX: usize = 100_000;
+
+impl StreamVersions {
+    /// Start remembering from the commits after `tail`.
+    pub fn new(tail: Position) -> Self {
+        Self {
+            inner: Mutex::new(VersionsInner {
+                cursor: tail,
+                latest: lru::LruCache::new(
+                    std::num::NonZeroUsize::new(STREAM_VERSIONS_MAX)
+                        .unwrap_or(std::num::NonZeroUsize::MIN),
+                ),
+            }),
+        }
+    }
+
+    /// Whether a version of `stream_id` newer than `version` is known.
+    pub fn newer_than(&self, stream_id: &str, version: u64) -> bool {
+        self.lock()
+            .latest
+            .peek(stream_id)
+            .is_some_and(|latest| *latest > version)
+    }
+
+    /// Account for the commits up to `tail`: one query for the streams they
+    /// touched and their new versions.
+    async fn follow(&self, readers: &PgPool, tail: Position) -> Result<(), StoreError> {
+        let cursor = self.lock().cursor;
+        if tail <= cursor {
+            return Ok(());
+        }
+        let rows: Vec<(String, i64)> = sqlx::query_as(include_str!("sql/stream_versions.sql"))
+            .bind(int8(cursor))
+            .bind(int8(tail))
+            .fetch_all(readers)
+            .await?;
+        let mut inner = self.lock();
+        for (stream, version) in rows {
+            let version = version as u64;
+            if inner.latest.peek(&stream).is_none_or(|v| *v < version) {
+                inner.latest.put(stream, version);
+            }
+        }
+        inner.cursor = inner.cursor.max(tail);
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VersionsInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// The tasks that follow other hosts' commits.
 pub struct Follower {
     stop: watch::Sender<bool>,
@@ -86,7 +152,7 @@ impl Follower {
         origin: Arc<str>,
         publisher: Arc<Publisher>,
         poll: Duration,
-        foreign: Arc<AtomicI64>,
+        versions: Arc<StreamVersions>,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
         let wake = Arc::new(Notify::new());
@@ -95,14 +161,13 @@ impl Follower {
             tasks.push(tokio::spawn(listen_for_commits(
                 connect,
                 origin,
-                foreign,
                 wake.clone(),
                 stopped.clone(),
                 poll,
             )));
         }
         tasks.push(tokio::spawn(follow(
-            readers, publisher, wake, stopped, poll,
+            readers, publisher, versions, wake, stopped, poll,
         )));
         Self {
             stop,
@@ -129,6 +194,7 @@ impl Follower {
 async fn follow(
     readers: PgPool,
     publisher: Arc<Publisher>,
+    versions: Arc<StreamVersions>,
     wake: Arc<Notify>,
     mut stopped: watch::Receiver<bool>,
     poll: Duration,
@@ -143,7 +209,7 @@ async fn follow(
             () = wake.notified() => {}
             _ = tick.tick() => {}
         }
-        match catch_up(&readers, &publisher).await {
+        match catch_up(&readers, &publisher, &versions).await {
             Ok(()) => failing = false,
             Err(e) => {
                 // Once per outage: the poll goes on every tick.
@@ -156,9 +222,15 @@ async fn follow(
     }
 }
 
-/// Publish whatever was committed beyond the published head, in pages.
-async fn catch_up(readers: &PgPool, publisher: &Publisher) -> Result<(), StoreError> {
+/// Publish whatever was committed beyond the published head, in pages,
+/// once the streams' new versions are known.
+async fn catch_up(
+    readers: &PgPool,
+    publisher: &Publisher,
+    versions: &StreamVersions,
+) -> Result<(), StoreError> {
     let tail = head_from(readers).await?;
+    versions.follow(readers, tail).await?;
     loop {
         let head = publisher.head();
         if tail <= head {
@@ -195,7 +267,6 @@ async fn catch_up(readers: &PgPool, publisher: &Publisher) -> Result<(), StoreEr
 async fn listen_for_commits(
     connect: PgConnectOptions,
     origin: Arc<str>,
-    foreign: Arc<AtomicI64>,
     wake: Arc<Notify>,
     mut stopped: watch::Receiver<bool>,
     retry: Duration,
@@ -212,7 +283,7 @@ async fn listen_for_commits(
         let error = tokio::select! {
             biased;
             _ = stopped.changed() => break,
-            error = listen_once(&pool, &origin, &foreign, &wake, &mut listening) => error,
+            error = listen_once(&pool, &origin, &wake, &mut listening) => error,
         };
         // Once per outage: it is retried every `retry`.
         if listening || !failing {
@@ -233,7 +304,6 @@ async fn listen_for_commits(
 async fn listen_once(
     pool: &PgPool,
     origin: &str,
-    foreign: &AtomicI64,
     wake: &Notify,
     listening: &mut bool,
 ) -> sqlx::Error {
@@ -250,15 +320,9 @@ async fn listen_once(
         match listener.try_recv().await {
             // This store's own commit: its writer has published it.
             Ok(Some(n)) if n.payload().split(' ').next() == Some(origin) => {}
-            // Another store's commit: when it was seen is kept (see
-            // `PostgresStore::others_writing`).
-            Ok(Some(_)) => {
-                foreign.store(crate::store::now_us(), Ordering::Relaxed);
-                wake.notify_one();
-            }
-            // The connection was lost (and is back), so notifications may
-            // have been missed.
-            Ok(None) => wake.notify_one(),
+            // Another store's commit; or `None`: the connection was lost
+            // (and is back), so notifications may have been missed.
+            Ok(_) => wake.notify_one(),
             Err(e) => return e,
         }
     }

@@ -1,18 +1,17 @@
-//! The writer task of one host: one connection; per batch, one transaction
-//! for the appends and one for the other writes.
+//! The writer task of one host: one connection; per batch, one statement
+//! for the appends and one transaction for the other writes.
 //!
-//! A batch that appends locks the `log_tail` row first and reads the end of
-//! the log from it (position, hash, recorded time), so the hash chain and the
-//! positions continue from whatever host committed last. It keeps a cache of
-//! stream versions, valid only while no other host appends: when the tail it
-//! locks is not the one its own last commit left, it drops the cache.
+//! A batch's appends are one call of the `kiln_append` function
+//! (migrations/postgres/0005_append_function.sql), run as its own
+//! transaction: it locks the `log_tail` row, checks every request against
+//! the versions and idempotency keys it then sees, continues the positions
+//! and the hash chain from whatever host committed last, writes, and commits.
+//! The lock that orders every host's appends is thus held while the server
+//! works and flushes, never across a client round trip.
 
-use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lru::LruCache;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::{mpsc, oneshot};
@@ -20,10 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::follower::Publisher;
 use super::jobs::Job;
 use super::{CHANNEL, hash_from, int8};
-use crate::store::hash_chain::{self, HashInput};
 use crate::store::{
-    AppendOutcome, AppendRequest, IdempotencyEntry, Position, RecordedEvent, Snapshot, StoreError,
-    now_us,
+    AppendOutcome, AppendRequest, ExpectedVersion, IdempotencyEntry, Position, RecordedEvent,
+    Snapshot, StoreError, now_us,
 };
 
 pub enum WriteOp {
@@ -38,28 +36,12 @@ pub enum WriteOp {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// The end of the log, as `log_tail` holds it.
-#[derive(Debug, Clone, Copy)]
-struct Tail {
-    position: Position,
-    hash: [u8; 32],
-    recorded_at_us: i64,
-}
-
-/// Streams whose versions the writer remembers.
-const VERSION_CACHE_ENTRIES: usize = 100_000;
-
 /// The writer task's state.
 pub struct Writer {
     connect: PgConnectOptions,
     connect_timeout: Duration,
     /// `None` after the connection failed; the next batch reconnects.
     conn: Option<PgConnection>,
-    /// Committed versions of streams this writer wrote or looked up.
-    versions: LruCache<String, u64>,
-    /// The end of the log as this writer's last appending commit left it.
-    /// The version cache is true while the locked tail is still this one.
-    last_tail: Option<Position>,
     publisher: Arc<Publisher>,
     /// This store's id in the notifications of its commits.
     origin: Arc<str>,
@@ -77,10 +59,6 @@ impl Writer {
             connect,
             connect_timeout,
             conn: Some(conn),
-            versions: LruCache::new(
-                NonZeroUsize::new(VERSION_CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN),
-            ),
-            last_tail: None,
             publisher,
             origin,
         }
@@ -94,7 +72,7 @@ pub async fn run(mut writer: Writer, mut rx: mpsc::Receiver<WriteOp>, max_batch:
         let mut batch = Batch::default();
         batch.add(first);
         batch.drain(&mut rx, max_batch);
-        if let Some(done) = writer.commit_batch(batch, &mut rx, max_batch).await {
+        if let Some(done) = writer.commit_batch(batch).await {
             rx.close();
             // Requests that raced the shutdown are refused, never dropped silently.
             while let Ok(op) = rx.try_recv() {
@@ -193,7 +171,6 @@ struct Appended {
     outcomes: Vec<Result<AppendOutcome, StoreError>>,
     /// The end of the log after them.
     tail: Position,
-    versions: HashMap<String, u64>,
 }
 
 impl Writer {
@@ -204,22 +181,13 @@ impl Writer {
     /// second one: the log's lock, which every host's appends wait for, is
     /// then held for the appends alone, and no other write can ever wait
     /// for a row while holding it (a lock cycle between hosts).
-    async fn commit_batch(
-        &mut self,
-        mut batch: Batch,
-        rx: &mut mpsc::Receiver<WriteOp>,
-        max_batch: usize,
-    ) -> Option<oneshot::Sender<()>> {
+    async fn commit_batch(&mut self, mut batch: Batch) -> Option<oneshot::Sender<()>> {
         if !batch.appends.is_empty() {
-            let result = self.write_appends(&mut batch, rx, max_batch).await;
+            let result = self.write_appends(&mut batch).await;
             let replies = std::mem::take(&mut batch.append_replies);
             match result {
                 Ok(appended) => {
-                    self.last_tail = Some(appended.tail);
                     self.publish(&appended.outcomes, appended.tail);
-                    for (stream, version) in appended.versions {
-                        self.versions.put(stream, version);
-                    }
                     for (reply, outcome) in replies.into_iter().zip(appended.outcomes) {
                         let _ = reply.send(outcome);
                     }
@@ -272,8 +240,6 @@ impl Writer {
     /// connection if it may be broken. Returns the message for the callers.
     fn failed(&mut self, e: &sqlx::Error) -> String {
         tracing::error!(error = %e, "event store batch failed; nothing of it was committed");
-        self.versions.clear();
-        self.last_tail = None;
         if !matches!(e, sqlx::Error::Database(_)) {
             self.conn = None;
         }
@@ -297,31 +263,42 @@ impl Writer {
         self.publisher.publish(events, tail);
     }
 
-    /// The appends, in one transaction under the log's lock.
-    async fn write_appends(
-        &mut self,
-        batch: &mut Batch,
-        rx: &mut mpsc::Receiver<WriteOp>,
-        max_batch: usize,
-    ) -> Result<Appended, sqlx::Error> {
+    /// The appends, in one statement that is its own transaction (see the
+    /// module's documentation). A request PostgreSQL cannot store is
+    /// refused alone, before the statement.
+    async fn write_appends(&mut self, batch: &mut Batch) -> Result<Appended, sqlx::Error> {
         let conn = connection(&mut self.conn, &self.connect, self.connect_timeout).await?;
-        let mut tx = conn.begin().await?;
-        let tail = lock_tail(&mut tx).await?;
-        // With several hosts taking turns, this writer may have waited for
-        // the lock: what was queued meanwhile joins the batch.
-        batch.drain(rx, max_batch);
-        let appends = std::mem::take(&mut batch.appends);
-        let appended = append(
-            &mut tx,
-            &mut self.versions,
-            self.last_tail,
-            tail,
-            appends,
-            &self.origin,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(appended)
+        let mut refused: Vec<Option<StoreError>> = Vec::with_capacity(batch.appends.len());
+        let mut sent = Vec::with_capacity(batch.appends.len());
+        for request in std::mem::take(&mut batch.appends) {
+            if storable(&request) {
+                refused.push(None);
+                sent.push(request);
+            } else {
+                refused.push(Some(StoreError::Corrupt(format!(
+                    "an append to stream {:?} contains a NUL character, which PostgreSQL text cannot hold",
+                    request.stream_id.replace('\0', "\\0")
+                ))));
+            }
+        }
+        let (staged, tail) = if sent.is_empty() {
+            (Vec::new(), self.publisher.head())
+        } else {
+            append(conn, sent, &self.origin).await?
+        };
+        let mut staged = staged.into_iter();
+        let outcomes = refused
+            .into_iter()
+            .map(|refusal| match refusal {
+                Some(e) => Err(e),
+                None => staged.next().unwrap_or_else(|| {
+                    Err(StoreError::Corrupt(
+                        "kiln_append answered fewer requests than it was sent".into(),
+                    ))
+                }),
+            })
+            .collect();
+        Ok(Appended { outcomes, tail })
     }
 
     /// Snapshots, purges and jobs, in one transaction; returns the keys each
@@ -387,226 +364,167 @@ async fn connection<'a>(
         .ok_or_else(|| sqlx::Error::Protocol("the writer has no connection".into()))
 }
 
-/// Lock the end of the log (waiting for another host's appending
-/// transaction to end) and read it.
-async fn lock_tail(conn: &mut PgConnection) -> Result<Tail, sqlx::Error> {
-    let row = sqlx::query(include_str!("sql/lock_tail.sql"))
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(Tail {
-        position: row.try_get::<i64, _>(0)? as u64,
-        hash: hash_from(row.try_get(1)?).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-        recorded_at_us: row.try_get(2)?,
-    })
+/// A batch's requests as the columns `kiln_append` takes.
+struct Columns<'a> {
+    streams: Vec<&'a str>,
+    expect_kinds: Vec<i16>,
+    expects: Vec<i64>,
+    keys: Vec<Option<&'a str>>,
+    request_hashes: Vec<Option<&'a str>>,
+    window_starts: Vec<i64>,
+    event_counts: Vec<i32>,
+    types: Vec<&'a str>,
+    schemas: Vec<i64>,
+    data: Vec<&'a str>,
+    metadata: Vec<&'a str>,
 }
 
-/// Stage and write the batch's appends; the log's lock is held.
+impl<'a> Columns<'a> {
+    fn new(requests: &'a [AppendRequest]) -> Self {
+        let events = requests.iter().map(|r| r.events.len()).sum();
+        let mut c = Columns {
+            streams: Vec::with_capacity(requests.len()),
+            expect_kinds: Vec::with_capacity(requests.len()),
+            expects: Vec::with_capacity(requests.len()),
+            keys: Vec::with_capacity(requests.len()),
+            request_hashes: Vec::with_capacity(requests.len()),
+            window_starts: Vec::with_capacity(requests.len()),
+            event_counts: Vec::with_capacity(requests.len()),
+            types: Vec::with_capacity(events),
+            schemas: Vec::with_capacity(events),
+            data: Vec::with_capacity(events),
+            metadata: Vec::with_capacity(events),
+        };
+        for r in requests {
+            c.streams.push(&r.stream_id);
+            let (kind, expect) = match r.expected {
+                ExpectedVersion::Any => (0, 0),
+                ExpectedVersion::NoStream => (1, 0),
+                ExpectedVersion::Exact(v) => (2, int8(v)),
+            };
+            c.expect_kinds.push(kind);
+            c.expects.push(expect);
+            c.keys.push(r.idempotency.as_ref().map(|k| k.key.as_str()));
+            c.request_hashes
+                .push(r.idempotency.as_ref().map(|k| k.request_hash.as_str()));
+            c.window_starts
+                .push(r.idempotency.as_ref().map_or(0, |k| k.window_start_us));
+            c.event_counts
+                .push(i32::try_from(r.events.len()).unwrap_or(i32::MAX));
+            for e in &r.events {
+                c.types.push(&e.event_type);
+                c.schemas.push(i64::from(e.schema));
+                c.data.push(&e.data);
+                c.metadata.push(&e.metadata);
+            }
+        }
+        c
+    }
+}
+
+/// Call `kiln_append` for `requests`; each one's outcome, in order, and
+/// the end of the log after the batch.
 async fn append(
     conn: &mut PgConnection,
-    cache: &mut LruCache<String, u64>,
-    last_tail: Option<Position>,
-    mut tail: Tail,
-    appends: Vec<AppendRequest>,
+    requests: Vec<AppendRequest>,
     origin: &str,
-) -> Result<Appended, sqlx::Error> {
-    if last_tail != Some(tail.position) {
-        // Another host appended since this writer last did (or this is the
-        // first batch): what the cache says may be stale.
-        cache.clear();
+) -> Result<(Vec<Result<AppendOutcome, StoreError>>, Position), sqlx::Error> {
+    // Kept to the millisecond, the precision the API shows.
+    let now = now_us() / 1000 * 1000;
+    let row = {
+        let c = Columns::new(&requests);
+        sqlx::query(include_str!("sql/append.sql"))
+            .bind(c.streams)
+            .bind(c.expect_kinds)
+            .bind(c.expects)
+            .bind(c.keys)
+            .bind(c.request_hashes)
+            .bind(c.window_starts)
+            .bind(c.event_counts)
+            .bind(c.types)
+            .bind(c.schemas)
+            .bind(c.data)
+            .bind(c.metadata)
+            .bind(now)
+            .bind(CHANNEL)
+            .bind(origin)
+            .fetch_one(&mut *conn)
+            .await?
+    };
+    let decode = |e: StoreError| sqlx::Error::Decode(Box::new(e));
+    let outcomes: Vec<i16> = row.try_get("outcomes")?;
+    let versions: Vec<i64> = row.try_get("versions")?;
+    let first_positions: Vec<Option<i64>> = row.try_get("first_positions")?;
+    let hashes: Vec<Option<Vec<u8>>> = row.try_get("hashes")?;
+    let recorded_at: i64 = row.try_get("recorded_at")?;
+    let tail: i64 = row.try_get("tail_position")?;
+    let k_request_hash: Vec<Option<String>> = row.try_get("k_request_hash")?;
+    let k_stream_id: Vec<Option<String>> = row.try_get("k_stream_id")?;
+    let k_version: Vec<Option<i64>> = row.try_get("k_version")?;
+    let k_first_position: Vec<Option<i64>> = row.try_get("k_first_position")?;
+    let k_event_count: Vec<Option<i64>> = row.try_get("k_event_count")?;
+    let k_created_at: Vec<Option<i64>> = row.try_get("k_created_at")?;
+    if outcomes.len() != requests.len() {
+        return Err(decode(StoreError::Corrupt(format!(
+            "kiln_append answered {} of {} requests",
+            outcomes.len(),
+            requests.len()
+        ))));
     }
-    let start = tail.position;
-    let (mut versions, mut keys) = lookup(cache, conn, &appends).await?;
-    let mut staged_keys = HashMap::new();
-    let outcomes: Vec<_> = appends
-        .into_iter()
-        .map(|request| {
-            stage_append(
-                request,
-                &mut tail,
-                &mut versions,
-                &mut keys,
-                &mut staged_keys,
-            )
-        })
-        .collect();
-    let entries = KeyColumns::new(staged_keys.values());
-    if tail.position != start {
-        write_events(conn, &outcomes, &tail, entries, origin).await?;
-    } else if !staged_keys.is_empty() {
-        // Commands that produced no events but carried a key.
-        entries
-            .bind(sqlx::query(include_str!("sql/upsert_idempotency_keys.sql")))
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(Appended {
-        outcomes,
-        tail: tail.position,
-        versions,
-    })
-}
-
-/// Current versions of the batch's streams (from the cache, the rest looked
-/// up) and the entries of its idempotency keys, in at most one query.
-async fn lookup(
-    cache: &mut LruCache<String, u64>,
-    conn: &mut PgConnection,
-    appends: &[AppendRequest],
-) -> Result<(HashMap<String, u64>, HashMap<String, IdempotencyEntry>), sqlx::Error> {
-    let mut versions = HashMap::with_capacity(appends.len());
-    let mut unknown = Vec::new();
-    for request in appends {
-        let stream = &request.stream_id;
-        if versions.contains_key(stream) {
-            continue;
-        }
-        match cache.get(stream) {
-            Some(v) => {
-                versions.insert(stream.clone(), *v);
+    let mut hashes = hashes.into_iter();
+    let mut answers = Vec::with_capacity(requests.len());
+    for (i, request) in requests.into_iter().enumerate() {
+        let count = request.events.len();
+        let mine: Vec<Option<Vec<u8>>> = hashes.by_ref().take(count).collect();
+        let answer = match outcomes[i] {
+            0 => {
+                let version = versions[i] as u64;
+                let first = first_positions[i].unwrap_or(0) as u64;
+                let mut events = Vec::with_capacity(count);
+                for (j, (event, hash)) in request.events.into_iter().zip(mine).enumerate() {
+                    let hash = hash.ok_or_else(|| {
+                        decode(StoreError::Corrupt(
+                            "a committed event without its hash".into(),
+                        ))
+                    })?;
+                    events.push(RecordedEvent {
+                        position: first + j as u64,
+                        stream_id: request.stream_id.clone(),
+                        version: version - count as u64 + 1 + j as u64,
+                        event_type: event.event_type,
+                        schema: event.schema,
+                        data: event.data,
+                        metadata: event.metadata,
+                        recorded_at_us: recorded_at,
+                        hash: hash_from(hash).map_err(decode)?,
+                    });
+                }
+                Ok(AppendOutcome::Committed { version, events })
             }
-            None => {
-                versions.insert(stream.clone(), 0);
-                unknown.push(stream.as_str());
+            1 => Err(StoreError::WrongExpectedVersion {
+                stream_id: request.stream_id,
+                expected: request.expected,
+                actual: versions[i] as u64,
+            }),
+            _ => {
+                let key = request
+                    .idempotency
+                    .map(|claim| claim.key)
+                    .unwrap_or_default();
+                Ok(AppendOutcome::AlreadyApplied(IdempotencyEntry {
+                    key,
+                    request_hash: k_request_hash[i].clone().unwrap_or_default(),
+                    stream_id: k_stream_id[i].clone().unwrap_or_default(),
+                    version: k_version[i].unwrap_or(0) as u64,
+                    first_position: k_first_position[i].map(|p| p as u64),
+                    event_count: k_event_count[i].unwrap_or(0) as u32,
+                    created_at_us: k_created_at[i].unwrap_or(0),
+                }))
             }
-        }
-    }
-    let keys: Vec<&str> = appends
-        .iter()
-        .filter_map(|r| r.idempotency.as_ref().map(|c| c.key.as_str()))
-        .collect();
-    let mut entries = HashMap::new();
-    if unknown.is_empty() && keys.is_empty() {
-        return Ok((versions, entries));
-    }
-    let row = sqlx::query(include_str!("sql/lookup.sql"))
-        .bind(&unknown)
-        .bind(&keys)
-        .fetch_one(&mut *conn)
-        .await?;
-    let found: Vec<i64> = row.try_get(0)?;
-    for (stream, version) in unknown.iter().zip(found) {
-        versions.insert(stream.to_string(), version as u64);
-    }
-    let keys: Vec<String> = row.try_get(1)?;
-    let request_hashes: Vec<String> = row.try_get(2)?;
-    let stream_ids: Vec<String> = row.try_get(3)?;
-    let key_versions: Vec<i64> = row.try_get(4)?;
-    let first_positions: Vec<Option<i64>> = row.try_get(5)?;
-    let event_counts: Vec<i64> = row.try_get(6)?;
-    let created_ats: Vec<i64> = row.try_get(7)?;
-    let columns = request_hashes
-        .into_iter()
-        .zip(stream_ids)
-        .zip(key_versions)
-        .zip(first_positions)
-        .zip(event_counts)
-        .zip(created_ats);
-    for (key, (((((request_hash, stream_id), version), first), count), created)) in
-        keys.into_iter().zip(columns)
-    {
-        entries.insert(
-            key.clone(),
-            IdempotencyEntry {
-                key,
-                request_hash,
-                stream_id,
-                version: version as u64,
-                first_position: first.map(|p| p as u64),
-                event_count: count as u32,
-                created_at_us: created,
-            },
-        );
-    }
-    Ok((versions, entries))
-}
-
-/// Idempotency entries column by column, as the statements bind them.
-struct KeyColumns<'a> {
-    keys: Vec<&'a str>,
-    request_hashes: Vec<&'a str>,
-    stream_ids: Vec<&'a str>,
-    versions: Vec<i64>,
-    first_positions: Vec<Option<i64>>,
-    event_counts: Vec<i64>,
-    created_ats: Vec<i64>,
-}
-
-type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
-
-impl<'a> KeyColumns<'a> {
-    fn new(entries: impl Iterator<Item = &'a IdempotencyEntry>) -> Self {
-        let mut columns = KeyColumns {
-            keys: Vec::new(),
-            request_hashes: Vec::new(),
-            stream_ids: Vec::new(),
-            versions: Vec::new(),
-            first_positions: Vec::new(),
-            event_counts: Vec::new(),
-            created_ats: Vec::new(),
         };
-        for e in entries {
-            columns.keys.push(&e.key);
-            columns.request_hashes.push(&e.request_hash);
-            columns.stream_ids.push(&e.stream_id);
-            columns.versions.push(int8(e.version));
-            columns.first_positions.push(e.first_position.map(int8));
-            columns.event_counts.push(i64::from(e.event_count));
-            columns.created_ats.push(e.created_at_us);
-        }
-        columns
+        answers.push(answer);
     }
-
-    /// Bind the seven columns, in the statements' order.
-    fn bind<'q>(self, query: PgQuery<'q>) -> PgQuery<'q>
-    where
-        'a: 'q,
-    {
-        query
-            .bind(self.keys)
-            .bind(self.request_hashes)
-            .bind(self.stream_ids)
-            .bind(self.versions)
-            .bind(self.first_positions)
-            .bind(self.event_counts)
-            .bind(self.created_ats)
-    }
-}
-
-/// The committed events of the batch column by column, its idempotency
-/// entries and the new tail, in one statement.
-async fn write_events(
-    conn: &mut PgConnection,
-    outcomes: &[Result<AppendOutcome, StoreError>],
-    tail: &Tail,
-    entries: KeyColumns<'_>,
-    origin: &str,
-) -> Result<(), sqlx::Error> {
-    let events: Vec<&RecordedEvent> = outcomes
-        .iter()
-        .filter_map(|o| match o {
-            Ok(AppendOutcome::Committed { events, .. }) => Some(events.iter()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    let column = |f: fn(&RecordedEvent) -> i64| events.iter().map(|e| f(e)).collect::<Vec<_>>();
-    let text = |f: fn(&RecordedEvent) -> &str| events.iter().map(|e| f(e)).collect::<Vec<_>>();
-    let query = sqlx::query(include_str!("sql/append_events.sql"))
-        .bind(column(|e| int8(e.position)))
-        .bind(text(|e| &e.stream_id))
-        .bind(column(|e| int8(e.version)))
-        .bind(text(|e| &e.event_type))
-        .bind(column(|e| i64::from(e.schema)))
-        .bind(text(|e| &e.data))
-        .bind(text(|e| &e.metadata))
-        .bind(column(|e| e.recorded_at_us))
-        .bind(events.iter().map(|e| e.hash).collect::<Vec<_>>())
-        .bind(int8(tail.position))
-        .bind(tail.hash)
-        .bind(tail.recorded_at_us)
-        .bind(CHANNEL);
-    entries.bind(query).bind(origin).execute(&mut *conn).await?;
-    Ok(())
+    Ok((answers, tail as u64))
 }
 
 /// Whether PostgreSQL can store the request's text: its `text` type cannot
@@ -622,95 +540,4 @@ fn storable(request: &AppendRequest) -> bool {
             .idempotency
             .as_ref()
             .is_some_and(|c| nul(&c.key) || nul(&c.request_hash)))
-}
-
-/// Check one append against the batch's view of versions and keys, and
-/// stage its events. The result is this request's own answer.
-fn stage_append(
-    request: AppendRequest,
-    tail: &mut Tail,
-    versions: &mut HashMap<String, u64>,
-    keys: &mut HashMap<String, IdempotencyEntry>,
-    staged_keys: &mut HashMap<String, IdempotencyEntry>,
-) -> Result<AppendOutcome, StoreError> {
-    if !storable(&request) {
-        return Err(StoreError::Corrupt(format!(
-            "an append to stream {:?} contains a NUL character, which PostgreSQL text cannot hold",
-            request.stream_id.replace('\0', "\\0")
-        )));
-    }
-    if let Some(claim) = &request.idempotency
-        && let Some(entry) = keys.get(&claim.key)
-        && entry.created_at_us >= claim.window_start_us
-    {
-        // Expired entries fall through: the key is free again and its row
-        // is replaced.
-        return Ok(AppendOutcome::AlreadyApplied(entry.clone()));
-    }
-    let actual = versions.get(&request.stream_id).copied().unwrap_or(0);
-    if !request.expected.matches(actual) {
-        return Err(StoreError::WrongExpectedVersion {
-            stream_id: request.stream_id,
-            expected: request.expected,
-            actual,
-        });
-    }
-    // Recorded times never decrease along positions (whatever the clocks of
-    // the hosts say: the tail's time is the floor), so time travel by
-    // recorded time agrees with the order of the log. They are kept to the
-    // millisecond, the precision the API shows.
-    let recorded_at_us = (now_us() / 1000 * 1000).max(tail.recorded_at_us);
-    let mut recorded = Vec::with_capacity(request.events.len());
-    for (i, event) in request.events.into_iter().enumerate() {
-        let position = tail.position + 1;
-        let version = actual + 1 + i as u64;
-        let hash = hash_chain::event_hash(
-            &tail.hash,
-            &HashInput {
-                position,
-                stream_id: &request.stream_id,
-                version,
-                event_type: &event.event_type,
-                schema: event.schema,
-                data: &event.data,
-                metadata: &event.metadata,
-                recorded_at_us,
-            },
-        );
-        *tail = Tail {
-            position,
-            hash,
-            recorded_at_us,
-        };
-        recorded.push(RecordedEvent {
-            position,
-            stream_id: request.stream_id.clone(),
-            version,
-            event_type: event.event_type,
-            schema: event.schema,
-            data: event.data,
-            metadata: event.metadata,
-            recorded_at_us,
-            hash,
-        });
-    }
-    let version = actual + recorded.len() as u64;
-    versions.insert(request.stream_id.clone(), version);
-    if let Some(claim) = request.idempotency {
-        let entry = IdempotencyEntry {
-            key: claim.key,
-            request_hash: claim.request_hash,
-            stream_id: request.stream_id,
-            version,
-            first_position: recorded.first().map(|e| e.position),
-            event_count: recorded.len() as u32,
-            created_at_us: recorded_at_us,
-        };
-        keys.insert(entry.key.clone(), entry.clone());
-        staged_keys.insert(entry.key.clone(), entry);
-    }
-    Ok(AppendOutcome::Committed {
-        version,
-        events: recorded,
-    })
 }
