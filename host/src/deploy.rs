@@ -408,8 +408,8 @@ impl Deployer {
     /// `interval`, a name whose current stored version differs from the one
     /// loaded here is loaded from its stored bytes (not recorded again).
     /// Aggregates serve their next command with it, sagas react with it from
-    /// their next unit of work. Projections are left to the host that runs
-    /// them (their generations are shared state; see docs/design.md).
+    /// their next unit of work, and a projection's new version is built by
+    /// the host holding its lease (see docs/design.md §10).
     pub fn follow_store(self: &Arc<Self>, interval: Duration) -> JoinHandle<()> {
         let deployer = self.clone();
         tokio::spawn(async move {
@@ -429,11 +429,10 @@ impl Deployer {
     pub async fn load_newer_deployments(&self) -> Result<Vec<String>, DeployError> {
         let mut loaded = Vec::new();
         for deployment in self.store.current_deployments().await? {
-            if deployment.kind == PluginKind::Projection.as_str()
-                || self
-                    .registry
-                    .get(&deployment.name)
-                    .is_some_and(|p| p.hash == deployment.hash)
+            if self
+                .registry
+                .get(&deployment.name)
+                .is_some_and(|p| p.hash == deployment.hash)
             {
                 continue;
             }
@@ -456,8 +455,17 @@ impl Deployer {
             }
             let plugin = self.registry.insert(plugin);
             tracing::info!(plugin = %plugin.name, hash = %plugin.hash, "loaded a version deployed through another host");
-            if plugin.kind == PluginKind::Saga {
-                self.sagas.deploy(plugin).await;
+            match plugin.kind {
+                PluginKind::Saga => self.sagas.deploy(plugin).await,
+                // The host holding the projection's lease builds the new
+                // generation (a hot swap, or a shadow); the others only
+                // record the version they would run if they took it over.
+                PluginKind::Projection => {
+                    if let Err(e) = self.projections.deploy(plugin, deployment.mode).await {
+                        tracing::error!(plugin = %deployment.name, error = %e, "could not start a projection version deployed through another host");
+                    }
+                }
+                PluginKind::Aggregate => {}
             }
             loaded.push(deployment.name);
         }

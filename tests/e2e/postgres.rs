@@ -265,6 +265,89 @@ async fn a_command_is_never_refused_on_a_stale_state() {
     db.drop().await;
 }
 
+/// A projection version deployed through the host that does not run the
+/// projection is built and switched to by the host that does.
+#[tokio::test]
+async fn a_projection_version_deployed_through_another_host_is_built_by_its_holder() {
+    let Some(db) = PgDatabase::create("a_projection_version_deployed_through_another_host").await
+    else {
+        return;
+    };
+    let plugins = [
+        (artifacts::BANK_ACCOUNT, "bank_account"),
+        (artifacts::ACCOUNT_BALANCES, "account_balances"),
+    ];
+    let (u1, u2) = (db.url.clone(), db.url.clone());
+    let fast = |c: &mut kiln::server::HostConfig| c.deployment_poll = Duration::from_millis(200);
+    let mut first = TestHost::start_with_plugins(&plugins, |c| {
+        c.db = u1;
+        fast(c);
+    })
+    .await;
+    let mut second = TestHost::start_with_plugins(&plugins, |c| {
+        c.db = u2;
+        fast(c);
+    })
+    .await;
+    first
+        .command("bank_account", "p1", cmd("Open", json!({"owner": "ann"})))
+        .await
+        .expect(200, "");
+    // Which host runs the projection, and which does not.
+    let runs_it = |status: &Value| status["runs_here"] == true;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (holder, other) = loop {
+        let a = first.get("/projections/account_balances").await;
+        let b = second.get("/projections/account_balances").await;
+        if runs_it(&a.body) {
+            break (&first, &second);
+        }
+        if runs_it(&b.body) {
+            break (&second, &first);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no host runs it: {} / {}",
+            a.body,
+            b.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let before = holder.get("/projections/account_balances").await.body;
+    let bytes = std::fs::read(artifacts::FIXTURE_BALANCES_V2).expect("component");
+    let put = other
+        .send(
+            other
+                .client
+                .put(other.url("/plugins/account_balances"))
+                .header(
+                    "Authorization",
+                    format!("Bearer {}", crate::common::ADMIN_TOKEN),
+                )
+                .body(bytes),
+        )
+        .await;
+    put.expect(200, "");
+    let hash = put.body["hash"].as_str().unwrap_or("").to_string();
+    assert_ne!(before["plugin"], hash.as_str());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = holder.get("/projections/account_balances").await.body;
+        if status["plugin"] == hash.as_str() && status["rebuild"].is_null() {
+            assert!(
+                status["generation"].as_u64() > before["generation"].as_u64(),
+                "a new generation: {status}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never switched: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.stop().await;
+    second.stop().await;
+    db.drop().await;
+}
+
 /// A new aggregate version deployed through one host serves commands on the
 /// other host too, within a few polls.
 #[tokio::test]
