@@ -591,10 +591,10 @@ impl Pipeline {
                         plugin: plugin.name.to_string(),
                         message: format!("event {} has data that is not JSON", e.event_type),
                     })?;
-                if e.event_type.is_empty() {
+                if let Err(message) = check_event_type(&e.event_type) {
                     return Err(PluginError::Contract {
                         plugin: plugin.name.to_string(),
-                        message: "an event has an empty type".into(),
+                        message,
                     }
                     .into());
                 }
@@ -667,6 +667,32 @@ async fn fold_pending(
     Ok(Arc::from(instance.apply(&base, &events).await?))
 }
 
+/// Longest event type a plugin may emit, in bytes.
+pub const EVENT_TYPE_BYTES_MAX: usize = 256;
+
+/// An event type is a name: not empty, at most [`EVENT_TYPE_BYTES_MAX`]
+/// bytes, no control characters (which PostgreSQL cannot store as NUL, and
+/// which no reader of the log expects).
+fn check_event_type(event_type: &str) -> Result<(), String> {
+    if event_type.is_empty() {
+        return Err("an event has an empty type".into());
+    }
+    if event_type.len() > EVENT_TYPE_BYTES_MAX {
+        return Err(format!(
+            "an event type is {} bytes long; the limit is {EVENT_TYPE_BYTES_MAX}",
+            event_type.len()
+        ));
+    }
+    if let Some(c) = event_type.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "event type {:?} contains the control character {:?}",
+            event_type.escape_debug().to_string(),
+            c
+        ));
+    }
+    Ok(())
+}
+
 /// The event as a plugin sees it.
 pub fn to_wit_event(e: &RecordedEvent) -> WitEvent {
     WitEvent {
@@ -726,6 +752,20 @@ fn validate_idempotency_key(key: &str) -> Result<(), CommandError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_types_are_names_without_control_characters() {
+        assert!(check_event_type("Deposited").is_ok());
+        assert!(check_event_type("Überweisung.v2 ✓").is_ok());
+        assert!(check_event_type(&"x".repeat(EVENT_TYPE_BYTES_MAX)).is_ok());
+        for bad in ["", "A\0B", "line\nbreak", "tab\there", "\u{7f}del"] {
+            assert!(check_event_type(bad).is_err(), "{bad:?} accepted");
+        }
+        let long = check_event_type(&"x".repeat(EVENT_TYPE_BYTES_MAX + 1)).unwrap_err();
+        assert!(long.contains("limit"), "{long}");
+        let nul = check_event_type("A\0B").unwrap_err();
+        assert!(nul.contains("control character"), "{nul}");
+    }
 
     #[test]
     fn metadata_gets_correlation_and_causation() {
