@@ -243,11 +243,40 @@ static POLYGLOT_START: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(()
 
 /// `<target>/test-compile-cache`: compiled components kept across the
 /// tests of a run and across runs (keyed by content and engine settings).
+///
+/// A JavaScript or Python component's compiled form is ~35 MB and a rebuilt
+/// component (its bytes are not reproducible) gets a new one, so entries
+/// older than [`SHARED_CACHE_DAYS`] are removed the first time a test
+/// process uses the cache.
 pub fn shared_compile_cache() -> std::path::PathBuf {
-    Path::new(artifacts::EXAMPLES_DIR)
+    static PRUNED: std::sync::Once = std::sync::Once::new();
+    let dir = Path::new(artifacts::EXAMPLES_DIR)
         .parent()
         .expect("the plugins directory sits in the target directory")
-        .join("test-compile-cache")
+        .join("test-compile-cache");
+    PRUNED.call_once(|| prune_older_than(&dir, SHARED_CACHE_DAYS));
+    dir
+}
+
+/// How long an entry of the shared compile cache is kept.
+pub const SHARED_CACHE_DAYS: u64 = 3;
+
+fn prune_older_than(dir: &Path, days: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let max_age = Duration::from_secs(days * 24 * 3600);
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > max_age);
+        if old {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 impl Drop for TestHost {
