@@ -47,6 +47,21 @@ impl From<LoadError> for DeployError {
 /// component takes 10–20 s). Rust components are tens of kilobytes.
 pub const BACKGROUND_COMPILE_BYTES: usize = 1024 * 1024;
 
+/// Removes the markers of queued compiles when the background task ends
+/// (finished, or aborted at shutdown).
+struct ClearQueued {
+    registry: Arc<Registry>,
+    queued: Vec<(String, String)>,
+}
+
+impl Drop for ClearQueued {
+    fn drop(&mut self) {
+        for (name, hash) in &self.queued {
+            self.registry.finish_compiling(name, hash);
+        }
+    }
+}
+
 /// A directory plugin whose compile was left for after the start.
 pub struct DeferredPlugin {
     pub name: String,
@@ -314,22 +329,37 @@ impl Deployer {
     /// changed. Until each is done, `GET /plugins` shows it compiling and
     /// the version stored before, if any, keeps serving.
     pub fn load_in_background(self: &Arc<Self>, deferred: Vec<DeferredPlugin>) -> JoinHandle<()> {
+        // Every one of them shows as compiling from now on, not only the one
+        // being compiled.
+        let queued: Vec<(String, String)> = deferred
+            .iter()
+            .map(|p| {
+                let hash = crate::runtime::plugin::content_hash(&p.bytes);
+                self.registry.queue_compiling(&p.name, &hash, p.bytes.len());
+                (p.name.clone(), hash)
+            })
+            .collect();
+        let registry = self.registry.clone();
         let deployer = Arc::downgrade(self);
         tokio::spawn(async move {
+            // Whatever happens, the markers go with the task.
+            let _clear = ClearQueued { registry, queued };
             for plugin in deferred {
                 let Some(deployer) = deployer.upgrade() else {
                     return;
                 };
                 let started = std::time::Instant::now();
-                match deployer
+                let hash = crate::runtime::plugin::content_hash(&plugin.bytes);
+                let result = deployer
                     .deploy(
                         &plugin.name,
                         plugin.bytes,
                         DeployMode::Live,
                         SOURCE_DIRECTORY,
                     )
-                    .await
-                {
+                    .await;
+                deployer.registry.finish_compiling(&plugin.name, &hash);
+                match result {
                     Ok(loaded) => {
                         tracing::info!(plugin = %loaded.name, kind = loaded.kind.as_str(), hash = %loaded.hash, elapsed_ms = started.elapsed().as_millis() as u64, "plugin compiled in the background and loaded")
                     }

@@ -106,6 +106,28 @@ impl Registry {
         }
     }
 
+    /// Show `name` as compiling the version `hash` from now on, until
+    /// [`Registry::finish_compiling`]: a compile queued behind others.
+    pub fn queue_compiling(&self, name: &str, hash: &str, size: usize) {
+        self.compiling_map().insert(
+            name.to_string(),
+            Compiling {
+                hash: hash.to_string(),
+                size,
+                since: chrono::Utc::now(),
+            },
+        );
+    }
+
+    /// Stop showing `name` as compiling `hash` (a newer version's marker
+    /// stays).
+    pub fn finish_compiling(&self, name: &str, hash: &str) {
+        let mut map = self.compiling_map();
+        if map.get(name).is_some_and(|c| c.hash == hash) {
+            map.remove(name);
+        }
+    }
+
     /// Versions being compiled, by plugin name, sorted.
     pub fn compiling(&self) -> Vec<(String, Compiling)> {
         let mut all: Vec<_> = self
@@ -179,6 +201,12 @@ mod tests {
         drop(first);
         assert_eq!(registry.compiling()[0].1.hash, "sha256:bb");
         drop(second);
+        assert!(registry.compiling().is_empty());
+        // Queued compiles show until finished, and only their own marker goes.
+        registry.queue_compiling("later", "sha256:cc", 30);
+        registry.finish_compiling("later", "sha256:dd");
+        assert_eq!(registry.compiling().len(), 1);
+        registry.finish_compiling("later", "sha256:cc");
         assert!(registry.compiling().is_empty());
     }
 

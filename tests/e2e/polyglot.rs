@@ -182,28 +182,41 @@ async fn large_components_compile_in_the_background_while_the_host_serves() {
         &[
             (artifacts::BANK_ACCOUNT, "bank_account"),
             (artifacts::BANK_ACCOUNT_JS, "bank_js"),
+            (artifacts::FIXTURE_RAISE_PY, "raiser"),
         ],
         |_| {},
     )
     .await;
+    // Both large ones show as compiling, the one waiting its turn too.
     let list = h.get("/plugins").await;
-    let bank_js = list
-        .body
-        .as_array()
-        .expect("list")
-        .iter()
-        .find(|p| p["name"] == "bank_js")
-        .cloned();
-    let bank_js =
-        bank_js.unwrap_or_else(|| panic!("bank_js listed while compiling: {}", list.body));
-    assert_eq!(bank_js["status"], "compiling", "{bank_js}");
-    assert!(bank_js["kind"].is_null());
+    for name in ["bank_js", "raiser"] {
+        let entry = list
+            .body
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} listed while compiling: {}", list.body));
+        assert_eq!(entry["status"], "compiling", "{entry}");
+        assert!(entry["kind"].is_null());
+    }
+    let ready = h.get("/readyz").await;
+    ready.expect(200, "");
+    assert_eq!(
+        ready.body["compiling"],
+        json!(["bank_js", "raiser"]),
+        "{}",
+        ready.body
+    );
     // The host serves meanwhile.
     h.command("bank_account", "1", cmd("Open", json!({"owner": "ann"})))
         .await
         .expect(200, "");
     let ready = h.wait_for_plugin("bank_js", Duration::from_secs(300)).await;
     assert_eq!(ready["kind"], "aggregate");
+    h.wait_for_plugin("raiser", Duration::from_secs(300)).await;
+    assert_eq!(h.get("/readyz").await.body["compiling"], json!([]));
     h.command("bank_js", "1", cmd("Open", json!({"owner": "ann"})))
         .await
         .expect(200, "");

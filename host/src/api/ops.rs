@@ -15,7 +15,8 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: the store answers and plugins are loaded.
+/// `GET /readyz`: the store answers and plugins are loaded (`compiling`
+/// names the versions still compiling, which the others serve beside).
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let store = app.pipeline.store();
     store.ping().await?;
@@ -23,9 +24,16 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Api
         return Err(ApiError::unavailable("no plugin is loaded"));
     }
     let head = *store.subscribe_head().borrow();
+    let compiling: Vec<String> = app
+        .registry
+        .compiling()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
     Ok(Json(json!({
         "status": "ready",
         "plugins": app.registry.len(),
+        "compiling": compiling,
         "head": head,
     })))
 }
