@@ -25,6 +25,34 @@ async fn wait_completed(h: &TestHost, saga: &str, id: &str) -> Value {
     }
 }
 
+/// Two hosts on `db`, each loading `plugins`; `tune(i, config)` adjusts host
+/// `i` (0 or 1) after its database is set.
+async fn two_hosts(
+    db: &PgDatabase,
+    plugins: &[(&str, &str)],
+    tune: impl Fn(usize, &mut kiln::server::HostConfig),
+) -> (TestHost, TestHost) {
+    let mut hosts = Vec::with_capacity(2);
+    for i in 0..2 {
+        let url = db.url.clone();
+        hosts.push(
+            TestHost::start_with_plugins(plugins, |c| {
+                c.db = url;
+                tune(i, c);
+            })
+            .await,
+        );
+    }
+    let second = hosts.pop().expect("two hosts");
+    let first = hosts.pop().expect("two hosts");
+    (first, second)
+}
+
+/// Deployments are followed every 200 ms instead of 2 s.
+fn fast_deployment_poll(_: usize, c: &mut kiln::server::HostConfig) {
+    c.deployment_poll = Duration::from_millis(200);
+}
+
 #[tokio::test]
 async fn the_transfer_saga_runs_on_postgres() {
     let Some(db) = PgDatabase::create("the_transfer_saga_runs_on_postgres").await else {
@@ -97,9 +125,7 @@ async fn two_hosts_on_one_stream_lose_no_update() {
         return;
     };
     let plugins = [(artifacts::BANK_ACCOUNT, "bank_account")];
-    let (u1, u2) = (db.url.clone(), db.url.clone());
-    let mut first = TestHost::start_with_plugins(&plugins, |c| c.db = u1).await;
-    let mut second = TestHost::start_with_plugins(&plugins, |c| c.db = u2).await;
+    let (mut first, mut second) = two_hosts(&db, &plugins, |_, _| {}).await;
     first
         .command(
             "bank_account",
@@ -183,9 +209,7 @@ async fn a_stale_cached_state_is_brought_up_to_date_without_a_conflict() {
         return;
     };
     let plugins = [(artifacts::BANK_ACCOUNT, "bank_account")];
-    let (u1, u2) = (db.url.clone(), db.url.clone());
-    let mut first = TestHost::start_with_plugins(&plugins, |c| c.db = u1).await;
-    let mut second = TestHost::start_with_plugins(&plugins, |c| c.db = u2).await;
+    let (mut first, mut second) = two_hosts(&db, &plugins, |_, _| {}).await;
     // The second host caches the account's state at version 1...
     second
         .command("bank_account", "s", cmd("Open", json!({"owner": "ann"})))
@@ -226,12 +250,12 @@ async fn a_command_is_never_refused_on_a_stale_state() {
         return;
     };
     let plugins = [(artifacts::BANK_ACCOUNT, "bank_account")];
-    let (u1, u2) = (db.url.clone(), db.url.clone());
-    let mut first = TestHost::start_with_plugins(&plugins, |c| c.db = u1).await;
-    let mut second = TestHost::start_with_plugins(&plugins, |c| {
-        c.db = u2;
-        c.postgres.listen = false;
-        c.postgres.poll_interval = std::time::Duration::from_secs(3600);
+    // The second host never hears of the first one's commits.
+    let (mut first, mut second) = two_hosts(&db, &plugins, |i, c| {
+        if i == 1 {
+            c.postgres.listen = false;
+            c.postgres.poll_interval = Duration::from_secs(3600);
+        }
     })
     .await;
     second
@@ -277,18 +301,7 @@ async fn a_projection_version_deployed_through_another_host_is_built_by_its_hold
         (artifacts::BANK_ACCOUNT, "bank_account"),
         (artifacts::ACCOUNT_BALANCES, "account_balances"),
     ];
-    let (u1, u2) = (db.url.clone(), db.url.clone());
-    let fast = |c: &mut kiln::server::HostConfig| c.deployment_poll = Duration::from_millis(200);
-    let mut first = TestHost::start_with_plugins(&plugins, |c| {
-        c.db = u1;
-        fast(c);
-    })
-    .await;
-    let mut second = TestHost::start_with_plugins(&plugins, |c| {
-        c.db = u2;
-        fast(c);
-    })
-    .await;
+    let (mut first, mut second) = two_hosts(&db, &plugins, fast_deployment_poll).await;
     first
         .command("bank_account", "p1", cmd("Open", json!({"owner": "ann"})))
         .await
@@ -358,18 +371,7 @@ async fn a_version_deployed_through_one_host_runs_on_the_other() {
         return;
     };
     let plugins = [(artifacts::BANK_ACCOUNT, "bank_account")];
-    let (u1, u2) = (db.url.clone(), db.url.clone());
-    let fast = |c: &mut kiln::server::HostConfig| c.deployment_poll = Duration::from_millis(200);
-    let mut first = TestHost::start_with_plugins(&plugins, |c| {
-        c.db = u1;
-        fast(c);
-    })
-    .await;
-    let mut second = TestHost::start_with_plugins(&plugins, |c| {
-        c.db = u2;
-        fast(c);
-    })
-    .await;
+    let (mut first, mut second) = two_hosts(&db, &plugins, fast_deployment_poll).await;
     // The flaky bank: bank_account's logic, but a deposit to an open
     // `unreachable-…` account traps.
     let bytes = std::fs::read(artifacts::FIXTURE_FLAKY_BANK).expect("component");
