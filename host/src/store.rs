@@ -673,6 +673,31 @@ pub trait EventStore: Send + Sync + 'static {
     /// and dead letters together, durably.
     async fn commit_saga(&self, commit: SagaCommit) -> Result<(), StoreError>;
 
+    /// `commit_saga`, telling `ordered` as soon as every write this store is
+    /// asked for afterwards (an append above all) can only commit together
+    /// with this commit or after it. A saga runner dispatches the commands a
+    /// commit puts in the outbox from then on, rather than once it is
+    /// written. The default tells it when the commit is written; a store
+    /// whose single writer commits in the order it is asked (SQLite) tells
+    /// it once the commit is queued.
+    async fn commit_saga_ordered(
+        &self,
+        commit: SagaCommit,
+        ordered: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<(), StoreError> {
+        let result = self.commit_saga(commit).await;
+        if result.is_ok() {
+            let _ = ordered.send(());
+        }
+        result
+    }
+
+    /// Whether `commit_saga_ordered` tells `ordered` before the commit is
+    /// written (then waiting for it is short and worth it).
+    fn orders_writes_as_queued(&self) -> bool {
+        false
+    }
+
     /// One instance, whatever its status.
     async fn saga_instance(
         &self,

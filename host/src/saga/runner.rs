@@ -34,6 +34,8 @@ use crate::store::{
 pub const INSTANCE_CHARS_MAX: usize = 128;
 /// Longest wait between two looks at timers and retries.
 const IDLE_WAKE_MAX: Duration = Duration::from_secs(1);
+/// Saga commits queued at once on a store that orders writes as queued.
+const PENDING_COMMITS_MAX: usize = 2;
 
 /// What the manager asks of a runner.
 pub enum Control {
@@ -103,6 +105,8 @@ struct Instance {
     retry_at_ms: i64,
     /// A refused command waiting for `on-failure`, and when it was refused.
     refused: Option<(OutboxCommand, WitFailure, i64)>,
+    /// The last commit that wrote its record.
+    written_by: u64,
 }
 
 impl Instance {
@@ -113,6 +117,7 @@ impl Instance {
             in_flight: false,
             retry_at_ms: 0,
             refused: None,
+            written_by: 0,
         }
     }
 
@@ -170,15 +175,19 @@ struct Runner {
     dirty: HashSet<String>,
     /// After a store failure, nothing is read before this time.
     pause_until: Option<tokio::time::Instant>,
-    /// The commit being written (one at a time): its sequence number and task.
-    /// The runner goes on with the next batch in memory meanwhile.
-    pending: Option<(u64, JoinHandle<Result<(), StoreError>>)>,
+    /// The commits being written, oldest first: sequence number and task.
+    /// The runner goes on with the next batch in memory meanwhile. One at a
+    /// time, unless the store orders writes as queued; then up to
+    /// `PENDING_COMMITS_MAX`.
+    pending: VecDeque<(u64, JoinHandle<Result<(), StoreError>>)>,
     /// The sequence number the changes accumulating now will commit under.
     commit_seq: u64,
-    /// The last commit known to be written.
-    committed_seq: u64,
-    /// Outbox commands not written yet, by (instance, step): the commit that
-    /// writes them. They are dispatched only once it is.
+    /// The last commit written, or that any later append commits with or
+    /// after (the store's `commit_saga_ordered`).
+    ordered_seq: u64,
+    /// Outbox commands not ordered yet, by (instance, step): the commit that
+    /// writes them. They are dispatched only once it is ordered, so a
+    /// command never takes effect unless the decision to send it does too.
     unsettled: HashMap<(String, u64), u64>,
 }
 
@@ -217,9 +226,9 @@ pub fn spawn(
         status: status_tx,
         dirty: HashSet::new(),
         pause_until: None,
-        pending: None,
+        pending: VecDeque::new(),
         commit_seq: 1,
-        committed_seq: 0,
+        ordered_seq: 0,
         unsettled: HashMap::new(),
     };
     let task = tokio::spawn(runner.run(control_rx, results_rx));
@@ -270,11 +279,11 @@ impl Runner {
                 self.deliver_failures().await;
                 self.deliver_timers().await;
             }
-            if self.pending.as_ref().is_some_and(|(_, h)| h.is_finished()) {
+            while self.pending.front().is_some_and(|(_, h)| h.is_finished()) {
                 let done = wait_commit(&mut self.pending).await;
                 self.commit_done(done).await;
             }
-            self.send_commit();
+            self.send_commit().await;
             self.dispatch();
             self.publish();
             let caught_up = paused || self.poison.is_some() || self.checkpoint >= *head.borrow();
@@ -302,8 +311,12 @@ impl Runner {
     }
 
     /// Send what changed as the next commit, unless one is being written.
-    fn send_commit(&mut self) {
-        if self.pending.is_some() {
+    /// On a store that orders writes as queued, wait until it is queued (not
+    /// written): its commands can be dispatched from then on.
+    async fn send_commit(&mut self) {
+        let wait_ordered = self.store.orders_writes_as_queued();
+        let room = if wait_ordered { PENDING_COMMITS_MAX } else { 1 };
+        if self.pending.len() >= room {
             return;
         }
         let Some(commit) = self.take_commit() else {
@@ -312,22 +325,29 @@ impl Runner {
         let seq = self.commit_seq;
         self.commit_seq += 1;
         let store = self.store.clone();
-        self.pending = Some((
+        let (ordered_tx, ordered_rx) = tokio::sync::oneshot::channel();
+        self.pending.push_back((
             seq,
-            tokio::spawn(async move { store.commit_saga(commit).await }),
+            tokio::spawn(async move { store.commit_saga_ordered(commit, ordered_tx).await }),
         ));
+        if wait_ordered && ordered_rx.await.is_ok() {
+            self.ordered_seq = self.ordered_seq.max(seq);
+        }
     }
 
     /// A commit was written (or failed: start again from the store).
     async fn commit_done(&mut self, (seq, result): (u64, Result<(), StoreError>)) {
         match result {
             Ok(()) => {
-                self.committed_seq = seq;
+                self.ordered_seq = self.ordered_seq.max(seq);
                 self.unsettled.retain(|_, s| *s > seq);
                 // Completed instances whose completion is written leave memory.
                 let dirty = &self.dirty;
-                self.instances
-                    .retain(|id, i| i.record.status != SagaStatus::Completed || dirty.contains(id));
+                self.instances.retain(|id, i| {
+                    i.record.status != SagaStatus::Completed
+                        || i.written_by > seq
+                        || dirty.contains(id)
+                });
             }
             Err(e) => self.recover(e).await,
         }
@@ -367,7 +387,7 @@ impl Runner {
     /// from the store. Commands executing finish; their results are matched
     /// by step, and a command dispatched twice is applied once (its key).
     async fn recover(&mut self, error: StoreError) {
-        if let Some((_, h)) = self.pending.take() {
+        for (_, h) in self.pending.drain(..) {
             let _ = h.await;
         }
         self.unsettled.clear();
@@ -965,7 +985,8 @@ impl Runner {
         let mut dirty: Vec<String> = self.dirty.drain().collect();
         dirty.sort();
         for id in &dirty {
-            if let Some(i) = self.instances.get(id) {
+            if let Some(i) = self.instances.get_mut(id) {
+                i.written_by = self.commit_seq;
                 self.commit.instances.push(i.record.clone());
             }
         }
@@ -995,7 +1016,7 @@ impl Runner {
     /// Write everything now (an operator's action answers once it is
     /// durable): wait for the commit being written, then commit the rest.
     async fn flush(&mut self) -> Result<(), StoreError> {
-        if self.pending.is_some() {
+        while !self.pending.is_empty() {
             let (seq, result) = wait_commit(&mut self.pending).await;
             if let Err(e) = result {
                 let message = e.to_string();
@@ -1039,9 +1060,9 @@ impl Runner {
             if self
                 .unsettled
                 .get(&(id.clone(), command.step))
-                .is_some_and(|seq| *seq > self.committed_seq)
+                .is_some_and(|seq| *seq > self.ordered_seq)
             {
-                // Its commit is not written yet.
+                // Its commit is neither written nor ordered before it yet.
                 continue;
             }
             inst.in_flight = true;
@@ -1250,11 +1271,12 @@ fn drop_from_outbox(commit: &mut SagaCommit, instance: &str, step: u64) {
     commit.outbox_delete.push((instance.to_string(), step));
 }
 
-/// The result of the commit being written; never resolves when there is none.
+/// The result of the oldest commit being written; never resolves when there
+/// is none.
 async fn wait_commit(
-    pending: &mut Option<(u64, JoinHandle<Result<(), StoreError>>)>,
+    pending: &mut VecDeque<(u64, JoinHandle<Result<(), StoreError>>)>,
 ) -> (u64, Result<(), StoreError>) {
-    let Some((seq, handle)) = pending.as_mut() else {
+    let Some((seq, handle)) = pending.front_mut() else {
         return std::future::pending().await;
     };
     let seq = *seq;
@@ -1264,7 +1286,7 @@ async fn wait_commit(
             "the commit task failed: {e}"
         ))),
     };
-    *pending = None;
+    pending.pop_front();
     (seq, result)
 }
 

@@ -497,18 +497,12 @@ impl Writer {
                 &mut key_rows,
             ));
         }
-        if !rows.is_empty() {
-            sqlx::query(
-                "INSERT INTO events (position, stream_id, version, event_type, schema, data, metadata, recorded_at, hash) \
-                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7, unhex(value->>8) \
-                 FROM json_each(?)",
-            )
-            .bind(rows.finish())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !key_rows.is_empty() {
-            let json = serde_json::to_string(
+        // Events and keys in one multi-statement query (one round trip to
+        // the connection's thread); an empty array inserts nothing. sqlx
+        // binds the parameters of such a query by position: the first
+        // statement must use `?1` alone, the second `?2` (and only it).
+        if !rows.is_empty() || !key_rows.is_empty() {
+            let keys = serde_json::to_string(
                 &key_rows
                     .iter()
                     .map(|e| {
@@ -526,10 +520,14 @@ impl Writer {
             )
             .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
             sqlx::query(
-                "INSERT OR REPLACE INTO idempotency_keys (key, request_hash, stream_id, version, first_position, event_count, created_at) \
-                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6 FROM json_each(?)",
+                "INSERT INTO events (position, stream_id, version, event_type, schema, data, metadata, recorded_at, hash) \
+                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7, unhex(value->>8) \
+                 FROM json_each(?1); \
+                 INSERT OR REPLACE INTO idempotency_keys (key, request_hash, stream_id, version, first_position, event_count, created_at) \
+                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6 FROM json_each(?2)",
             )
-            .bind(json)
+            .bind(rows.finish())
+            .bind(keys)
             .execute(&mut *tx)
             .await?;
         }
@@ -668,6 +666,9 @@ impl EventRows {
     }
 
     fn finish(mut self) -> String {
+        if self.count == 0 {
+            self.json.push('[');
+        }
         self.json.push(']');
         self.json
     }
@@ -1026,6 +1027,29 @@ impl EventStore for SqliteStore {
         .await
     }
 
+    async fn commit_saga_ordered(
+        &self,
+        commit: SagaCommit,
+        ordered: oneshot::Sender<()>,
+    ) -> Result<(), StoreError> {
+        // The writer takes its queue in order and commits each batch as one
+        // transaction (a failed batch commits nothing): once this job is
+        // queued, a later append commits in its batch or in a later one.
+        let durable = commit.durable;
+        let (reply, done) = oneshot::channel();
+        let job: JobFn<()> = Box::new(move |conn| Box::pin(sagas::commit_saga(conn, commit)));
+        self.writer
+            .send(WriteOp::Job(Box::new(TypedJob::new(job, reply, durable))))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        let _ = ordered.send(());
+        done.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    fn orders_writes_as_queued(&self) -> bool {
+        true
+    }
+
     async fn saga_instance(
         &self,
         saga: &str,
@@ -1107,5 +1131,94 @@ impl EventStore for SqliteStore {
             let _ = wait.await;
         }
         self.readers.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use crate::store::{ExpectedVersion, NewEvent, SagaCommit};
+
+    /// A saga commit is reported ordered as soon as the writer has it queued,
+    /// before it is written; an append asked for afterwards is written with
+    /// it or after it, never before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_saga_commit_is_ordered_once_queued_and_later_appends_follow_it() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
+        let store = Arc::new(
+            SqliteStore::open(&url, SqliteOptions::default())
+                .await
+                .expect("open"),
+        );
+        assert!(store.orders_writes_as_queued());
+        // Hold the writer inside a job until released.
+        let (release, held) = oneshot::channel::<()>();
+        let (entered_tx, entered) = oneshot::channel::<()>();
+        let blocker = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let job: JobFn<()> = Box::new(move |_conn| {
+                    Box::pin(async move {
+                        let _ = entered_tx.send(());
+                        let _ = held.await;
+                        Ok(Ok(()))
+                    })
+                });
+                store.run_job(job).await
+            })
+        };
+        entered.await.expect("the writer runs the blocking job");
+        let (ordered_tx, ordered) = oneshot::channel();
+        let commit = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .commit_saga_ordered(
+                        SagaCommit {
+                            saga: "s".into(),
+                            checkpoint: Some((0, 1)),
+                            ..SagaCommit::default()
+                        },
+                        ordered_tx,
+                    )
+                    .await
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(5), ordered)
+            .await
+            .expect("ordered while the writer is still busy")
+            .expect("ordered is told");
+        assert!(!commit.is_finished(), "the commit cannot be written yet");
+        let append = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(AppendRequest {
+                        stream_id: "a".into(),
+                        expected: ExpectedVersion::Any,
+                        events: vec![NewEvent {
+                            event_type: "E".into(),
+                            schema: 1,
+                            data: "{}".into(),
+                            metadata: "{}".into(),
+                        }],
+                        idempotency: None,
+                    })
+                    .await
+            })
+        };
+        let _ = release.send(());
+        blocker.await.expect("join").expect("blocking job");
+        let appended = append.await.expect("join");
+        // The append's answer comes after its batch committed: the saga
+        // commit queued before it is visible by then.
+        assert!(appended.is_ok(), "{appended:?}");
+        let loaded = store.saga_load("s").await.expect("load");
+        assert_eq!(loaded.checkpoint, Some(1));
+        commit.await.expect("join").expect("saga commit");
+        store.close().await;
     }
 }
