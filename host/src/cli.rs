@@ -127,6 +127,10 @@ pub struct Tuning {
     /// Longest retry delay of a saga command, in ms.
     #[arg(long, env = "KILN_SAGA_RETRY_MAX_MS", default_value_t = crate::saga::RETRY_MAX_MS_DEFAULT)]
     pub saga_retry_max_ms: u64,
+    /// Days the step history of a completed saga instance is kept (0: for
+    /// ever). The instance itself is kept.
+    #[arg(long, env = "KILN_SAGA_HISTORY_DAYS", default_value_t = crate::saga::HISTORY_DAYS_DEFAULT)]
+    pub saga_history_days: u64,
     /// Disable wasmtime's pooling allocator.
     #[arg(long, env = "KILN_NO_POOLING")]
     pub no_pooling: bool,
@@ -179,6 +183,8 @@ impl Tuning {
             max_attempts: self.saga_max_attempts.max(1),
             retry_base: Duration::from_millis(self.saga_retry_base_ms),
             retry_max: Duration::from_millis(self.saga_retry_max_ms.max(self.saga_retry_base_ms)),
+            history_retention: (self.saga_history_days > 0)
+                .then(|| Duration::from_secs(self.saga_history_days.saturating_mul(24 * 3600))),
             ..SagaConfig::default()
         };
         config.pooling = !self.no_pooling;

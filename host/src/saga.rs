@@ -42,6 +42,8 @@ pub const MAX_ATTEMPTS_DEFAULT: u32 = 10;
 pub const RETRY_BASE_MS_DEFAULT: u64 = 200;
 /// Default longest retry delay.
 pub const RETRY_MAX_MS_DEFAULT: u64 = 30_000;
+/// Days the history of a completed instance is kept, by default.
+pub const HISTORY_DAYS_DEFAULT: u64 = 30;
 /// History entries shown per instance.
 pub const HISTORY_SHOWN_MAX: u32 = 500;
 
@@ -58,6 +60,9 @@ pub struct SagaConfig {
     pub retry_max: Duration,
     /// Commands of one saga executing at once.
     pub dispatch_concurrency: usize,
+    /// How long the history of a completed instance is kept (None: for
+    /// ever). The instance's own row stays.
+    pub history_retention: Option<Duration>,
 }
 
 impl Default for SagaConfig {
@@ -68,6 +73,7 @@ impl Default for SagaConfig {
             retry_base: Duration::from_millis(RETRY_BASE_MS_DEFAULT),
             retry_max: Duration::from_millis(RETRY_MAX_MS_DEFAULT),
             dispatch_concurrency: 64,
+            history_retention: Some(Duration::from_secs(HISTORY_DAYS_DEFAULT * 24 * 3600)),
         }
     }
 }

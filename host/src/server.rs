@@ -209,7 +209,11 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
             .await
     });
     let background_loads = state.deployer.load_in_background(deferred);
-    let purger = spawn_idempotency_purger(store.clone(), config.pipeline.idempotency_window);
+    let purger = spawn_purger(
+        store.clone(),
+        config.pipeline.idempotency_window,
+        config.sagas.history_retention,
+    );
     tracing::info!(%addr, db = %redact(&config.db), plugins = state.registry.len(), "kiln listening");
     Ok(Host {
         addr,
@@ -272,8 +276,18 @@ impl Host {
 /// How long a graceful shutdown waits for open connections, by default.
 pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(10);
 
-/// Forget expired idempotency keys once a minute.
-fn spawn_idempotency_purger(store: Arc<dyn EventStore>, window: Duration) -> JoinHandle<()> {
+/// Saga history entries deleted per statement by the purger (each a writer
+/// transaction of its own, so that appends are not held up behind one large
+/// delete).
+pub const SAGA_HISTORY_PURGE_CHUNK: u32 = 10_000;
+
+/// Once a minute: forget expired idempotency keys, and the history of saga
+/// instances completed longer than `saga_history` ago.
+fn spawn_purger(
+    store: Arc<dyn EventStore>,
+    window: Duration,
+    saga_history: Option<Duration>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -285,8 +299,38 @@ fn spawn_idempotency_purger(store: Arc<dyn EventStore>, window: Duration) -> Joi
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "could not purge idempotency keys"),
             }
+            if let Some(keep) = saga_history {
+                purge_saga_history(&*store, now_us() - keep.as_micros() as i64).await;
+            }
         }
     })
+}
+
+/// Delete the history of instances completed before `before_us`, a chunk at
+/// a time, until none is left.
+pub async fn purge_saga_history(store: &dyn EventStore, before_us: i64) -> u64 {
+    let mut purged = 0;
+    loop {
+        match store
+            .purge_saga_history(before_us, SAGA_HISTORY_PURGE_CHUNK)
+            .await
+        {
+            Ok(n) => {
+                purged += n;
+                if n < u64::from(SAGA_HISTORY_PURGE_CHUNK) {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not purge saga history");
+                break;
+            }
+        }
+    }
+    if purged > 0 {
+        tracing::info!(purged, "history of completed saga instances deleted");
+    }
+    purged
 }
 
 /// A database URL fit for a log line: the password replaced.
@@ -316,5 +360,52 @@ mod tests {
         assert_eq!(redact("sqlite://kiln.db"), "sqlite://kiln.db");
         let config = HostConfig::new("postgres://k:p@h/d", "127.0.0.1:0".parse().expect("addr"));
         assert_eq!(config.compile_cache_dir(), None);
+    }
+
+    /// The purger deletes chunk after chunk until the old history is gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_saga_history_purge_goes_on_until_nothing_is_left() {
+        use crate::store::sqlite::{SqliteOptions, SqliteStore};
+        use crate::store::{SagaCommit, SagaHistoryEntry, SagaInstanceRecord, SagaStatus};
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
+        let store = SqliteStore::open(&url, SqliteOptions::default())
+            .await
+            .expect("open");
+        let entries = SAGA_HISTORY_PURGE_CHUNK as usize + 5;
+        store
+            .commit_saga(SagaCommit {
+                saga: "s".into(),
+                instances: vec![SagaInstanceRecord {
+                    saga: "s".into(),
+                    instance: "i".into(),
+                    state: b"{}".to_vec(),
+                    status: SagaStatus::Completed,
+                    done: true,
+                    next_step: 1,
+                    awaited_position: 0,
+                    created_at_us: 1,
+                    updated_at_us: 1,
+                }],
+                history: (0..entries)
+                    .map(|n| SagaHistoryEntry {
+                        instance: "i".into(),
+                        at_us: n as i64,
+                        entry: serde_json::json!({"n": n}),
+                    })
+                    .collect(),
+                ..SagaCommit::default()
+            })
+            .await
+            .expect("commit");
+        assert_eq!(purge_saga_history(&store, 2).await, entries as u64);
+        assert!(
+            store
+                .saga_history("s", "i", 10)
+                .await
+                .expect("history")
+                .is_empty()
+        );
+        store.close().await;
     }
 }

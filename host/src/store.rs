@@ -730,6 +730,16 @@ pub trait EventStore: Send + Sync + 'static {
     /// Instances per status, outbox depth and dead letters of a saga.
     async fn saga_counts(&self, saga: &str) -> Result<SagaCounts, StoreError>;
 
+    /// Delete up to `limit` history entries of instances (of any saga)
+    /// completed before `completed_before_us`; returns how many. The
+    /// instances themselves stay: a completed instance ignores later events
+    /// only as long as its row says it is completed.
+    async fn purge_saga_history(
+        &self,
+        completed_before_us: i64,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+
     /// Dead letters, oldest first, from id `after` on.
     async fn dead_letters(&self, after: u64, limit: u32) -> Result<Vec<DeadLetter>, StoreError>;
 

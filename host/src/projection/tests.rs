@@ -50,6 +50,9 @@ impl EventStore for Flaky {
     async fn purge_idempotency(&self, b: i64) -> Result<u64, StoreError> {
         self.inner.purge_idempotency(b).await
     }
+    async fn purge_saga_history(&self, b: i64, l: u32) -> Result<u64, StoreError> {
+        self.inner.purge_saga_history(b, l).await
+    }
     async fn load_snapshot(&self, s: &str, h: &str) -> Result<Option<Snapshot>, StoreError> {
         self.inner.load_snapshot(s, h).await
     }

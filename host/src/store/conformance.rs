@@ -366,6 +366,73 @@ fn saga_instance(instance: &str, status: SagaStatus) -> SagaInstanceRecord {
     }
 }
 
+/// The history of instances completed before the cut-off goes, a chunk at a
+/// time; their rows stay (completed, so late events are still ignored), and
+/// the history of instances running, failed or completed later stays.
+async fn saga_history_of_old_completed_instances_is_purged(store: &dyn EventStore) {
+    let entry = |instance: &str, n: i64| SagaHistoryEntry {
+        instance: instance.into(),
+        at_us: n,
+        entry: serde_json::json!({"kind": "event", "n": n}),
+    };
+    let with = |instance: &str, status: SagaStatus, updated_at_us: i64| SagaInstanceRecord {
+        updated_at_us,
+        ..saga_instance(instance, status)
+    };
+    let mut history = Vec::new();
+    for instance in ["old", "recent", "running", "failed"] {
+        history.extend((0..3).map(|n| entry(instance, n)));
+    }
+    store
+        .commit_saga(SagaCommit {
+            saga: "s".into(),
+            instances: vec![
+                with("old", SagaStatus::Completed, 100),
+                with("recent", SagaStatus::Completed, 900),
+                with("running", SagaStatus::Running, 100),
+                with("failed", SagaStatus::Failed, 100),
+            ],
+            history,
+            ..SagaCommit::default()
+        })
+        .await
+        .unwrap();
+    // Another saga's old completed instance goes too.
+    store
+        .commit_saga(SagaCommit {
+            saga: "t".into(),
+            instances: vec![SagaInstanceRecord {
+                saga: "t".into(),
+                ..with("old", SagaStatus::Completed, 100)
+            }],
+            history: vec![entry("old", 0)],
+            ..SagaCommit::default()
+        })
+        .await
+        .unwrap();
+    // A limit of 2 takes two entries per call.
+    assert_eq!(store.purge_saga_history(500, 2).await.unwrap(), 2);
+    assert_eq!(store.purge_saga_history(500, 2).await.unwrap(), 2);
+    assert_eq!(store.purge_saga_history(500, 2).await.unwrap(), 0);
+    assert!(store.saga_history("s", "old", 10).await.unwrap().is_empty());
+    assert!(store.saga_history("t", "old", 10).await.unwrap().is_empty());
+    for instance in ["recent", "running", "failed"] {
+        assert_eq!(
+            store.saga_history("s", instance, 10).await.unwrap().len(),
+            3,
+            "{instance}"
+        );
+    }
+    assert_eq!(
+        store
+            .saga_instance("s", "old")
+            .await
+            .unwrap()
+            .map(|i| i.status),
+        Some(SagaStatus::Completed)
+    );
+}
+
 /// A saga batch commits whole and fenced by its checkpoint; a runner
 /// resumes from exactly what was committed; dead letters move out of the
 /// outbox and back.
@@ -1451,6 +1518,7 @@ conformance! {
         filters_by_type_version_and_time,
         snapshots_are_keyed_by_plugin_hash,
         saga_state_outbox_and_dead_letters,
+        saga_history_of_old_completed_instances_is_purged,
         projection_views_and_checkpoints,
         plugin_deployments,
         leases_are_exclusive_until_they_expire,

@@ -507,6 +507,18 @@ impl EventStore for PostgresStore {
         .await
     }
 
+    async fn purge_saga_history(
+        &self,
+        completed_before_us: i64,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.run_job_with(
+            Box::new(move |conn| Box::pin(sagas::purge_history(conn, completed_before_us, limit))),
+            false,
+        )
+        .await
+    }
+
     async fn saga_instance(
         &self,
         saga: &str,

@@ -173,6 +173,10 @@ fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
         .journal_mode(SqliteJournalMode::Wal)
         // FULL: every commit is fsynced before the writer acknowledges it.
         .synchronous(SqliteSynchronous::Full)
+        // Statement journals (a statement that may fail halfway inside the
+        // writer's transaction keeps one) in memory, not in a temporary file
+        // written page by page.
+        .pragma("temp_store", "MEMORY")
         .busy_timeout(Duration::from_secs(5)))
 }
 
@@ -1048,6 +1052,18 @@ impl EventStore for SqliteStore {
 
     fn orders_writes_as_queued(&self) -> bool {
         true
+    }
+
+    async fn purge_saga_history(
+        &self,
+        completed_before_us: i64,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.run_job_with(
+            Box::new(move |conn| Box::pin(sagas::purge_history(conn, completed_before_us, limit))),
+            false,
+        )
+        .await
     }
 
     async fn saga_instance(

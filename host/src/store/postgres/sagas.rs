@@ -63,6 +63,26 @@ async fn move_checkpoint(
     }))
 }
 
+/// Delete up to `limit` history entries of instances completed before
+/// `completed_before_us`.
+pub async fn purge_history(
+    conn: &mut PgConnection,
+    completed_before_us: i64,
+    limit: u32,
+) -> Result<Result<u64, StoreError>, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM saga_history WHERE id IN (\
+         SELECT h.id FROM saga_instances i \
+         JOIN saga_history h ON h.saga = i.saga AND h.instance = i.instance \
+         WHERE i.status = 'completed' AND i.updated_at < $1 LIMIT $2)",
+    )
+    .bind(completed_before_us)
+    .bind(i64::from(limit))
+    .execute(&mut *conn)
+    .await?;
+    Ok(Ok(done.rows_affected()))
+}
+
 /// Apply one saga batch, if the checkpoint is where it started.
 pub async fn commit_saga(
     conn: &mut PgConnection,

@@ -201,6 +201,26 @@ async fn move_dead_letters(
     Ok(())
 }
 
+/// Delete up to `limit` history entries of instances completed before
+/// `completed_before_us`.
+pub async fn purge_history(
+    conn: &mut SqliteConnection,
+    completed_before_us: i64,
+    limit: u32,
+) -> Result<Result<u64, StoreError>, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM saga_history WHERE id IN (\
+         SELECT h.id FROM saga_instances i \
+         JOIN saga_history h ON h.saga = i.saga AND h.instance = i.instance \
+         WHERE i.status = 'completed' AND i.updated_at < ? LIMIT ?)",
+    )
+    .bind(completed_before_us)
+    .bind(i64::from(limit))
+    .execute(&mut *conn)
+    .await?;
+    Ok(Ok(done.rows_affected()))
+}
+
 async fn insert_command(
     conn: &mut SqliteConnection,
     insert: &str,
