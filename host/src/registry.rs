@@ -91,14 +91,7 @@ impl Registry {
 
     /// Show `name` as compiling the version `hash` until the guard drops.
     pub fn begin_compiling(&self, name: &str, hash: &str, size: usize) -> CompilingGuard<'_> {
-        self.compiling_map().insert(
-            name.to_string(),
-            Compiling {
-                hash: hash.to_string(),
-                size,
-                since: chrono::Utc::now(),
-            },
-        );
+        self.queue_compiling(name, hash, size);
         CompilingGuard {
             registry: self,
             name: name.to_string(),

@@ -197,6 +197,18 @@ impl TestHost {
         format!("{}{path}", self.base)
     }
 
+    /// Upload `bytes` as the new version of plugin `name` (admin).
+    pub async fn deploy(&self, name: &str, bytes: Vec<u8>) -> Answer {
+        self.send(
+            self.client
+                .put(self.url(&format!("/plugins/{name}")))
+                .bearer_auth(ADMIN_TOKEN)
+                .header("content-type", "application/wasm")
+                .body(bytes),
+        )
+        .await
+    }
+
     /// A host whose plugin directory holds `plugins` (component file, name),
     /// JavaScript or Python ones among them, with the compile cache every
     /// such host of this run shares (a 10–20 MB component compiles in

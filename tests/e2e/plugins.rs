@@ -107,14 +107,7 @@ async fn a_new_aggregate_version_serves_the_next_command_and_refolds_state() {
     // New logic under the same name: a fixture that folds any event into a
     // count. Its state can only come from refolding the events with it.
     let bytes = std::fs::read(artifacts::FIXTURE_SNOOP).unwrap();
-    let r = h
-        .send(
-            h.client
-                .put(h.url("/plugins/bank_account"))
-                .bearer_auth(ADMIN_TOKEN)
-                .body(bytes),
-        )
-        .await;
+    let r = h.deploy("bank_account", bytes).await;
     r.expect(200, "");
     let s = h.get("/streams/bank_account-h1/state").await;
     s.expect(200, "");

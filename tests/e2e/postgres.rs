@@ -328,18 +328,7 @@ async fn a_projection_version_deployed_through_another_host_is_built_by_its_hold
     };
     let before = holder.get("/projections/account_balances").await.body;
     let bytes = std::fs::read(artifacts::FIXTURE_BALANCES_V2).expect("component");
-    let put = other
-        .send(
-            other
-                .client
-                .put(other.url("/plugins/account_balances"))
-                .header(
-                    "Authorization",
-                    format!("Bearer {}", crate::common::ADMIN_TOKEN),
-                )
-                .body(bytes),
-        )
-        .await;
+    let put = other.deploy("account_balances", bytes).await;
     put.expect(200, "");
     let hash = put.body["hash"].as_str().unwrap_or("").to_string();
     assert_ne!(before["plugin"], hash.as_str());
@@ -375,18 +364,7 @@ async fn a_version_deployed_through_one_host_runs_on_the_other() {
     // The flaky bank: bank_account's logic, but a deposit to an open
     // `unreachable-…` account traps.
     let bytes = std::fs::read(artifacts::FIXTURE_FLAKY_BANK).expect("component");
-    let put = first
-        .send(
-            first
-                .client
-                .put(first.url("/plugins/bank_account"))
-                .header(
-                    "Authorization",
-                    format!("Bearer {}", crate::common::ADMIN_TOKEN),
-                )
-                .body(bytes),
-        )
-        .await;
+    let put = first.deploy("bank_account", bytes).await;
     put.expect(200, "");
     let hash = put.body["hash"].as_str().unwrap_or("").to_string();
     let deadline = Instant::now() + Duration::from_secs(10);

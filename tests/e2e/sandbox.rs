@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::common::{ADMIN_TOKEN, TEST_COMMAND_TIMEOUT_MS, TestHost, artifacts, cmd};
+use crate::common::{TEST_COMMAND_TIMEOUT_MS, TestHost, artifacts, cmd};
 
 /// Every fixture has a test in this module (compile-time check).
 macro_rules! assert_test_exists {
@@ -176,15 +176,7 @@ async fn fixture_snoop() {
 async fn fixture_no_world() {
     let mut h = TestHost::start().await;
     let bytes = std::fs::read(artifacts::FIXTURE_NO_WORLD).unwrap();
-    let r = h
-        .send(
-            h.client
-                .put(h.url("/plugins/fixture_no_world"))
-                .bearer_auth(ADMIN_TOKEN)
-                .header("content-type", "application/wasm")
-                .body(bytes),
-        )
-        .await;
+    let r = h.deploy("fixture_no_world", bytes).await;
     r.expect(422, "invalid_plugin");
     let m = r.message();
     assert!(m.contains("fits no Kiln plugin world"), "{m}");
