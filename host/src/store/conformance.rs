@@ -433,6 +433,61 @@ async fn saga_history_of_old_completed_instances_is_purged(store: &dyn EventStor
     );
 }
 
+/// An instance's later steps update it and add to its history: the
+/// entries of every earlier step stay readable, in order, whichever other
+/// instances were created in between.
+async fn saga_steps_keep_an_instances_history(store: &dyn EventStore) {
+    let entry = |instance: &str, n: i64| SagaHistoryEntry {
+        instance: instance.into(),
+        at_us: n,
+        entry: serde_json::json!({"step": n}),
+    };
+    for (checkpoint, step) in (0..3).enumerate() {
+        let checkpoint = checkpoint as u64;
+        let mut instances = vec![SagaInstanceRecord {
+            state: format!("{{\"step\":{step}}}").into_bytes(),
+            next_step: step as u64 + 1,
+            updated_at_us: 10 + step,
+            ..saga_instance("a", SagaStatus::Running)
+        }];
+        // Another instance created at each step, so that "a" is no longer
+        // the newest.
+        let other = format!("b{step}");
+        instances.push(saga_instance(&other, SagaStatus::Running));
+        store
+            .commit_saga(SagaCommit {
+                saga: "s".into(),
+                checkpoint: Some((checkpoint, checkpoint + 1)),
+                instances,
+                history: vec![entry("a", step), entry(&other, 100 + step)],
+                ..SagaCommit::default()
+            })
+            .await
+            .unwrap();
+    }
+    let a = store
+        .saga_instance("s", "a")
+        .await
+        .unwrap()
+        .expect("instance a");
+    assert_eq!(a.state, br#"{"step":2}"#.to_vec());
+    assert_eq!((a.next_step, a.created_at_us, a.updated_at_us), (3, 1, 12));
+    let history = store.saga_history("s", "a", 10).await.unwrap();
+    assert_eq!(
+        history.iter().map(|h| h.at_us).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(history[2].entry, serde_json::json!({"step": 2}));
+    let b1 = store.saga_history("s", "b1", 10).await.unwrap();
+    assert_eq!(b1.iter().map(|h| h.at_us).collect::<Vec<_>>(), vec![101]);
+    // The limit keeps the latest entries.
+    let latest = store.saga_history("s", "a", 2).await.unwrap();
+    assert_eq!(
+        latest.iter().map(|h| h.at_us).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+}
+
 /// A saga batch commits whole and fenced by its checkpoint; a runner
 /// resumes from exactly what was committed; dead letters move out of the
 /// outbox and back.
@@ -1518,6 +1573,7 @@ conformance! {
         filters_by_type_version_and_time,
         snapshots_are_keyed_by_plugin_hash,
         saga_state_outbox_and_dead_letters,
+        saga_steps_keep_an_instances_history,
         saga_history_of_old_completed_instances_is_purged,
         projection_views_and_checkpoints,
         plugin_deployments,

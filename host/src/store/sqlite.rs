@@ -1155,7 +1155,9 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    use crate::store::{ExpectedVersion, NewEvent, SagaCommit};
+    use crate::store::{
+        ExpectedVersion, NewEvent, SagaCommit, SagaHistoryEntry, SagaInstanceRecord, SagaStatus,
+    };
 
     /// A saga commit is reported ordered as soon as the writer has it queued,
     /// before it is written; an append asked for afterwards is written with
@@ -1235,6 +1237,103 @@ mod tests {
         let loaded = store.saga_load("s").await.expect("load");
         assert_eq!(loaded.checkpoint, Some(1));
         commit.await.expect("join").expect("saga commit");
+        store.close().await;
+    }
+
+    /// A database whose saga rows were written before migration 0005 (rows
+    /// keyed by instance name) keeps its instances and their history, and
+    /// later steps add to that history.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn saga_rows_written_before_the_creation_order_layout_are_kept() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
+        let all = sqlx::migrate!("../migrations/sqlite");
+        let before = sqlx::migrate::Migrator {
+            migrations: all
+                .migrations
+                .iter()
+                .filter(|m| m.version < 5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        let mut conn = SqliteConnection::connect_with(&connect_options(&url).expect("options"))
+            .await
+            .expect("connect");
+        before.run(&mut conn).await.expect("migrations 1-4");
+        sqlx::raw_sql(
+            "INSERT INTO saga_instances VALUES \
+               ('s', 'late', x'7b7d', 'running', 0, 2, 0, 20, 21), \
+               ('s', 'early', x'7b7d', 'completed', 1, 3, 0, 10, 11); \
+             INSERT INTO saga_history (saga, instance, at, entry) VALUES \
+               ('s', 'early', 1, '{\"n\":1}'), ('s', 'late', 2, '{\"n\":2}'), \
+               ('s', 'early', 3, '{\"n\":3}');",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("old rows");
+        conn.close().await.expect("close");
+
+        let store = SqliteStore::open(&url, SqliteOptions::default())
+            .await
+            .expect("open and migrate");
+        let early = store
+            .saga_instance("s", "early")
+            .await
+            .expect("read")
+            .expect("instance kept");
+        assert_eq!(
+            (early.status, early.next_step, early.created_at_us),
+            (SagaStatus::Completed, 3, 10)
+        );
+        let at =
+            |entries: Vec<SagaHistoryEntry>| entries.iter().map(|e| e.at_us).collect::<Vec<_>>();
+        assert_eq!(
+            at(store.saga_history("s", "early", 10).await.expect("history")),
+            vec![1, 3]
+        );
+        assert_eq!(
+            at(store.saga_history("s", "late", 10).await.expect("history")),
+            vec![2]
+        );
+        // Numbered in creation order.
+        let seqs: Vec<(String, i64)> =
+            sqlx::query_as("SELECT instance, seq FROM saga_instances ORDER BY seq")
+                .fetch_all(&store.readers)
+                .await
+                .expect("seq");
+        assert_eq!(
+            seqs.iter().map(|(i, _)| i.as_str()).collect::<Vec<_>>(),
+            vec!["early", "late"]
+        );
+        store
+            .commit_saga(SagaCommit {
+                saga: "s".into(),
+                instances: vec![SagaInstanceRecord {
+                    saga: "s".into(),
+                    instance: "late".into(),
+                    state: b"{}".to_vec(),
+                    status: SagaStatus::Completed,
+                    done: true,
+                    next_step: 3,
+                    awaited_position: 0,
+                    created_at_us: 20,
+                    updated_at_us: 30,
+                }],
+                history: vec![SagaHistoryEntry {
+                    instance: "late".into(),
+                    at_us: 4,
+                    entry: serde_json::json!({"n": 4}),
+                }],
+                ..SagaCommit::default()
+            })
+            .await
+            .expect("a later step");
+        assert_eq!(
+            at(store.saga_history("s", "late", 10).await.expect("history")),
+            vec![2, 4]
+        );
         store.close().await;
     }
 }

@@ -54,11 +54,16 @@ pub async fn commit_saga(
         );
     }
     if !commit.instances.is_empty() {
+        // Updated in place: an instance keeps the creation number its rows
+        // are laid out by (migrations/sqlite/0005).
         sql.push_str(
-            "INSERT OR REPLACE INTO saga_instances \
+            "INSERT INTO saga_instances \
              (saga, instance, state, status, done, next_step, awaited_position, created_at, updated_at) \
              SELECT value->>0, value->>1, unhex(value->>2), value->>3, value->>4, value->>5, \
-             value->>6, value->>7, value->>8 FROM json_each(?1, '$.instances');",
+             value->>6, value->>7, value->>8 FROM json_each(?1, '$.instances') WHERE true \
+             ON CONFLICT (saga, instance) DO UPDATE SET state = excluded.state, status = excluded.status, \
+             done = excluded.done, next_step = excluded.next_step, awaited_position = excluded.awaited_position, \
+             updated_at = excluded.updated_at;",
         );
     }
     if !commit.outbox_delete.is_empty() {
@@ -98,8 +103,11 @@ pub async fn commit_saga(
     }
     if !commit.history.is_empty() {
         sql.push_str(
-            "INSERT INTO saga_history (saga, instance, at, entry) \
-             SELECT ?1->>'$.saga', value->>0, value->>1, value->>2 FROM json_each(?1, '$.history');",
+            // After the instances: a new instance's number is known here.
+            "INSERT INTO saga_history (saga, instance, at, entry, instance_seq) \
+             SELECT ?1->>'$.saga', value->>0, value->>1, value->>2, \
+             (SELECT seq FROM saga_instances i WHERE i.saga = ?1->>'$.saga' AND i.instance = value->>0) \
+             FROM json_each(?1, '$.history');",
         );
     }
     values.execute(conn, &sql).await?;
@@ -211,7 +219,7 @@ pub async fn purge_history(
     let done = sqlx::query(
         "DELETE FROM saga_history WHERE id IN (\
          SELECT h.id FROM saga_instances i \
-         JOIN saga_history h ON h.saga = i.saga AND h.instance = i.instance \
+         JOIN saga_history h ON h.instance_seq = i.seq \
          WHERE i.status = 'completed' AND i.updated_at < ? LIMIT ?)",
     )
     .bind(completed_before_us)
@@ -390,7 +398,8 @@ pub async fn history(
     limit: u32,
 ) -> Result<Vec<SagaHistoryEntry>, StoreError> {
     let rows = sqlx::query(
-        "SELECT at, entry FROM saga_history WHERE saga = ? AND instance = ? \
+        "SELECT at, entry FROM saga_history WHERE instance_seq = \
+         (SELECT seq FROM saga_instances WHERE saga = ? AND instance = ?) \
          ORDER BY id DESC LIMIT ?",
     )
     .bind(saga)
