@@ -20,11 +20,10 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<String, sqlx::Error> {
 /// Each table is written by one statement over a JSON array, and the
 /// statements go to SQLite as one multi-statement query: through sqlx every
 /// query is a round trip to the connection's thread, and under load those
-/// hops, not SQLite, were most of a saga commit's cost. Every statement reads
-/// its values from the one JSON document bound as `?1` (sqlx binds a
-/// multi-statement query's parameters by position, so statements numbering
-/// shared parameters would leave some unbound). Dead-letter moves (rare)
-/// keep a statement each.
+/// hops, not SQLite, were most of a saga commit's cost. Each statement gets
+/// its table's rows as a JSON array of its own (one document for all made
+/// each statement parse every table's rows; see [`Statements`] for how the
+/// values are bound). Dead-letter moves (rare) keep a statement each.
 pub async fn commit_saga(
     conn: &mut SqliteConnection,
     commit: SagaCommit,
@@ -46,77 +45,142 @@ pub async fn commit_saga(
         }
     }
     let values = CommitValues::new(&commit)?;
-    let mut sql = String::new();
-    if commit.checkpoint.is_some() {
-        sql.push_str(
-            "INSERT INTO saga_checkpoints (saga, position) SELECT ?1->>'$.saga', ?1->>'$.checkpoint' WHERE true \
+    let v = &values;
+    let mut sql = Statements::default();
+    if let Some((_, to)) = commit.checkpoint {
+        sql.push(
+            "INSERT INTO saga_checkpoints (saga, position) SELECT ?, ? WHERE true \
              ON CONFLICT (saga) DO UPDATE SET position = excluded.position;",
+            [Param::Text(saga), Param::Int(to as i64)],
         );
     }
     if !commit.instances.is_empty() {
         // Updated in place: an instance keeps the creation number its rows
         // are laid out by (migrations/sqlite/0005).
-        sql.push_str(
+        sql.push(
             "INSERT INTO saga_instances \
              (saga, instance, state, status, done, next_step, awaited_position, created_at, updated_at) \
              SELECT value->>0, value->>1, unhex(value->>2), value->>3, value->>4, value->>5, \
-             value->>6, value->>7, value->>8 FROM json_each(?1, '$.instances') WHERE true \
+             value->>6, value->>7, value->>8 FROM json_each(?) WHERE true \
              ON CONFLICT (saga, instance) DO UPDATE SET state = excluded.state, status = excluded.status, \
              done = excluded.done, next_step = excluded.next_step, awaited_position = excluded.awaited_position, \
              updated_at = excluded.updated_at;",
+            [Param::Text(&v.instances)],
         );
     }
     if !commit.outbox_delete.is_empty() {
-        sql.push_str(
-            "DELETE FROM saga_outbox WHERE saga = ?1->>'$.saga' AND (instance, step) IN \
-             (SELECT value->>0, value->>1 FROM json_each(?1, '$.outbox_delete'));",
+        sql.push(
+            "DELETE FROM saga_outbox WHERE saga = ? AND (instance, step) IN \
+             (SELECT value->>0, value->>1 FROM json_each(?));",
+            [Param::Text(saga), Param::Text(&v.outbox_delete)],
         );
     }
     if !commit.outbox_put.is_empty() {
-        sql.push_str(&format!(
-            "INSERT OR REPLACE INTO saga_outbox ({OUTBOX_COLUMNS}) \
-             SELECT value->>'$[0][0]', value->>'$[0][1]', value->>'$[0][2]', value->>'$[0][3]', \
-             value->>'$[0][4]', value->>'$[1][0]', value->>'$[1][1]', value->>'$[1][2]', \
-             value->>'$[1][3]', value->>'$[2][0]', value->>'$[2][1]', value->>'$[2][2]' \
-             FROM json_each(?1, '$.outbox_put');"
-        ));
+        sql.push(
+            &format!(
+                "INSERT OR REPLACE INTO saga_outbox ({OUTBOX_COLUMNS}) \
+                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, \
+                 value->>6, value->>7, value->>8, value->>9, value->>10, value->>11 \
+                 FROM json_each(?);"
+            ),
+            [Param::Text(&v.outbox_put)],
+        );
     }
     if !commit.dead_letters.is_empty() || !commit.dead_letters_delete.is_empty() {
         // Written in the order the statements are listed here.
-        values.execute(conn, &std::mem::take(&mut sql)).await?;
+        std::mem::take(&mut sql).execute(conn).await?;
         move_dead_letters(conn, &commit).await?;
     }
     if !commit.timers_delete.is_empty() {
-        sql.push_str(
+        sql.push(
             "DELETE FROM saga_timers WHERE (saga, instance, name) IN \
-             (SELECT ?1->>'$.saga', value->>0, value->>1 FROM json_each(?1, '$.timers_delete') \
-             WHERE value->>1 IS NOT NULL);\
-             DELETE FROM saga_timers WHERE saga = ?1->>'$.saga' AND instance IN \
-             (SELECT value->>0 FROM json_each(?1, '$.timers_delete') WHERE value->>1 IS NULL);",
+             (SELECT ?, value->>0, value->>1 FROM json_each(?) WHERE value->>1 IS NOT NULL);\
+             DELETE FROM saga_timers WHERE saga = ? AND instance IN \
+             (SELECT value->>0 FROM json_each(?) WHERE value->>1 IS NULL);",
+            [
+                Param::Text(saga),
+                Param::Text(&v.timers_delete),
+                Param::Text(saga),
+                Param::Text(&v.timers_delete),
+            ],
         );
     }
     if !commit.timers_put.is_empty() {
-        sql.push_str(
+        sql.push(
             "INSERT OR REPLACE INTO saga_timers (saga, instance, name, fire_at) \
-             SELECT ?1->>'$.saga', value->>0, value->>1, value->>2 FROM json_each(?1, '$.timers_put');",
+             SELECT ?, value->>0, value->>1, value->>2 FROM json_each(?);",
+            [Param::Text(saga), Param::Text(&v.timers_put)],
         );
     }
     if !commit.history.is_empty() {
-        sql.push_str(
-            // After the instances: a new instance's number is known here.
+        // After the instances: a new instance's number is known here.
+        sql.push(
             "INSERT INTO saga_history (saga, instance, at, entry, instance_seq) \
-             SELECT ?1->>'$.saga', value->>0, value->>1, value->>2, \
-             (SELECT seq FROM saga_instances i WHERE i.saga = ?1->>'$.saga' AND i.instance = value->>0) \
-             FROM json_each(?1, '$.history');",
+             SELECT ?, value->>0, value->>1, value->>2, \
+             (SELECT seq FROM saga_instances i WHERE i.saga = ? AND i.instance = value->>0) \
+             FROM json_each(?);",
+            [
+                Param::Text(saga),
+                Param::Text(saga),
+                Param::Text(&v.history),
+            ],
         );
     }
-    values.execute(conn, &sql).await?;
+    sql.execute(conn).await?;
     Ok(Ok(()))
 }
 
-/// The values of a saga commit's statements, as one JSON document: the
-/// saga, the new checkpoint, then one array per table.
-struct CommitValues(String);
+/// A value bound to a statement.
+#[derive(Clone, Copy)]
+enum Param<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+/// Statements sent to SQLite as one multi-statement query, with their
+/// values. sqlx binds such a query's anonymous parameters (`?`) in order
+/// across the statements, each statement taking the next ones, while a
+/// numbered one (`?3`) is the query's third value in any statement; mixing
+/// the two, or leaving numbers unused, misplaces values. So every statement
+/// uses `?` alone and lists its values itself, repeated where two statements
+/// (or one, twice) need the same value.
+#[derive(Default)]
+struct Statements<'a> {
+    sql: String,
+    params: Vec<Param<'a>>,
+}
+
+impl<'a> Statements<'a> {
+    fn push<const N: usize>(&mut self, sql: &str, params: [Param<'a>; N]) {
+        self.sql.push_str(sql);
+        self.params.extend(params);
+    }
+
+    async fn execute(self, conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        if self.sql.is_empty() {
+            return Ok(());
+        }
+        let mut query = sqlx::query(&self.sql);
+        for param in self.params {
+            query = match param {
+                Param::Text(text) => query.bind(text),
+                Param::Int(n) => query.bind(n),
+            };
+        }
+        query.execute(&mut *conn).await?;
+        Ok(())
+    }
+}
+
+/// The rows of a saga commit, one JSON array per table.
+struct CommitValues {
+    instances: String,
+    outbox_delete: String,
+    outbox_put: String,
+    timers_delete: String,
+    timers_put: String,
+    history: String,
+}
 
 impl CommitValues {
     fn new(commit: &SagaCommit) -> Result<Self, sqlx::Error> {
@@ -142,9 +206,18 @@ impl CommitValues {
             .iter()
             .map(|c| {
                 Ok((
-                    (&c.saga, &c.instance, c.step, &c.aggregate, &c.aggregate_id),
-                    (&c.command_type, &c.data, &c.metadata, c.compensating),
-                    (c.attempts, encode(&c.errors)?, c.created_at_us),
+                    &c.saga,
+                    &c.instance,
+                    c.step,
+                    &c.aggregate,
+                    &c.aggregate_id,
+                    &c.command_type,
+                    &c.data,
+                    &c.metadata,
+                    c.compensating,
+                    c.attempts,
+                    encode(&c.errors)?,
+                    c.created_at_us,
                 ))
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -158,25 +231,14 @@ impl CommitValues {
             .iter()
             .map(|h| Ok((&h.instance, h.at_us, encode(&h.entry)?)))
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let document = serde_json::json!({
-            "saga": commit.saga,
-            "checkpoint": commit.checkpoint.map(|(_, to)| to),
-            "instances": instances,
-            "outbox_delete": commit.outbox_delete,
-            "outbox_put": outbox_put,
-            "timers_delete": commit.timers_delete,
-            "timers_put": timers_put,
-            "history": history,
-        });
-        Ok(Self(encode(&document)?))
-    }
-
-    async fn execute(&self, conn: &mut SqliteConnection, sql: &str) -> Result<(), sqlx::Error> {
-        if sql.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(sql).bind(&self.0).execute(&mut *conn).await?;
-        Ok(())
+        Ok(Self {
+            instances: encode(&instances)?,
+            outbox_delete: encode(&commit.outbox_delete)?,
+            outbox_put: encode(&outbox_put)?,
+            timers_delete: encode(&commit.timers_delete)?,
+            timers_put: encode(&timers_put)?,
+            history: encode(&history)?,
+        })
     }
 }
 
