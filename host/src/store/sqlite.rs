@@ -1159,20 +1159,23 @@ mod tests {
         ExpectedVersion, NewEvent, SagaCommit, SagaHistoryEntry, SagaInstanceRecord, SagaStatus,
     };
 
-    /// A saga commit is reported ordered as soon as the writer has it queued,
-    /// before it is written; an append asked for afterwards is written with
-    /// it or after it, never before.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_saga_commit_is_ordered_once_queued_and_later_appends_follow_it() {
-        let dir = tempfile::tempdir().expect("temporary directory");
+    async fn open_store(dir: &tempfile::TempDir) -> Arc<SqliteStore> {
         let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
-        let store = Arc::new(
+        Arc::new(
             SqliteStore::open(&url, SqliteOptions::default())
                 .await
                 .expect("open"),
-        );
-        assert!(store.orders_writes_as_queued());
-        // Hold the writer inside a job until released.
+        )
+    }
+
+    /// Hold the writer inside a job until `release` is sent, so that what is
+    /// queued meanwhile is written as one batch.
+    async fn hold_writer(
+        store: &Arc<SqliteStore>,
+    ) -> (
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), StoreError>>,
+    ) {
         let (release, held) = oneshot::channel::<()>();
         let (entered_tx, entered) = oneshot::channel::<()>();
         let blocker = {
@@ -1189,6 +1192,102 @@ mod tests {
             })
         };
         entered.await.expect("the writer runs the blocking job");
+        (release, blocker)
+    }
+
+    fn one_event_append(stream: &str) -> AppendRequest {
+        AppendRequest {
+            stream_id: stream.into(),
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent {
+                event_type: "E".into(),
+                schema: 1,
+                data: "{}".into(),
+                metadata: "{}".into(),
+            }],
+            idempotency: None,
+        }
+    }
+
+    /// A saga commit whose checkpoint moved is refused alone: the commits
+    /// and appends of its batch around it are written, and nothing of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_saga_commit_is_refused_alone_in_its_batch() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = open_store(&dir).await;
+        let (release, blocker) = hold_writer(&store).await;
+        let instance = |name: &str| SagaInstanceRecord {
+            saga: "s".into(),
+            instance: name.into(),
+            state: b"{}".to_vec(),
+            status: SagaStatus::Running,
+            done: false,
+            next_step: 1,
+            awaited_position: 0,
+            created_at_us: 1,
+            updated_at_us: 1,
+        };
+        let mut tasks = Vec::new();
+        for (from, to, name) in [(0, 1, "first"), (0, 2, "stale"), (1, 3, "third")] {
+            let store = store.clone();
+            let commit = SagaCommit {
+                saga: "s".into(),
+                checkpoint: Some((from, to)),
+                instances: vec![instance(name)],
+                ..SagaCommit::default()
+            };
+            let (ordered_tx, ordered) = oneshot::channel();
+            tasks.push(tokio::spawn(async move {
+                store.commit_saga_ordered(commit, ordered_tx).await
+            }));
+            ordered.await.expect("queued in order");
+        }
+        let append = {
+            let store = store.clone();
+            tokio::spawn(async move { store.append(one_event_append("a")).await })
+        };
+        let _ = release.send(());
+        blocker.await.expect("join").expect("blocking job");
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.expect("join"));
+        }
+        assert!(outcomes[0].is_ok(), "{outcomes:?}");
+        assert!(
+            matches!(
+                outcomes[1],
+                Err(StoreError::CheckpointMoved {
+                    expected: 0,
+                    actual: Some(1),
+                    ..
+                })
+            ),
+            "{outcomes:?}"
+        );
+        assert!(outcomes[2].is_ok(), "{outcomes:?}");
+        assert!(append.await.expect("join").is_ok());
+        let loaded = store.saga_load("s").await.expect("load");
+        assert_eq!(loaded.checkpoint, Some(3));
+        let mut names: Vec<_> = loaded
+            .instances
+            .iter()
+            .map(|i| i.instance.as_str())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["first", "third"]);
+        assert_eq!(store.head_position().await.expect("head"), 1);
+        store.close().await;
+    }
+
+    /// A saga commit is reported ordered as soon as the writer has it queued,
+    /// before it is written; an append asked for afterwards is written with
+    /// it or after it, never before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_saga_commit_is_ordered_once_queued_and_later_appends_follow_it() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = open_store(&dir).await;
+        assert!(store.orders_writes_as_queued());
+        let (release, blocker) = hold_writer(&store).await;
         let (ordered_tx, ordered) = oneshot::channel();
         let commit = {
             let store = store.clone();
@@ -1212,21 +1311,7 @@ mod tests {
         assert!(!commit.is_finished(), "the commit cannot be written yet");
         let append = {
             let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .append(AppendRequest {
-                        stream_id: "a".into(),
-                        expected: ExpectedVersion::Any,
-                        events: vec![NewEvent {
-                            event_type: "E".into(),
-                            schema: 1,
-                            data: "{}".into(),
-                            metadata: "{}".into(),
-                        }],
-                        idempotency: None,
-                    })
-                    .await
-            })
+            tokio::spawn(async move { store.append(one_event_append("a")).await })
         };
         let _ = release.send(());
         blocker.await.expect("join").expect("blocking job");

@@ -29,25 +29,15 @@ pub async fn commit_saga(
     commit: SagaCommit,
 ) -> Result<Result<(), StoreError>, sqlx::Error> {
     let saga = commit.saga.as_str();
-    if let Some((from, _)) = commit.checkpoint {
-        let actual: Option<i64> =
-            sqlx::query_scalar("SELECT position FROM saga_checkpoints WHERE saga = ?")
-                .bind(saga)
-                .fetch_optional(&mut *conn)
-                .await?;
-        if actual.unwrap_or(0) as u64 != from {
-            return Ok(Err(StoreError::CheckpointMoved {
-                projection: format!("saga {saga}"),
-                generation: 0,
-                expected: from,
-                actual: actual.map(|p| p as u64),
-            }));
-        }
-    }
     let values = CommitValues::new(&commit)?;
     let v = &values;
     let mut sql = Statements::default();
-    if let Some((_, to)) = commit.checkpoint {
+    if let Some((from, to)) = commit.checkpoint {
+        // First: when the checkpoint moved, nothing after it runs.
+        sql.push(
+            "INSERT INTO saga_checkpoint_fence (saga, expected) VALUES (?, ?);",
+            [Param::Text(saga), Param::Int(from as i64)],
+        );
         sql.push(
             "INSERT INTO saga_checkpoints (saga, position) SELECT ?, ? WHERE true \
              ON CONFLICT (saga) DO UPDATE SET position = excluded.position;",
@@ -88,7 +78,9 @@ pub async fn commit_saga(
     }
     if !commit.dead_letters.is_empty() || !commit.dead_letters_delete.is_empty() {
         // Written in the order the statements are listed here.
-        std::mem::take(&mut sql).execute(conn).await?;
+        if let Err(moved) = fenced(conn, &commit, std::mem::take(&mut sql)).await? {
+            return Ok(Err(moved));
+        }
         move_dead_letters(conn, &commit).await?;
     }
     if !commit.timers_delete.is_empty() {
@@ -126,8 +118,37 @@ pub async fn commit_saga(
             ],
         );
     }
-    sql.execute(conn).await?;
-    Ok(Ok(()))
+    fenced(conn, &commit, sql).await
+}
+
+/// What `saga_checkpoint_fence` (migrations/sqlite/0006) aborts with.
+const CHECKPOINT_MOVED: &str = "kiln: saga checkpoint moved";
+
+/// Run `sql`, which starts with the commit's fence when it has a
+/// checkpoint: a moved checkpoint is this commit's refusal (nothing of it
+/// was written), not a failure of the batch.
+async fn fenced(
+    conn: &mut SqliteConnection,
+    commit: &SagaCommit,
+    sql: Statements<'_>,
+) -> Result<Result<(), StoreError>, sqlx::Error> {
+    match sql.execute(&mut *conn).await {
+        Ok(()) => Ok(Ok(())),
+        Err(sqlx::Error::Database(e)) if e.message() == CHECKPOINT_MOVED => {
+            let actual: Option<i64> =
+                sqlx::query_scalar("SELECT position FROM saga_checkpoints WHERE saga = ?")
+                    .bind(&commit.saga)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            Ok(Err(StoreError::CheckpointMoved {
+                projection: format!("saga {}", commit.saga),
+                generation: 0,
+                expected: commit.checkpoint.map_or(0, |(from, _)| from),
+                actual: actual.map(|p| p as u64),
+            }))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A value bound to a statement.
