@@ -398,6 +398,10 @@ pub struct OutboxCommand {
     /// One entry per failed attempt: `{"at": RFC 3339, "error": {code, message}}`.
     pub errors: Vec<serde_json::Value>,
     pub created_at_us: i64,
+    /// The key every dispatch of this command carries, so that it has one
+    /// effect however often it is sent; fixed when the command is decided
+    /// and stored with it (`saga::dispatch::idempotency_key`).
+    pub idempotency_key: String,
 }
 
 /// A timer of a saga instance.

@@ -708,6 +708,7 @@ impl Runner {
                 attempts: 0,
                 errors: Vec::new(),
                 created_at_us: now,
+                idempotency_key: dispatch::idempotency_key(&saga, id, step, now),
             };
             steps.push(json!({"step": step, "aggregate": command.aggregate, "id": command.aggregate_id, "type": command.command_type}));
             self.commit.outbox_put.push(command.clone());
@@ -1309,6 +1310,7 @@ mod tests {
             attempts: 1,
             errors: vec![],
             created_at_us: 0,
+            idempotency_key: "k".into(),
         };
         let mut other = command.clone();
         other.step = 3;

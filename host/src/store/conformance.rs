@@ -349,6 +349,7 @@ fn saga_command(instance: &str, step: u64) -> OutboxCommand {
         attempts: 0,
         errors: vec![],
         created_at_us: 1,
+        idempotency_key: format!("kiln-saga/s/1/{instance}/{step}"),
     }
 }
 
@@ -539,6 +540,8 @@ async fn saga_state_outbox_and_dead_letters(store: &dyn EventStore) {
         loaded.outbox.iter().map(|c| c.step).collect::<Vec<_>>(),
         vec![1, 2]
     );
+    // Every column comes back, the command's idempotency key included.
+    assert_eq!(loaded.outbox[0], saga_command("i1", 1));
     assert_eq!(loaded.timers.len(), 1);
     assert_eq!(
         store

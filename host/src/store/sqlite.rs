@@ -1327,7 +1327,8 @@ mod tests {
 
     /// A database whose saga rows were written before migration 0005 (rows
     /// keyed by instance name) keeps its instances and their history, and
-    /// later steps add to that history.
+    /// later steps add to that history; its saga commands keep the
+    /// idempotency key they were dispatched with (migration 0007).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn saga_rows_written_before_the_creation_order_layout_are_kept() {
         let dir = tempfile::tempdir().expect("temporary directory");
@@ -1353,7 +1354,11 @@ mod tests {
                ('s', 'early', x'7b7d', 'completed', 1, 3, 0, 10, 11); \
              INSERT INTO saga_history (saga, instance, at, entry) VALUES \
                ('s', 'early', 1, '{\"n\":1}'), ('s', 'late', 2, '{\"n\":2}'), \
-               ('s', 'early', 3, '{\"n\":3}');",
+               ('s', 'early', 3, '{\"n\":3}'); \
+             INSERT INTO saga_outbox VALUES \
+               ('s', 'late', 2, 'bank_account', 'a', 'Deposit', '{}', '{}', 0, 0, '[]', 20); \
+             INSERT INTO saga_dead_letters VALUES \
+               (7, 's', 'early', 1, 'bank_account', 'b', 'Deposit', '{}', '{}', 1, 10, '[]', 10, 11);",
         )
         .execute(&mut conn)
         .await
@@ -1372,6 +1377,20 @@ mod tests {
             (early.status, early.next_step, early.created_at_us),
             (SagaStatus::Completed, 3, 10)
         );
+        let outbox = store.saga_outbox("s", "late").await.expect("outbox");
+        assert_eq!(
+            outbox
+                .iter()
+                .map(|c| c.idempotency_key.as_str())
+                .collect::<Vec<_>>(),
+            vec!["kiln-saga/s/late/2"]
+        );
+        let letter = store
+            .dead_letter(7)
+            .await
+            .expect("read")
+            .expect("dead letter kept");
+        assert_eq!(letter.command.idempotency_key, "kiln-saga/s/early/1");
         let at =
             |entries: Vec<SagaHistoryEntry>| entries.iter().map(|e| e.at_us).collect::<Vec<_>>();
         assert_eq!(

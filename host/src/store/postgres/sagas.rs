@@ -10,7 +10,7 @@ use crate::store::{
     SagaLoad, SagaStatus, SagaTimerRecord, StoreError,
 };
 
-const OUTBOX_COLUMNS: &str = "saga, instance, step, aggregate, aggregate_id, command_type, data, metadata, compensating, attempts, errors, created_at";
+const OUTBOX_COLUMNS: &str = "saga, instance, step, aggregate, aggregate_id, command_type, data, metadata, compensating, attempts, errors, created_at, idempotency_key";
 
 const INSTANCE_COLUMNS: &str =
     "saga, instance, state, status, done, next_step, awaited_position, created_at, updated_at";
@@ -184,12 +184,13 @@ async fn delete_outbox(
 async fn put_outbox(conn: &mut PgConnection, c: &OutboxCommand) -> Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO saga_outbox ({OUTBOX_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
          ON CONFLICT (saga, instance, step) DO UPDATE SET aggregate = excluded.aggregate, \
          aggregate_id = excluded.aggregate_id, command_type = excluded.command_type, \
          data = excluded.data, metadata = excluded.metadata, \
          compensating = excluded.compensating, attempts = excluded.attempts, \
-         errors = excluded.errors, created_at = excluded.created_at"
+         errors = excluded.errors, created_at = excluded.created_at, \
+         idempotency_key = excluded.idempotency_key"
     );
     bind_command(sqlx::query(&sql), c)?
         .execute(&mut *conn)
@@ -200,7 +201,7 @@ async fn put_outbox(conn: &mut PgConnection, c: &OutboxCommand) -> Result<(), sq
 async fn insert_dead_letter(conn: &mut PgConnection, c: &OutboxCommand) -> Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO saga_dead_letters ({OUTBOX_COLUMNS}, dead_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
     );
     bind_command(sqlx::query(&sql), c)?
         .bind(crate::store::now_us())
@@ -225,7 +226,8 @@ fn bind_command<'q>(query: PgQuery<'q>, c: &'q OutboxCommand) -> Result<PgQuery<
         .bind(c.compensating)
         .bind(i64::from(c.attempts))
         .bind(encode(&c.errors)?)
-        .bind(c.created_at_us))
+        .bind(c.created_at_us)
+        .bind(&c.idempotency_key))
 }
 
 fn command_from_row(row: &PgRow) -> Result<OutboxCommand, StoreError> {
@@ -244,6 +246,7 @@ fn command_from_row(row: &PgRow) -> Result<OutboxCommand, StoreError> {
         errors: serde_json::from_str(&errors)
             .map_err(|e| StoreError::Corrupt(format!("saga command errors: {e}")))?,
         created_at_us: row.try_get("created_at")?,
+        idempotency_key: row.try_get("idempotency_key")?,
     })
 }
 

@@ -9,7 +9,7 @@ use crate::store::{
     SagaLoad, SagaStatus, SagaTimerRecord, StoreError,
 };
 
-const OUTBOX_COLUMNS: &str = "saga, instance, step, aggregate, aggregate_id, command_type, data, metadata, compensating, attempts, errors, created_at";
+const OUTBOX_COLUMNS: &str = "saga, instance, step, aggregate, aggregate_id, command_type, data, metadata, compensating, attempts, errors, created_at, idempotency_key";
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<String, sqlx::Error> {
     serde_json::to_string(value).map_err(|e| sqlx::Error::Encode(Box::new(e)))
@@ -70,7 +70,7 @@ pub async fn commit_saga(
             &format!(
                 "INSERT OR REPLACE INTO saga_outbox ({OUTBOX_COLUMNS}) \
                  SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, \
-                 value->>6, value->>7, value->>8, value->>9, value->>10, value->>11 \
+                 value->>6, value->>7, value->>8, value->>9, value->>10, value->>11, value->>12 \
                  FROM json_each(?);"
             ),
             [Param::Text(&v.outbox_put)],
@@ -239,6 +239,7 @@ impl CommitValues {
                     c.attempts,
                     encode(&c.errors)?,
                     c.created_at_us,
+                    &c.idempotency_key,
                 ))
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -319,10 +320,12 @@ async fn insert_command(
     dead_at: Option<i64>,
 ) -> Result<(), sqlx::Error> {
     let sql = match dead_at {
-        None => format!("{insert} ({OUTBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+        None => {
+            format!("{insert} ({OUTBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        }
         Some(_) => {
             format!(
-                "{insert} ({OUTBOX_COLUMNS}, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "{insert} ({OUTBOX_COLUMNS}, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             )
         }
     };
@@ -338,7 +341,8 @@ async fn insert_command(
         .bind(c.compensating)
         .bind(c.attempts as i64)
         .bind(encode(&c.errors)?)
-        .bind(c.created_at_us);
+        .bind(c.created_at_us)
+        .bind(&c.idempotency_key);
     if let Some(at) = dead_at {
         query = query.bind(at);
     }
@@ -362,6 +366,7 @@ fn command_from_row(row: &SqliteRow) -> Result<OutboxCommand, StoreError> {
         errors: serde_json::from_str(&errors)
             .map_err(|e| StoreError::Corrupt(format!("saga command errors: {e}")))?,
         created_at_us: row.try_get("created_at")?,
+        idempotency_key: row.try_get("idempotency_key")?,
     })
 }
 
