@@ -486,8 +486,7 @@ impl Writer {
         }
         let mut tail = self.tail;
         let mut tx = self.conn.begin().await?;
-        let mut versions = lookup_versions(&mut self.versions, &mut tx, &appends).await?;
-        let mut keys = lookup_keys(&mut tx, &appends).await?;
+        let (mut versions, mut keys) = lookup(&mut self.versions, &mut tx, &appends).await?;
         let mut rows = EventRows::default();
         let mut key_rows: Vec<IdempotencyEntry> = Vec::new();
         let mut outcomes = Vec::with_capacity(appends.len());
@@ -567,13 +566,15 @@ impl Writer {
     }
 }
 
-/// Current versions of the batch's streams: from the cache, the rest in one
-/// query.
-async fn lookup_versions(
+/// What a batch's appends are checked against: the current version of each
+/// of its streams (from the cache, the rest from the events) and the
+/// idempotency entries of its keys, read in one query (one round trip to
+/// the connection's thread; a batch of saga commands needs both).
+async fn lookup(
     cache: &mut LruCache<String, u64>,
     conn: &mut SqliteConnection,
     appends: &[AppendRequest],
-) -> Result<HashMap<String, u64>, sqlx::Error> {
+) -> Result<(HashMap<String, u64>, HashMap<String, IdempotencyEntry>), sqlx::Error> {
     let mut versions = HashMap::with_capacity(appends.len());
     let mut unknown = Vec::new();
     for request in appends {
@@ -591,50 +592,47 @@ async fn lookup_versions(
             }
         }
     }
-    if !unknown.is_empty() {
-        let json = serde_json::to_string(&unknown).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        let rows = sqlx::query(
-            "SELECT stream_id, MAX(version) FROM events \
-                 WHERE stream_id IN (SELECT value FROM json_each(?)) GROUP BY stream_id",
-        )
-        .bind(json)
-        .fetch_all(&mut *conn)
-        .await?;
-        for row in rows {
-            let stream: String = row.try_get(0)?;
-            let version: i64 = row.try_get(1)?;
-            versions.insert(stream, version as u64);
-        }
-    }
-    Ok(versions)
-}
-
-/// Idempotency entries of the batch's keys, in one query.
-async fn lookup_keys(
-    conn: &mut SqliteConnection,
-    appends: &[AppendRequest],
-) -> Result<HashMap<String, IdempotencyEntry>, sqlx::Error> {
     let keys: Vec<&str> = appends
         .iter()
         .filter_map(|r| r.idempotency.as_ref().map(|c| c.key.as_str()))
         .collect();
     let mut found = HashMap::new();
-    if keys.is_empty() {
-        return Ok(found);
+    if unknown.is_empty() && keys.is_empty() {
+        return Ok((versions, found));
     }
-    let json = serde_json::to_string(&keys).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let encode =
+        |list: &[&str]| serde_json::to_string(list).map_err(|e| sqlx::Error::Encode(Box::new(e)));
+    // Rows tagged 0 are versions (stream, version); 1, idempotency entries.
     let rows = sqlx::query(
-        "SELECT key, request_hash, stream_id, version, first_position, event_count, created_at \
-         FROM idempotency_keys WHERE key IN (SELECT value FROM json_each(?))",
+        "SELECT 0, stream_id, MAX(version), NULL, NULL, NULL, NULL, NULL FROM events \
+         WHERE stream_id IN (SELECT value FROM json_each(?1)) GROUP BY stream_id \
+         UNION ALL \
+         SELECT 1, key, request_hash, stream_id, version, first_position, event_count, created_at \
+         FROM idempotency_keys WHERE key IN (SELECT value FROM json_each(?2))",
     )
-    .bind(json)
+    .bind(encode(&unknown)?)
+    .bind(encode(&keys)?)
     .fetch_all(&mut *conn)
     .await?;
     for row in rows {
-        let entry = idempotency_from_row(&row).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        found.insert(entry.key.clone(), entry);
+        if row.try_get::<i64, _>(0)? == 0 {
+            let stream: String = row.try_get(1)?;
+            let version: i64 = row.try_get(2)?;
+            versions.insert(stream, version as u64);
+        } else {
+            let entry = IdempotencyEntry {
+                key: row.try_get(1)?,
+                request_hash: row.try_get(2)?,
+                stream_id: row.try_get(3)?,
+                version: row.try_get::<i64, _>(4)? as u64,
+                first_position: row.try_get::<Option<i64>, _>(5)?.map(|p| p as u64),
+                event_count: row.try_get::<i64, _>(6)? as u32,
+                created_at_us: row.try_get(7)?,
+            };
+            found.insert(entry.key.clone(), entry);
+        }
     }
-    Ok(found)
+    Ok((versions, found))
 }
 
 /// Event rows of a batch, as one JSON array bound to one statement.
