@@ -264,15 +264,17 @@ fn events_from_json_page(json: &str) -> Result<Vec<RecordedEvent>, StoreError> {
     Ok(events)
 }
 
-fn idempotency_from_row(row: &SqliteRow) -> Result<IdempotencyEntry, StoreError> {
+/// An idempotency entry from the row's columns `first..first + 7` (key,
+/// request hash, stream, version, first position, event count, created at).
+fn idempotency_from_row(row: &SqliteRow, first: usize) -> Result<IdempotencyEntry, sqlx::Error> {
     Ok(IdempotencyEntry {
-        key: row.try_get(0)?,
-        request_hash: row.try_get(1)?,
-        stream_id: row.try_get(2)?,
-        version: row.try_get::<i64, _>(3)? as u64,
-        first_position: row.try_get::<Option<i64>, _>(4)?.map(|p| p as u64),
-        event_count: row.try_get::<i64, _>(5)? as u32,
-        created_at_us: row.try_get(6)?,
+        key: row.try_get(first)?,
+        request_hash: row.try_get(first + 1)?,
+        stream_id: row.try_get(first + 2)?,
+        version: row.try_get::<i64, _>(first + 3)? as u64,
+        first_position: row.try_get::<Option<i64>, _>(first + 4)?.map(|p| p as u64),
+        event_count: row.try_get::<i64, _>(first + 5)? as u32,
+        created_at_us: row.try_get(first + 6)?,
     })
 }
 
@@ -620,15 +622,7 @@ async fn lookup(
             let version: i64 = row.try_get(2)?;
             versions.insert(stream, version as u64);
         } else {
-            let entry = IdempotencyEntry {
-                key: row.try_get(1)?,
-                request_hash: row.try_get(2)?,
-                stream_id: row.try_get(3)?,
-                version: row.try_get::<i64, _>(4)? as u64,
-                first_position: row.try_get::<Option<i64>, _>(5)?.map(|p| p as u64),
-                event_count: row.try_get::<i64, _>(6)? as u32,
-                created_at_us: row.try_get(7)?,
-            };
+            let entry = idempotency_from_row(&row, 1)?;
             found.insert(entry.key.clone(), entry);
         }
     }
@@ -881,7 +875,10 @@ impl EventStore for SqliteStore {
         .bind(since_us)
         .fetch_optional(&self.readers)
         .await?;
-        row.as_ref().map(idempotency_from_row).transpose()
+        Ok(row
+            .as_ref()
+            .map(|row| idempotency_from_row(row, 0))
+            .transpose()?)
     }
 
     async fn purge_idempotency(&self, before_us: i64) -> Result<u64, StoreError> {
