@@ -1138,6 +1138,74 @@ async fn hosts_share_versions_and_keys(db: Arc<TestDb>) {
     }
 }
 
+/// Another host's notifications carry the versions its commits left each
+/// stream at, so a host following them reads nothing back from the log;
+/// a commit touching more streams than a notification can list is read.
+async fn other_hosts_versions_come_with_their_notifications(db: Arc<TestDb>) {
+    let TestDb::Postgres(pg) = &*db else {
+        panic!("a PostgreSQL-only test ran on SQLite");
+    };
+    let open = |options| PostgresStore::connect(pg.connect.clone(), options);
+    let a = open(test_postgres_options()).await.unwrap();
+    let b = open(PostgresOptions {
+        poll_interval: Duration::from_secs(3600),
+        ..test_postgres_options()
+    })
+    .await
+    .unwrap();
+    // Let b's listener start (and resync once) before a commits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reads = b.version_reads();
+    let mut head = b.subscribe_head();
+    for (n, stream) in ["s-1", "s-2", "s-1"].into_iter().enumerate() {
+        a.append(append(stream, ExpectedVersion::Any, vec![event("E", "{}")]))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), head.wait_for(|p| *p > n as u64))
+            .await
+            .expect("b sees a's commit")
+            .unwrap();
+    }
+    assert!(b.newer_version_known("s-1", 1), "s-1 is at version 2");
+    assert!(!b.newer_version_known("s-1", 2));
+    assert!(b.newer_version_known("s-2", 0));
+    assert_eq!(b.version_reads(), reads, "b read nothing back from the log");
+
+    // Hundreds of streams with long names at once: at least one of a's
+    // batches lists more than a notification can carry.
+    let a = Arc::new(a);
+    let long = |i: usize| format!("{i:04}-{}", "x".repeat(120));
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move {
+                a.append(append(
+                    &long(i),
+                    ExpectedVersion::Any,
+                    vec![event("E", "{}")],
+                ))
+                .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(5), head.wait_for(|p| *p >= 303))
+        .await
+        .expect("b sees every commit")
+        .unwrap();
+    for i in [0, 150, 299] {
+        assert!(b.newer_version_known(&long(i), 0), "stream {i}");
+    }
+    assert!(
+        b.version_reads() > reads,
+        "the long list was read from the log"
+    );
+    a.close().await;
+    b.close().await;
+}
+
 /// Another host's commits reach this host's head and live feed: through
 /// NOTIFY (polling is slowed down to an hour), and through polling alone.
 async fn other_hosts_commits_wake_this_one(db: Arc<TestDb>) {
@@ -1592,6 +1660,7 @@ conformance! {
     ],
     clusters: [
         other_hosts_commits_wake_this_one,
+        other_hosts_versions_come_with_their_notifications,
         lost_connections_are_reopened,
     ],
 }

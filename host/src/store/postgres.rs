@@ -110,6 +110,12 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
+    /// How many times the follower read the log for stream versions that no
+    /// notification carried.
+    pub fn version_reads(&self) -> u64 {
+        self.versions.reads()
+    }
+
     /// Open the database at `url` (`postgres://user:password@host:port/db`),
     /// apply migrations and start the writer and the follower.
     pub async fn open(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
@@ -153,15 +159,16 @@ impl PostgresStore {
         let publisher = Arc::new(Publisher::new(head_tx, commits.clone()));
         let (writer, rx) = mpsc::channel(options.queue_depth.max(1));
         let origin: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+        let versions = Arc::new(StreamVersions::new(tail));
         let state = Writer::new(
             writer_connect,
             options.connect_timeout,
             conn,
             publisher.clone(),
+            versions.clone(),
             origin.clone(),
         );
         tokio::spawn(writer::run(state, rx, options.max_batch.max(1)));
-        let versions = Arc::new(StreamVersions::new(tail));
         let follower = Follower::spawn(
             readers.clone(),
             options.listen.then_some(connect),

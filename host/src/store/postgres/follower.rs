@@ -6,11 +6,12 @@
 //! Another host's events are read back from the database and broadcast like
 //! this host's own, so a live feed on any host carries every commit.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
@@ -72,15 +73,48 @@ impl Publisher {
 /// The latest version of each stream committed recently, by any host: what
 /// tells a host that a state it cached is behind the store (another host
 /// wrote to the stream since), so that it reads the newer events before
-/// deciding a command rather than learning it from a conflict.
+/// deciding a command rather than learning it from a conflict. (Only a
+/// shortcut: the append's version check catches a state it missed.)
+///
+/// Other hosts' commits are learned from their notifications, which carry
+/// each stream's new version, and this host's own from its writer; what
+/// neither covered (a notification lost, or too long to carry the list) is
+/// read from the log at the next poll.
 pub struct StreamVersions {
     inner: Mutex<VersionsInner>,
+    /// Queries run for what no notification covered.
+    reads: std::sync::atomic::AtomicU64,
 }
 
 struct VersionsInner {
     /// Every commit up to this position is accounted for.
     cursor: Position,
+    /// Commits accounted for beyond the cursor, as (tail before, tail after).
+    covered: BTreeMap<Position, Position>,
     latest: lru::LruCache<String, u64>,
+}
+
+impl VersionsInner {
+    fn put(&mut self, stream: String, version: u64) {
+        if self.latest.peek(&stream).is_none_or(|v| *v < version) {
+            self.latest.put(stream, version);
+        }
+    }
+
+    /// The commits in `(before, tail]` are accounted for.
+    fn cover(&mut self, before: Position, tail: Position) {
+        if tail > self.cursor {
+            let end = self.covered.entry(before).or_insert(tail);
+            *end = (*end).max(tail);
+        }
+        while let Some((&before, &tail)) = self.covered.first_key_value() {
+            if before > self.cursor {
+                break;
+            }
+            self.cursor = self.cursor.max(tail);
+            self.covered.pop_first();
+        }
+    }
 }
 
 /// Streams whose latest version is remembered.
@@ -92,11 +126,13 @@ impl StreamVersions {
         Self {
             inner: Mutex::new(VersionsInner {
                 cursor: tail,
+                covered: BTreeMap::new(),
                 latest: lru::LruCache::new(
                     std::num::NonZeroUsize::new(STREAM_VERSIONS_MAX)
                         .unwrap_or(std::num::NonZeroUsize::MIN),
                 ),
             }),
+            reads: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -108,13 +144,43 @@ impl StreamVersions {
             .is_some_and(|latest| *latest > version)
     }
 
-    /// Account for the commits up to `tail`: one query for the streams they
-    /// touched and their new versions.
+    /// Another host's commit of `(before, tail]` left these streams at these
+    /// versions.
+    pub fn notified(&self, before: Position, tail: Position, streams: Vec<(String, u64)>) {
+        let mut inner = self.lock();
+        for (stream, version) in streams {
+            inner.put(stream, version);
+        }
+        inner.cover(before, tail);
+    }
+
+    /// This host's own commit of `(before, tail]` (its pipeline knows the
+    /// versions it wrote).
+    pub fn own(&self, before: Position, tail: Position) {
+        self.lock().cover(before, tail);
+    }
+
+    /// Every commit up to here is accounted for.
+    #[cfg(test)]
+    pub fn cursor(&self) -> Position {
+        self.lock().cursor
+    }
+
+    /// How many times the log was read for versions no notification gave.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Account for the commits up to `tail`: what no notification covered
+    /// is read, in one query for the streams they touched and their new
+    /// versions.
     async fn follow(&self, readers: &PgPool, tail: Position) -> Result<(), StoreError> {
         let cursor = self.lock().cursor;
         if tail <= cursor {
             return Ok(());
         }
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rows: Vec<(String, i64)> = sqlx::query_as(include_str!("sql/stream_versions.sql"))
             .bind(int8(cursor))
             .bind(int8(tail))
@@ -122,18 +188,61 @@ impl StreamVersions {
             .await?;
         let mut inner = self.lock();
         for (stream, version) in rows {
-            let version = version as u64;
-            if inner.latest.peek(&stream).is_none_or(|v| *v < version) {
-                inner.latest.put(stream, version);
-            }
+            inner.put(stream, version as u64);
         }
         inner.cursor = inner.cursor.max(tail);
+        inner.cover(tail, tail);
         Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VersionsInner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// What the listener tells the follower.
+#[derive(Debug, PartialEq)]
+enum Note {
+    /// Another host committed `(before, tail]`, leaving these streams at
+    /// these versions (`None`: the notification did not carry them).
+    Commit {
+        before: Position,
+        tail: Position,
+        streams: Option<Vec<(String, u64)>>,
+    },
+    /// Notifications may have been missed (the connection was lost and is
+    /// back, or this is the start): look at the log itself.
+    Resync,
+}
+
+/// Notes waiting for the follower; beyond this many, notes are dropped and
+/// the next poll reads what they would have said.
+const NOTES_MAX: usize = 4096;
+
+/// Parse a commit notification: `"<origin> <tail> <tail before>[ <{stream:
+/// version}>]"` (migrations/postgres/0007). Returns the origin, and the
+/// note unless the payload is not one of these (then only a wake-up).
+fn parse_notification(payload: &str) -> (&str, Note) {
+    let mut parts = payload.splitn(4, ' ');
+    let origin = parts.next().unwrap_or_default();
+    let tail = parts.next().and_then(|t| t.parse::<Position>().ok());
+    let before = parts.next().and_then(|b| b.parse::<Position>().ok());
+    let (Some(tail), Some(before)) = (tail, before) else {
+        return (origin, Note::Resync);
+    };
+    let streams = parts.next().and_then(|json| {
+        serde_json::from_str::<std::collections::HashMap<String, u64>>(json)
+            .ok()
+            .map(|m| m.into_iter().collect())
+    });
+    (
+        origin,
+        Note::Commit {
+            before,
+            tail,
+            streams,
+        },
+    )
 }
 
 /// The tasks that follow other hosts' commits.
@@ -155,19 +264,19 @@ impl Follower {
         versions: Arc<StreamVersions>,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
-        let wake = Arc::new(Notify::new());
+        let (notes_tx, notes) = mpsc::channel(NOTES_MAX);
         let mut tasks = Vec::with_capacity(2);
         if let Some(connect) = listen {
             tasks.push(tokio::spawn(listen_for_commits(
                 connect,
                 origin,
-                wake.clone(),
+                notes_tx,
                 stopped.clone(),
                 poll,
             )));
         }
         tasks.push(tokio::spawn(follow(
-            readers, publisher, versions, wake, stopped, poll,
+            readers, publisher, versions, notes, stopped, poll,
         )));
         Self {
             stop,
@@ -195,7 +304,7 @@ async fn follow(
     readers: PgPool,
     publisher: Arc<Publisher>,
     versions: Arc<StreamVersions>,
-    wake: Arc<Notify>,
+    mut notes: mpsc::Receiver<Note>,
     mut stopped: watch::Receiver<bool>,
     poll: Duration,
 ) {
@@ -203,13 +312,27 @@ async fn follow(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
-        tokio::select! {
+        let note = tokio::select! {
             biased;
             _ = stopped.changed() => return,
-            () = wake.notified() => {}
-            _ = tick.tick() => {}
-        }
-        match catch_up(&readers, &publisher, &versions).await {
+            Some(note) = notes.recv() => note,
+            _ = tick.tick() => Note::Resync,
+        };
+        let caught_up = match note {
+            // The notification says all this host needs: no query.
+            Note::Commit {
+                before,
+                tail,
+                streams: Some(streams),
+            } => {
+                versions.notified(before, tail, streams);
+                publish_up_to(&readers, &publisher, tail).await
+            }
+            Note::Commit { streams: None, .. } | Note::Resync => {
+                catch_up(&readers, &publisher, &versions).await
+            }
+        };
+        match caught_up {
             Ok(()) => failing = false,
             Err(e) => {
                 // Once per outage: the poll goes on every tick.
@@ -231,6 +354,16 @@ async fn catch_up(
 ) -> Result<(), StoreError> {
     let tail = head_from(readers).await?;
     versions.follow(readers, tail).await?;
+    publish_up_to(readers, publisher, tail).await
+}
+
+/// Publish the commits up to `tail` (committed and visible), with their
+/// events when anyone follows the live feed.
+async fn publish_up_to(
+    readers: &PgPool,
+    publisher: &Publisher,
+    tail: Position,
+) -> Result<(), StoreError> {
     loop {
         let head = publisher.head();
         if tail <= head {
@@ -260,14 +393,14 @@ async fn catch_up(
     }
 }
 
-/// LISTEN on the log's channel and turn each notification into a wake-up.
-/// PgListener reconnects by itself; notifications sent while it was away
-/// are lost, which the poll covers, and a wake-up after each (re)connect
-/// shortens that.
+/// LISTEN on the log's channel and hand each other host's notification to
+/// the follower. PgListener reconnects by itself; notifications sent while
+/// it was away are lost, which a resync after each (re)connect covers (and
+/// the poll, if that is lost too).
 async fn listen_for_commits(
     connect: PgConnectOptions,
     origin: Arc<str>,
-    wake: Arc<Notify>,
+    notes: mpsc::Sender<Note>,
     mut stopped: watch::Receiver<bool>,
     retry: Duration,
 ) {
@@ -283,7 +416,7 @@ async fn listen_for_commits(
         let error = tokio::select! {
             biased;
             _ = stopped.changed() => break,
-            error = listen_once(&pool, &origin, &wake, &mut listening) => error,
+            error = listen_once(&pool, &origin, &notes, &mut listening) => error,
         };
         // Once per outage: it is retried every `retry`.
         if listening || !failing {
@@ -304,7 +437,7 @@ async fn listen_for_commits(
 async fn listen_once(
     pool: &PgPool,
     origin: &str,
-    wake: &Notify,
+    notes: &mpsc::Sender<Note>,
     listening: &mut bool,
 ) -> sqlx::Error {
     let mut listener = match PgListener::connect_with(pool).await {
@@ -315,15 +448,76 @@ async fn listen_once(
         return e;
     }
     *listening = true;
-    wake.notify_one();
+    // A full queue drops the note: the next poll reads what it said.
+    let _ = notes.try_send(Note::Resync);
     loop {
         match listener.try_recv().await {
-            // This store's own commit: its writer has published it.
-            Ok(Some(n)) if n.payload().split(' ').next() == Some(origin) => {}
-            // Another store's commit; or `None`: the connection was lost
-            // (and is back), so notifications may have been missed.
-            Ok(_) => wake.notify_one(),
+            Ok(Some(n)) => {
+                let (from, note) = parse_notification(n.payload());
+                // This store's own commit: its writer has published it.
+                if from != origin {
+                    let _ = notes.try_send(note);
+                }
+            }
+            // The connection was lost (and is back): notifications may
+            // have been missed.
+            Ok(None) => {
+                let _ = notes.try_send(Note::Resync);
+            }
             Err(e) => return e,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_carry_the_range_and_the_streams_versions() {
+        let (origin, note) = parse_notification(r#"h1 12 9 {"a": 3, "b c": 7}"#);
+        assert_eq!(origin, "h1");
+        let Note::Commit {
+            before,
+            tail,
+            streams: Some(mut streams),
+        } = note
+        else {
+            panic!("{note:?}");
+        };
+        streams.sort();
+        assert_eq!((before, tail), (9, 12));
+        assert_eq!(streams, vec![("a".into(), 3), ("b c".into(), 7)]);
+        // The list left out (too long for a notification): the range alone.
+        assert_eq!(
+            parse_notification("h1 12 9").1,
+            Note::Commit {
+                before: 9,
+                tail: 12,
+                streams: None
+            }
+        );
+        // Anything else only wakes the follower up.
+        assert_eq!(parse_notification("h1 12").1, Note::Resync);
+        assert_eq!(parse_notification("h1 x 9 {}").1, Note::Resync);
+    }
+
+    #[test]
+    fn the_cursor_moves_over_contiguous_commits_in_any_order() {
+        let versions = StreamVersions::new(10);
+        // Another host's commit after a gap: remembered, cursor stays.
+        versions.notified(12, 15, vec![("a".into(), 4)]);
+        assert_eq!(versions.cursor(), 10);
+        assert!(versions.newer_than("a", 3));
+        // This host's own commit fills the gap: the cursor moves past both.
+        versions.own(10, 12);
+        assert_eq!(versions.cursor(), 15);
+        // Old versions never replace newer ones.
+        versions.notified(15, 16, vec![("a".into(), 2)]);
+        assert!(versions.newer_than("a", 3));
+        assert_eq!(versions.cursor(), 16);
+        // A range already accounted for changes nothing.
+        versions.own(11, 13);
+        assert_eq!(versions.cursor(), 16);
     }
 }

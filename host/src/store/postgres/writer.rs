@@ -16,7 +16,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::follower::Publisher;
+use super::follower::{Publisher, StreamVersions};
 use super::jobs::Job;
 use super::{CHANNEL, hash_from, int8};
 use crate::store::{
@@ -43,6 +43,8 @@ pub struct Writer {
     /// `None` after the connection failed; the next batch reconnects.
     conn: Option<PgConnection>,
     publisher: Arc<Publisher>,
+    /// Told of this host's own commits (the follower learns the others').
+    versions: Arc<StreamVersions>,
     /// This store's id in the notifications of its commits.
     origin: Arc<str>,
 }
@@ -53,6 +55,7 @@ impl Writer {
         connect_timeout: Duration,
         conn: PgConnection,
         publisher: Arc<Publisher>,
+        versions: Arc<StreamVersions>,
         origin: Arc<str>,
     ) -> Self {
         Self {
@@ -60,6 +63,7 @@ impl Writer {
             connect_timeout,
             conn: Some(conn),
             publisher,
+            versions,
             origin,
         }
     }
@@ -187,6 +191,7 @@ impl Writer {
             let replies = std::mem::take(&mut batch.append_replies);
             match result {
                 Ok(appended) => {
+                    self.account(&appended);
                     self.publish(&appended.outcomes, appended.tail);
                     for (reply, outcome) in replies.into_iter().zip(appended.outcomes) {
                         let _ = reply.send(outcome);
@@ -244,6 +249,24 @@ impl Writer {
             self.conn = None;
         }
         e.to_string()
+    }
+
+    /// Tell the record of stream versions which positions this host's
+    /// batch took: the appends of every host take consecutive positions
+    /// under the log's lock, so they end at the tail.
+    fn account(&self, appended: &Appended) {
+        let written: u64 = appended
+            .outcomes
+            .iter()
+            .map(|o| match o {
+                Ok(AppendOutcome::Committed { events, .. }) => events.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        if written > 0 {
+            self.versions
+                .own(appended.tail.saturating_sub(written), appended.tail);
+        }
     }
 
     /// Hand the batch's committed events to the live feed and move the head.
