@@ -1019,8 +1019,9 @@ impl EventStore for SqliteStore {
         // The WAL is written in order: the fsync of the append of a command
         // the saga dispatches after this commit puts this commit on disk too.
         let durable = commit.durable;
+        let values = sagas::CommitValues::new(&commit)?;
         self.run_job_with(
-            Box::new(move |conn| Box::pin(sagas::commit_saga(conn, commit))),
+            Box::new(move |conn| Box::pin(sagas::commit_saga(conn, commit, values))),
             durable,
         )
         .await
@@ -1036,7 +1037,9 @@ impl EventStore for SqliteStore {
         // queued, a later append commits in its batch or in a later one.
         let durable = commit.durable;
         let (reply, done) = oneshot::channel();
-        let job: JobFn<()> = Box::new(move |conn| Box::pin(sagas::commit_saga(conn, commit)));
+        let values = sagas::CommitValues::new(&commit)?;
+        let job: JobFn<()> =
+            Box::new(move |conn| Box::pin(sagas::commit_saga(conn, commit, values)));
         self.writer
             .send(WriteOp::Job(Box::new(TypedJob::new(job, reply, durable))))
             .await

@@ -27,9 +27,9 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<String, sqlx::Error> {
 pub async fn commit_saga(
     conn: &mut SqliteConnection,
     commit: SagaCommit,
+    values: CommitValues,
 ) -> Result<Result<(), StoreError>, sqlx::Error> {
     let saga = commit.saga.as_str();
-    let values = CommitValues::new(&commit)?;
     let v = &values;
     let mut sql = Statements::default();
     if let Some((from, to)) = commit.checkpoint {
@@ -194,7 +194,7 @@ impl<'a> Statements<'a> {
 }
 
 /// The rows of a saga commit, one JSON array per table.
-struct CommitValues {
+pub struct CommitValues {
     instances: String,
     outbox_delete: String,
     outbox_put: String,
@@ -204,7 +204,9 @@ struct CommitValues {
 }
 
 impl CommitValues {
-    fn new(commit: &SagaCommit) -> Result<Self, sqlx::Error> {
+    /// Encoded by the caller, before the commit is queued: the single
+    /// writer, which every append waits for, then only runs the statements.
+    pub fn new(commit: &SagaCommit) -> Result<Self, sqlx::Error> {
         let instances: Vec<_> = commit
             .instances
             .iter()
