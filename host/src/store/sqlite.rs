@@ -525,11 +525,12 @@ impl Writer {
             )
             .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
             sqlx::query(
-                "INSERT INTO events (position, stream_id, version, event_type, schema, data, metadata, recorded_at, hash) \
-                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7, unhex(value->>8) \
-                 FROM json_each(?1); \
+                "WITH r(v) AS MATERIALIZED (SELECT jsonb(value) FROM json_each(?1)) \
+                 INSERT INTO events (position, stream_id, version, event_type, schema, data, metadata, recorded_at, hash) \
+                 SELECT v->>0, v->>1, v->>2, v->>3, v->>4, v->>5, v->>6, v->>7, unhex(v->>8) FROM r; \
+                 WITH r(v) AS MATERIALIZED (SELECT jsonb(value) FROM json_each(?2)) \
                  INSERT OR REPLACE INTO idempotency_keys (key, request_hash, stream_id, version, first_position, event_count, created_at) \
-                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6 FROM json_each(?2)",
+                 SELECT v->>0, v->>1, v->>2, v->>3, v->>4, v->>5, v->>6 FROM r",
             )
             .bind(rows.finish())
             .bind(keys)

@@ -48,10 +48,11 @@ pub async fn commit_saga(
         // Updated in place: an instance keeps the creation number its rows
         // are laid out by (migrations/sqlite/0005).
         sql.push(
-            "INSERT INTO saga_instances \
+            "WITH r(v) AS MATERIALIZED (SELECT jsonb(value) FROM json_each(?)) \
+             INSERT INTO saga_instances \
              (saga, instance, state, status, done, next_step, awaited_position, created_at, updated_at) \
-             SELECT value->>0, value->>1, unhex(value->>2), value->>3, value->>4, value->>5, \
-             value->>6, value->>7, value->>8 FROM json_each(?) WHERE true \
+             SELECT v->>0, v->>1, unhex(v->>2), v->>3, v->>4, v->>5, \
+             v->>6, v->>7, v->>8 FROM r WHERE true \
              ON CONFLICT (saga, instance) DO UPDATE SET state = excluded.state, status = excluded.status, \
              done = excluded.done, next_step = excluded.next_step, awaited_position = excluded.awaited_position, \
              updated_at = excluded.updated_at;",
@@ -68,10 +69,10 @@ pub async fn commit_saga(
     if !commit.outbox_put.is_empty() {
         sql.push(
             &format!(
-                "INSERT OR REPLACE INTO saga_outbox ({OUTBOX_COLUMNS}) \
-                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, \
-                 value->>6, value->>7, value->>8, value->>9, value->>10, value->>11, value->>12 \
-                 FROM json_each(?);"
+                "WITH r(v) AS MATERIALIZED (SELECT jsonb(value) FROM json_each(?)) \
+                 INSERT OR REPLACE INTO saga_outbox ({OUTBOX_COLUMNS}) \
+                 SELECT v->>0, v->>1, v->>2, v->>3, v->>4, v->>5, \
+                 v->>6, v->>7, v->>8, v->>9, v->>10, v->>11, v->>12 FROM r;"
             ),
             [Param::Text(&v.outbox_put)],
         );
@@ -107,14 +108,15 @@ pub async fn commit_saga(
     if !commit.history.is_empty() {
         // After the instances: a new instance's number is known here.
         sql.push(
-            "INSERT INTO saga_history (saga, instance, at, entry, instance_seq) \
-             SELECT ?, value->>0, value->>1, value->>2, \
-             (SELECT seq FROM saga_instances i WHERE i.saga = ? AND i.instance = value->>0) \
-             FROM json_each(?);",
+            "WITH r(v) AS MATERIALIZED (SELECT jsonb(value) FROM json_each(?)) \
+             INSERT INTO saga_history (saga, instance, at, entry, instance_seq) \
+             SELECT ?, v->>0, v->>1, v->>2, \
+             (SELECT seq FROM saga_instances i WHERE i.saga = ? AND i.instance = v->>0) \
+             FROM r;",
             [
-                Param::Text(saga),
-                Param::Text(saga),
                 Param::Text(&v.history),
+                Param::Text(saga),
+                Param::Text(saga),
             ],
         );
     }
