@@ -84,6 +84,42 @@ async fn idempotency_key_replays_the_original_result() {
     h.stop().await;
 }
 
+/// A retry of a command already applied answers with its first result
+/// even when deciding it again now would fail: the funds it withdrew are
+/// gone, and the stream is past the version it expected.
+#[tokio::test]
+async fn a_repeat_that_would_now_be_refused_replays_the_original_result() {
+    let mut h = TestHost::start().await;
+    h.command("bank_account", "r1", cmd("Open", json!({"owner": "ann"})))
+        .await
+        .expect(200, "");
+    h.command("bank_account", "r1", cmd("Deposit", json!({"amount": 10})))
+        .await
+        .expect(200, "");
+    let key = [("Idempotency-Key", "withdraw-all")];
+    let mut withdraw = cmd("Withdraw", json!({"amount": 10}));
+    withdraw["expected_version"] = json!(2);
+    let first = h
+        .command_with("bank_account", "r1", withdraw.clone(), &key)
+        .await;
+    first.expect(200, "");
+    // Without the key the same command is refused twice over.
+    h.command("bank_account", "r1", cmd("Withdraw", json!({"amount": 10})))
+        .await
+        .expect(422, "rejected");
+    h.command("bank_account", "r1", withdraw.clone())
+        .await
+        .expect(409, "wrong_expected_version");
+    let again = h.command_with("bank_account", "r1", withdraw, &key).await;
+    again.expect(200, "");
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.body, first.body, "the original response, unchanged");
+    let s = h.get("/streams/bank_account-r1/state").await;
+    assert_eq!(s.body["state"]["balance"], 0, "withdrawn once");
+    assert_eq!(s.body["version"], 3);
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn concurrent_identical_requests_append_once() {
     let h = TestHost::start().await;

@@ -159,21 +159,39 @@ impl Pipeline {
         let plugin = self.aggregate(&request.aggregate)?;
         validate_id(&request.id)?;
         let stream_id = format!("{}-{}", request.aggregate, request.id);
-        // Only a request with a key needs its digest.
-        let request_hash = match &request.idempotency_key {
-            Some(_) => request_hash(&request),
-            None => String::new(),
+        let Some(key) = &request.idempotency_key else {
+            return self.run(plugin, stream_id, &request, "").await;
         };
-        if let Some(key) = &request.idempotency_key {
-            validate_idempotency_key(key)?;
-            if let Some(entry) = self
-                .store
-                .find_idempotency(key, self.window_start(key))
-                .await?
-            {
-                return self.replay_idempotent(entry, &request_hash).await;
+        validate_idempotency_key(key)?;
+        let request_hash = request_hash(&request);
+        // The key is not looked up first: the writer checks it in the
+        // append's own transaction (a repeat is answered `AlreadyApplied`
+        // and writes nothing), which saves a read for every new key. Only
+        // a command that fails now is checked: deciding it again on a state
+        // its first run already moved may refuse what was done.
+        match self.run(plugin, stream_id, &request, &request_hash).await {
+            Err(e) if !matches!(e, CommandError::Store(_)) => {
+                match self
+                    .store
+                    .find_idempotency(key, self.window_start(key))
+                    .await?
+                {
+                    Some(entry) => self.replay_idempotent(entry, &request_hash).await,
+                    None => Err(e),
+                }
             }
+            other => other,
         }
+    }
+
+    /// Decide the command on the stream's state and append its events.
+    async fn run(
+        &self,
+        plugin: Arc<Plugin>,
+        stream_id: String,
+        request: &CommandRequest,
+        request_hash: &str,
+    ) -> Result<CommandOutcome, CommandError> {
         let issued_at_ms = now_us() / 1000;
         let command_id = uuid::Uuid::new_v4().to_string();
         let metadata = event_metadata(request.metadata.clone(), &command_id);
@@ -249,7 +267,7 @@ impl Pipeline {
                 idempotency: request.idempotency_key.clone().map(|key| IdempotencyClaim {
                     window_start_us: self.window_start(&key),
                     key,
-                    request_hash: request_hash.clone(),
+                    request_hash: request_hash.to_string(),
                 }),
             };
             match self.store.append(append).await {
@@ -274,7 +292,7 @@ impl Pipeline {
                     });
                 }
                 Ok(AppendOutcome::AlreadyApplied(entry)) => {
-                    return self.replay_idempotent(entry, &request_hash).await;
+                    return self.replay_idempotent(entry, request_hash).await;
                 }
                 Err(StoreError::WrongExpectedVersion { actual, .. }) => {
                     // Another writer got there first: our state is stale.

@@ -8,13 +8,10 @@
 //! so the global order is gap-free and a reader never sees a later position
 //! before an earlier one.
 
-use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lru::LruCache;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -22,19 +19,22 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use super::hash_chain::{self, HashInput};
+use super::hash_chain;
 use super::{
     AppendOutcome, AppendRequest, CommittedBatch, DeadLetter, Deployment, EventStore,
     GenerationRecord, GlobalQuery, IdempotencyEntry, LeaseRecord, NewDeployment, OutboxCommand,
     Position, RecordedEvent, SagaCommit, SagaCounts, SagaHistoryEntry, SagaInstanceRecord,
-    SagaLoad, SkipRecord, Snapshot, StoreError, StreamQuery, ViewCommit, ViewId, now_us,
+    SagaLoad, SkipRecord, Snapshot, StoreError, StreamQuery, ViewCommit, ViewId,
 };
 
 mod catalog;
+mod direct;
 mod jobs;
 mod sagas;
+mod writer;
 
-use jobs::{Job, JobFn, TypedJob};
+use jobs::{JobFn, TypedJob};
+use writer::{WriteOp, Writer};
 
 /// Tuning of the SQLite backend.
 #[derive(Debug, Clone)]
@@ -71,18 +71,6 @@ pub struct SqliteStore {
     commits: broadcast::Sender<CommittedBatch>,
 }
 
-enum WriteOp {
-    Append(
-        AppendRequest,
-        oneshot::Sender<Result<AppendOutcome, StoreError>>,
-    ),
-    Snapshot(Snapshot, oneshot::Sender<Result<(), StoreError>>),
-    Purge(i64, oneshot::Sender<Result<u64, StoreError>>),
-    /// Any other write, run inside the batch's transaction.
-    Job(Box<dyn Job>),
-    Shutdown(oneshot::Sender<()>),
-}
-
 /// The writer's view of the end of the log.
 #[derive(Debug, Clone, Copy)]
 struct Tail {
@@ -109,18 +97,7 @@ impl SqliteStore {
         let (head_tx, head) = watch::channel(tail.position);
         let (commits, _) = broadcast::channel(options.feed_buffer.max(1));
         let (writer, rx) = mpsc::channel(options.queue_depth.max(1));
-        let max_batch = options.max_batch.max(1);
-        let state = Writer {
-            conn,
-            tail,
-            versions: LruCache::new(
-                NonZeroUsize::new(VERSION_CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN),
-            ),
-            head_tx,
-            commits_tx: commits.clone(),
-            sync_full: true,
-        };
-        tokio::spawn(run_writer(state, rx, max_batch));
+        Writer::new(conn, tail, head_tx, commits.clone()).spawn(rx, options.max_batch.max(1))?;
         Ok(Self {
             readers,
             writer,
@@ -278,509 +255,12 @@ fn idempotency_from_row(row: &SqliteRow, first: usize) -> Result<IdempotencyEntr
     })
 }
 
-/// The writer task's state.
-struct Writer {
-    conn: SqliteConnection,
-    tail: Tail,
-    /// Committed versions of recently written streams. The writer is the
-    /// only writer of the file, so an entry stays true until it writes that
-    /// stream again; a failed batch clears it all.
-    versions: LruCache<String, u64>,
-    head_tx: watch::Sender<Position>,
-    commits_tx: broadcast::Sender<CommittedBatch>,
-    /// Whether the connection is at `synchronous = FULL` (else `NORMAL`).
-    sync_full: bool,
-}
-
-/// Streams whose versions the writer remembers.
-const VERSION_CACHE_ENTRIES: usize = 100_000;
-
-async fn run_writer(mut writer: Writer, mut rx: mpsc::Receiver<WriteOp>, max_batch: usize) {
-    let mut ops = Vec::with_capacity(max_batch);
-    loop {
-        let Some(first) = rx.recv().await else { break };
-        ops.push(first);
-        while ops.len() < max_batch {
-            match rx.try_recv() {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
-            }
-        }
-        let shutdown = writer.commit_batch(&mut ops).await;
-        let _ = writer.head_tx.send(writer.tail.position);
-        if let Some(done) = shutdown {
-            rx.close();
-            // Requests that raced the shutdown are refused, never dropped silently.
-            while let Ok(op) = rx.try_recv() {
-                refuse(op, &StoreError::ShuttingDown);
-            }
-            let _ = writer.conn.close().await;
-            let _ = done.send(());
-            return;
-        }
-    }
-}
-
-fn refuse(op: WriteOp, error: &StoreError) {
-    let err = || match error {
-        StoreError::ShuttingDown => StoreError::ShuttingDown,
-        other => StoreError::Unavailable(other.to_string()),
-    };
-    match op {
-        WriteOp::Append(_, reply) => {
-            let _ = reply.send(Err(err()));
-        }
-        WriteOp::Snapshot(_, reply) => {
-            let _ = reply.send(Err(err()));
-        }
-        WriteOp::Purge(_, reply) => {
-            let _ = reply.send(Err(err()));
-        }
-        WriteOp::Job(job) => job.finish(Err(err().to_string())),
-        WriteOp::Shutdown(done) => {
-            let _ = done.send(());
-        }
-    }
-}
-
-/// The operations of one batch, by kind, with their reply channels.
-#[derive(Default)]
-struct Batch {
-    appends: Vec<AppendRequest>,
-    append_replies: Vec<oneshot::Sender<Result<AppendOutcome, StoreError>>>,
-    snapshots: Vec<Snapshot>,
-    snapshot_replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
-    purges: Vec<i64>,
-    purge_replies: Vec<oneshot::Sender<Result<u64, StoreError>>>,
-    jobs: Vec<Box<dyn Job>>,
-}
-
-/// What a batch wrote, to be published once it has committed.
-struct Written {
-    outcomes: Vec<Result<AppendOutcome, StoreError>>,
-    purged: Vec<u64>,
-    tail: Tail,
-    versions: HashMap<String, u64>,
-}
-
-impl Writer {
-    /// Apply `ops` in one transaction (one fsync) and answer each. Returns
-    /// the shutdown acknowledgement if the batch contained a shutdown.
-    async fn commit_batch(&mut self, ops: &mut Vec<WriteOp>) -> Option<oneshot::Sender<()>> {
-        let mut batch = Batch::default();
-        let mut shutdown = None;
-        for op in ops.drain(..) {
-            match op {
-                WriteOp::Append(request, reply) => {
-                    batch.appends.push(request);
-                    batch.append_replies.push(reply);
-                }
-                WriteOp::Snapshot(snapshot, reply) => {
-                    batch.snapshots.push(snapshot);
-                    batch.snapshot_replies.push(reply);
-                }
-                WriteOp::Purge(before, reply) => {
-                    batch.purges.push(before);
-                    batch.purge_replies.push(reply);
-                }
-                WriteOp::Job(job) => batch.jobs.push(job),
-                WriteOp::Shutdown(done) => shutdown = Some(done),
-            }
-        }
-        // A batch of projection commits alone is not fsynced: it stays
-        // atomic (view rows and checkpoint together), survives a crash of
-        // the process, and the next durable commit's fsync covers it.
-        let needs_fsync = !batch.appends.is_empty()
-            || !batch.snapshots.is_empty()
-            || !batch.purges.is_empty()
-            || batch.jobs.iter().any(|j| j.needs_fsync());
-        let appends = std::mem::take(&mut batch.appends);
-        match self
-            .write(
-                needs_fsync,
-                appends,
-                &batch.snapshots,
-                &batch.purges,
-                &mut batch.jobs,
-            )
-            .await
-        {
-            Ok(written) => {
-                self.tail = written.tail;
-                self.publish(&written.outcomes);
-                for job in batch.jobs {
-                    job.finish(Ok(()));
-                }
-                for (stream, version) in written.versions {
-                    self.versions.put(stream, version);
-                }
-                for (reply, outcome) in batch.append_replies.into_iter().zip(written.outcomes) {
-                    let _ = reply.send(outcome);
-                }
-                for reply in batch.snapshot_replies {
-                    let _ = reply.send(Ok(()));
-                }
-                for (reply, n) in batch.purge_replies.into_iter().zip(written.purged) {
-                    let _ = reply.send(Ok(n));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "event store batch failed; nothing of it was committed");
-                self.versions.clear();
-                let message = e.to_string();
-                let err = || StoreError::Unavailable(message.clone());
-                for reply in batch.append_replies {
-                    let _ = reply.send(Err(err()));
-                }
-                for reply in batch.snapshot_replies {
-                    let _ = reply.send(Err(err()));
-                }
-                for reply in batch.purge_replies {
-                    let _ = reply.send(Err(err()));
-                }
-                for job in batch.jobs {
-                    job.finish(Err(message.clone()));
-                }
-            }
-        }
-        shutdown
-    }
-
-    /// Hand the batch's committed events to the live feed, if anyone listens.
-    fn publish(&self, outcomes: &[Result<AppendOutcome, StoreError>]) {
-        if self.commits_tx.receiver_count() == 0 {
-            return;
-        }
-        let events: Vec<RecordedEvent> = outcomes
-            .iter()
-            .filter_map(|o| match o {
-                Ok(AppendOutcome::Committed { events, .. }) => Some(events.iter().cloned()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        if !events.is_empty() {
-            let _ = self.commits_tx.send(events.into());
-        }
-    }
-
-    /// One transaction: look up what the batch needs in one query per table,
-    /// stage every append in memory, then write each table with one
-    /// statement. Per-statement overhead, not fsync, is what limits SQLite
-    /// through sqlx, so the statement count does not grow with the batch.
-    async fn write(
-        &mut self,
-        needs_fsync: bool,
-        appends: Vec<AppendRequest>,
-        snapshots: &[Snapshot],
-        purges: &[i64],
-        jobs: &mut [Box<dyn Job>],
-    ) -> Result<Written, sqlx::Error> {
-        if needs_fsync != self.sync_full {
-            // A durable batch that cannot switch to FULL fails as a whole.
-            let pragma = if needs_fsync {
-                "PRAGMA synchronous = FULL"
-            } else {
-                "PRAGMA synchronous = NORMAL"
-            };
-            sqlx::query(pragma).execute(&mut self.conn).await?;
-            self.sync_full = needs_fsync;
-        }
-        let mut tail = self.tail;
-        let mut tx = self.conn.begin().await?;
-        let (mut versions, mut keys) = lookup(&mut self.versions, &mut tx, &appends).await?;
-        let mut rows = EventRows::default();
-        let mut key_rows: Vec<IdempotencyEntry> = Vec::new();
-        let mut outcomes = Vec::with_capacity(appends.len());
-        for request in appends {
-            outcomes.push(stage_append(
-                request,
-                &mut tail,
-                &mut versions,
-                &mut keys,
-                &mut rows,
-                &mut key_rows,
-            ));
-        }
-        // Events and keys in one multi-statement query (one round trip to
-        // the connection's thread); an empty array inserts nothing. sqlx
-        // binds the parameters of such a query by position: the first
-        // statement must use `?1` alone, the second `?2` (and only it).
-        if !rows.is_empty() || !key_rows.is_empty() {
-            let keys = serde_json::to_string(
-                &key_rows
-                    .iter()
-                    .map(|e| {
-                        (
-                            &e.key,
-                            &e.request_hash,
-                            &e.stream_id,
-                            e.version,
-                            e.first_position,
-                            e.event_count,
-                            e.created_at_us,
-                        )
-                    })
-                    .collect::<Vec<_>>(),
-            )
-            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-            sqlx::query(
-                "WITH r(v) AS MATERIALIZED (SELECT jsonb(value) FROM json_each(?1)) \
-                 INSERT INTO events (position, stream_id, version, event_type, schema, data, metadata, recorded_at, hash) \
-                 SELECT v->>0, v->>1, v->>2, v->>3, v->>4, v->>5, v->>6, v->>7, unhex(v->>8) FROM r; \
-                 WITH r(v) AS MATERIALIZED (SELECT jsonb(value) FROM json_each(?2)) \
-                 INSERT OR REPLACE INTO idempotency_keys (key, request_hash, stream_id, version, first_position, event_count, created_at) \
-                 SELECT v->>0, v->>1, v->>2, v->>3, v->>4, v->>5, v->>6 FROM r",
-            )
-            .bind(rows.finish())
-            .bind(keys)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for snapshot in snapshots {
-            save_snapshot(&mut tx, snapshot).await?;
-        }
-        let mut purged = Vec::with_capacity(purges.len());
-        for before_us in purges {
-            // Keys of saga commands are kept longer: a saga retried after a
-            // long outage must still find the result of its command.
-            let done = sqlx::query(
-                "DELETE FROM idempotency_keys WHERE created_at < ? \
-                 AND (substr(key, 1, length(?)) <> ? OR created_at < ?)",
-            )
-            .bind(before_us)
-            .bind(super::SAGA_IDEMPOTENCY_PREFIX)
-            .bind(super::SAGA_IDEMPOTENCY_PREFIX)
-            .bind(now_us() - super::SAGA_IDEMPOTENCY_RETENTION_US)
-            .execute(&mut *tx)
-            .await?;
-            purged.push(done.rows_affected());
-        }
-        for job in jobs.iter_mut() {
-            job.run(&mut tx).await?;
-        }
-        tx.commit().await?;
-        Ok(Written {
-            outcomes,
-            purged,
-            tail,
-            versions,
-        })
-    }
-}
-
-/// What a batch's appends are checked against: the current version of each
-/// of its streams (from the cache, the rest from the events) and the
-/// idempotency entries of its keys, read in one query (one round trip to
-/// the connection's thread; a batch of saga commands needs both).
-async fn lookup(
-    cache: &mut LruCache<String, u64>,
-    conn: &mut SqliteConnection,
-    appends: &[AppendRequest],
-) -> Result<(HashMap<String, u64>, HashMap<String, IdempotencyEntry>), sqlx::Error> {
-    let mut versions = HashMap::with_capacity(appends.len());
-    let mut unknown = Vec::new();
-    for request in appends {
-        let stream = &request.stream_id;
-        if versions.contains_key(stream) {
-            continue;
-        }
-        match cache.get(stream) {
-            Some(v) => {
-                versions.insert(stream.clone(), *v);
-            }
-            None => {
-                versions.insert(stream.clone(), 0);
-                unknown.push(stream.as_str());
-            }
-        }
-    }
-    let keys: Vec<&str> = appends
-        .iter()
-        .filter_map(|r| r.idempotency.as_ref().map(|c| c.key.as_str()))
-        .collect();
-    let mut found = HashMap::new();
-    if unknown.is_empty() && keys.is_empty() {
-        return Ok((versions, found));
-    }
-    let encode =
-        |list: &[&str]| serde_json::to_string(list).map_err(|e| sqlx::Error::Encode(Box::new(e)));
-    // Rows tagged 0 are versions (stream, version); 1, idempotency entries.
-    let rows = sqlx::query(
-        "SELECT 0, stream_id, MAX(version), NULL, NULL, NULL, NULL, NULL FROM events \
-         WHERE stream_id IN (SELECT value FROM json_each(?1)) GROUP BY stream_id \
-         UNION ALL \
-         SELECT 1, key, request_hash, stream_id, version, first_position, event_count, created_at \
-         FROM idempotency_keys WHERE key IN (SELECT value FROM json_each(?2))",
-    )
-    .bind(encode(&unknown)?)
-    .bind(encode(&keys)?)
-    .fetch_all(&mut *conn)
-    .await?;
-    for row in rows {
-        if row.try_get::<i64, _>(0)? == 0 {
-            let stream: String = row.try_get(1)?;
-            let version: i64 = row.try_get(2)?;
-            versions.insert(stream, version as u64);
-        } else {
-            let entry = idempotency_from_row(&row, 1)?;
-            found.insert(entry.key.clone(), entry);
-        }
-    }
-    Ok((versions, found))
-}
-
-/// Event rows of a batch, as one JSON array bound to one statement.
-#[derive(Default)]
-struct EventRows {
-    json: String,
-    count: usize,
-}
-
-impl EventRows {
-    fn push(&mut self, e: &RecordedEvent) {
-        let row = (
-            e.position,
-            &e.stream_id,
-            e.version,
-            &e.event_type,
-            e.schema,
-            &e.data,
-            &e.metadata,
-            e.recorded_at_us,
-            hex::encode(e.hash),
-        );
-        self.json.push(if self.count == 0 { '[' } else { ',' });
-        // A tuple of strings and integers always serializes.
-        if let Ok(text) = serde_json::to_string(&row) {
-            self.json.push_str(&text);
-        }
-        self.count += 1;
-    }
-
-    fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    fn finish(mut self) -> String {
-        if self.count == 0 {
-            self.json.push('[');
-        }
-        self.json.push(']');
-        self.json
-    }
-}
-
-/// Check one append against the batch's view of versions and keys, and
-/// stage its rows. The result is this request's own answer.
-fn stage_append(
-    request: AppendRequest,
-    tail: &mut Tail,
-    versions: &mut HashMap<String, u64>,
-    keys: &mut HashMap<String, IdempotencyEntry>,
-    rows: &mut EventRows,
-    key_rows: &mut Vec<IdempotencyEntry>,
-) -> Result<AppendOutcome, StoreError> {
-    if let Some(claim) = &request.idempotency
-        && let Some(entry) = keys.get(&claim.key)
-        && entry.created_at_us >= claim.window_start_us
-    {
-        // Expired entries fall through: the key is free again and its row
-        // is replaced.
-        return Ok(AppendOutcome::AlreadyApplied(entry.clone()));
-    }
-    let actual = versions.get(&request.stream_id).copied().unwrap_or(0);
-    if !request.expected.matches(actual) {
-        return Err(StoreError::WrongExpectedVersion {
-            stream_id: request.stream_id,
-            expected: request.expected,
-            actual,
-        });
-    }
-    // Recorded times never decrease along positions, so time travel by
-    // recorded time agrees with the order of the log. They are kept to the
-    // millisecond, the precision the API shows, so a time a client read
-    // back selects exactly the events it saw.
-    let recorded_at_us = (now_us() / 1000 * 1000).max(tail.recorded_at_us);
-    let mut recorded = Vec::with_capacity(request.events.len());
-    for (i, event) in request.events.into_iter().enumerate() {
-        let position = tail.position + 1;
-        let version = actual + 1 + i as u64;
-        let hash = hash_chain::event_hash(
-            &tail.hash,
-            &HashInput {
-                position,
-                stream_id: &request.stream_id,
-                version,
-                event_type: &event.event_type,
-                schema: event.schema,
-                data: &event.data,
-                metadata: &event.metadata,
-                recorded_at_us,
-            },
-        );
-        *tail = Tail {
-            position,
-            hash,
-            recorded_at_us,
-        };
-        let e = RecordedEvent {
-            position,
-            stream_id: request.stream_id.clone(),
-            version,
-            event_type: event.event_type,
-            schema: event.schema,
-            data: event.data,
-            metadata: event.metadata,
-            recorded_at_us,
-            hash,
-        };
-        rows.push(&e);
-        recorded.push(e);
-    }
-    let version = actual + recorded.len() as u64;
-    versions.insert(request.stream_id.clone(), version);
-    if let Some(claim) = request.idempotency {
-        let entry = IdempotencyEntry {
-            key: claim.key,
-            request_hash: claim.request_hash,
-            stream_id: request.stream_id,
-            version,
-            first_position: recorded.first().map(|e| e.position),
-            event_count: recorded.len() as u32,
-            created_at_us: recorded_at_us,
-        };
-        keys.insert(entry.key.clone(), entry.clone());
-        key_rows.push(entry);
-    }
-    Ok(AppendOutcome::Committed {
-        version,
-        events: recorded,
-    })
-}
-
 async fn current_version(conn: &mut SqliteConnection, stream_id: &str) -> Result<u64, sqlx::Error> {
     let v: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM events WHERE stream_id = ?")
         .bind(stream_id)
         .fetch_one(&mut *conn)
         .await?;
     Ok(v.unwrap_or(0) as u64)
-}
-
-async fn save_snapshot(conn: &mut SqliteConnection, s: &Snapshot) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO snapshots (stream_id, plugin_hash, version, state, taken_at) VALUES (?, ?, ?, ?, ?) \
-         ON CONFLICT (stream_id, plugin_hash) DO UPDATE SET version = excluded.version, \
-         state = excluded.state, taken_at = excluded.taken_at WHERE excluded.version > snapshots.version",
-    )
-    .bind(&s.stream_id)
-    .bind(&s.plugin_hash)
-    .bind(s.version as i64)
-    .bind(&s.state)
-    .bind(now_us())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 #[async_trait]
@@ -1019,13 +499,13 @@ impl EventStore for SqliteStore {
     async fn commit_saga(&self, commit: SagaCommit) -> Result<(), StoreError> {
         // The WAL is written in order: the fsync of the append of a command
         // the saga dispatches after this commit puts this commit on disk too.
-        let durable = commit.durable;
-        let values = sagas::CommitValues::new(&commit)?;
-        self.run_job_with(
-            Box::new(move |conn| Box::pin(sagas::commit_saga(conn, commit, values))),
-            durable,
-        )
-        .await
+        let job = |reply| sagas::SagaJob::new(commit, reply);
+        let (reply, done) = oneshot::channel();
+        self.writer
+            .send(WriteOp::Saga(Box::new(job(reply)?)))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        done.await.map_err(|_| StoreError::ShuttingDown)?
     }
 
     async fn commit_saga_ordered(
@@ -1036,13 +516,10 @@ impl EventStore for SqliteStore {
         // The writer takes its queue in order and commits each batch as one
         // transaction (a failed batch commits nothing): once this job is
         // queued, a later append commits in its batch or in a later one.
-        let durable = commit.durable;
         let (reply, done) = oneshot::channel();
-        let values = sagas::CommitValues::new(&commit)?;
-        let job: JobFn<()> =
-            Box::new(move |conn| Box::pin(sagas::commit_saga(conn, commit, values)));
+        let job = sagas::SagaJob::new(commit, reply)?;
         self.writer
-            .send(WriteOp::Job(Box::new(TypedJob::new(job, reply, durable))))
+            .send(WriteOp::Saga(Box::new(job)))
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
         let _ = ordered.send(());

@@ -3,6 +3,9 @@
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
+use tokio::sync::oneshot;
+
+use super::direct::{Direct, SqliteError, Value};
 
 use crate::store::{
     DeadLetter, OutboxCommand, SagaCommit, SagaCounts, SagaHistoryEntry, SagaInstanceRecord,
@@ -11,290 +14,232 @@ use crate::store::{
 
 const OUTBOX_COLUMNS: &str = "saga, instance, step, aggregate, aggregate_id, command_type, data, metadata, compensating, attempts, errors, created_at, idempotency_key";
 
-fn encode<T: serde::Serialize>(value: &T) -> Result<String, sqlx::Error> {
-    serde_json::to_string(value).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+fn encode<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Unavailable(format!("a saga row did not encode: {e}")))
 }
 
-/// Apply one saga batch, if the checkpoint is where it started.
-///
-/// Each table is written by one statement over a JSON array, and the
-/// statements go to SQLite as one multi-statement query: through sqlx every
-/// query is a round trip to the connection's thread, and under load those
-/// hops, not SQLite, were most of a saga commit's cost. Each statement gets
-/// its table's rows as a JSON array of its own (one document for all made
-/// each statement parse every table's rows; see [`Statements`] for how the
-/// values are bound). Dead-letter moves (rare) keep a statement each.
-pub async fn commit_saga(
-    conn: &mut SqliteConnection,
+/// A saga commit queued to the writer, with its reply.
+pub struct SagaJob {
     commit: SagaCommit,
-    values: CommitValues,
-) -> Result<Result<(), StoreError>, sqlx::Error> {
-    let saga = commit.saga.as_str();
-    let v = &values;
-    let mut sql = Statements::default();
-    if let Some((from, to)) = commit.checkpoint {
-        // First: when the checkpoint moved, nothing after it runs.
-        sql.push(
-            "INSERT INTO saga_checkpoint_fence (saga, expected) VALUES (?, ?);",
-            [Param::Text(saga), Param::Int(from as i64)],
-        );
-        sql.push(
-            "INSERT INTO saga_checkpoints (saga, position) SELECT ?, ? WHERE true \
-             ON CONFLICT (saga) DO UPDATE SET position = excluded.position;",
-            [Param::Text(saga), Param::Int(to as i64)],
-        );
-    }
-    if !commit.instances.is_empty() {
-        // Updated in place: an instance keeps the creation number its rows
-        // are laid out by (migrations/sqlite/0005).
-        sql.push(
-            "WITH r(v) AS MATERIALIZED (SELECT jsonb(value) FROM json_each(?)) \
-             INSERT INTO saga_instances \
-             (saga, instance, state, status, done, next_step, awaited_position, created_at, updated_at) \
-             SELECT v->>0, v->>1, unhex(v->>2), v->>3, v->>4, v->>5, \
-             v->>6, v->>7, v->>8 FROM r WHERE true \
-             ON CONFLICT (saga, instance) DO UPDATE SET state = excluded.state, status = excluded.status, \
-             done = excluded.done, next_step = excluded.next_step, awaited_position = excluded.awaited_position, \
-             updated_at = excluded.updated_at;",
-            [Param::Text(&v.instances)],
-        );
-    }
-    if !commit.outbox_delete.is_empty() {
-        sql.push(
-            "DELETE FROM saga_outbox WHERE saga = ? AND (instance, step) IN \
-             (SELECT value->>0, value->>1 FROM json_each(?));",
-            [Param::Text(saga), Param::Text(&v.outbox_delete)],
-        );
-    }
-    if !commit.outbox_put.is_empty() {
-        sql.push(
-            &format!(
-                "WITH r(v) AS MATERIALIZED (SELECT jsonb(value) FROM json_each(?)) \
-                 INSERT OR REPLACE INTO saga_outbox ({OUTBOX_COLUMNS}) \
-                 SELECT v->>0, v->>1, v->>2, v->>3, v->>4, v->>5, \
-                 v->>6, v->>7, v->>8, v->>9, v->>10, v->>11, v->>12 FROM r;"
-            ),
-            [Param::Text(&v.outbox_put)],
-        );
-    }
-    if !commit.dead_letters.is_empty() || !commit.dead_letters_delete.is_empty() {
-        // Written in the order the statements are listed here.
-        if let Err(moved) = fenced(conn, &commit, std::mem::take(&mut sql)).await? {
-            return Ok(Err(moved));
-        }
-        move_dead_letters(conn, &commit).await?;
-    }
-    if !commit.timers_delete.is_empty() {
-        sql.push(
-            "DELETE FROM saga_timers WHERE (saga, instance, name) IN \
-             (SELECT ?, value->>0, value->>1 FROM json_each(?) WHERE value->>1 IS NOT NULL);\
-             DELETE FROM saga_timers WHERE saga = ? AND instance IN \
-             (SELECT value->>0 FROM json_each(?) WHERE value->>1 IS NULL);",
-            [
-                Param::Text(saga),
-                Param::Text(&v.timers_delete),
-                Param::Text(saga),
-                Param::Text(&v.timers_delete),
-            ],
-        );
-    }
-    if !commit.timers_put.is_empty() {
-        sql.push(
-            "INSERT OR REPLACE INTO saga_timers (saga, instance, name, fire_at) \
-             SELECT ?, value->>0, value->>1, value->>2 FROM json_each(?);",
-            [Param::Text(saga), Param::Text(&v.timers_put)],
-        );
-    }
-    if !commit.history.is_empty() {
-        // After the instances: a new instance's number is known here.
-        sql.push(
-            "WITH r(v) AS MATERIALIZED (SELECT jsonb(value) FROM json_each(?)) \
-             INSERT INTO saga_history (saga, instance, at, entry, instance_seq) \
-             SELECT ?, v->>0, v->>1, v->>2, \
-             (SELECT seq FROM saga_instances i WHERE i.saga = ? AND i.instance = v->>0) \
-             FROM r;",
-            [
-                Param::Text(&v.history),
-                Param::Text(saga),
-                Param::Text(saga),
-            ],
-        );
-    }
-    fenced(conn, &commit, sql).await
+    encoded: Encoded,
+    outcome: Option<Result<(), StoreError>>,
+    reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
-/// What `saga_checkpoint_fence` (migrations/sqlite/0006) aborts with.
-const CHECKPOINT_MOVED: &str = "kiln: saga checkpoint moved";
-
-/// Run `sql`, which starts with the commit's fence when it has a
-/// checkpoint: a moved checkpoint is this commit's refusal (nothing of it
-/// was written), not a failure of the batch.
-async fn fenced(
-    conn: &mut SqliteConnection,
-    commit: &SagaCommit,
-    sql: Statements<'_>,
-) -> Result<Result<(), StoreError>, sqlx::Error> {
-    match sql.execute(&mut *conn).await {
-        Ok(()) => Ok(Ok(())),
-        Err(sqlx::Error::Database(e)) if e.message() == CHECKPOINT_MOVED => {
-            let actual: Option<i64> =
-                sqlx::query_scalar("SELECT position FROM saga_checkpoints WHERE saga = ?")
-                    .bind(&commit.saga)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            Ok(Err(StoreError::CheckpointMoved {
-                projection: format!("saga {}", commit.saga),
-                generation: 0,
-                expected: commit.checkpoint.map_or(0, |(from, _)| from),
-                actual: actual.map(|p| p as u64),
-            }))
-        }
-        Err(e) => Err(e),
-    }
+/// The JSON columns of a commit, encoded by the caller before the commit
+/// is queued (the single writer, which every append waits for, then only
+/// runs statements).
+struct Encoded {
+    /// `errors` of each `outbox_put` command, then of each dead letter.
+    errors: Vec<String>,
+    /// `entry` of each history entry.
+    history: Vec<String>,
 }
 
-/// A value bound to a statement.
-#[derive(Clone, Copy)]
-enum Param<'a> {
-    Text(&'a str),
-    Int(i64),
-}
-
-/// Statements sent to SQLite as one multi-statement query, with their
-/// values. sqlx binds such a query's anonymous parameters (`?`) in order
-/// across the statements, each statement taking the next ones, while a
-/// numbered one (`?3`) is the query's third value in any statement; mixing
-/// the two, or leaving numbers unused, misplaces values. So every statement
-/// uses `?` alone and lists its values itself, repeated where two statements
-/// (or one, twice) need the same value.
-#[derive(Default)]
-struct Statements<'a> {
-    sql: String,
-    params: Vec<Param<'a>>,
-}
-
-impl<'a> Statements<'a> {
-    fn push<const N: usize>(&mut self, sql: &str, params: [Param<'a>; N]) {
-        self.sql.push_str(sql);
-        self.params.extend(params);
-    }
-
-    async fn execute(self, conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-        if self.sql.is_empty() {
-            return Ok(());
-        }
-        let mut query = sqlx::query(&self.sql);
-        for param in self.params {
-            query = match param {
-                Param::Text(text) => query.bind(text),
-                Param::Int(n) => query.bind(n),
-            };
-        }
-        query.execute(&mut *conn).await?;
-        Ok(())
-    }
-}
-
-/// The rows of a saga commit, one JSON array per table.
-pub struct CommitValues {
-    instances: String,
-    outbox_delete: String,
-    outbox_put: String,
-    timers_delete: String,
-    timers_put: String,
-    history: String,
-}
-
-impl CommitValues {
-    /// Encoded by the caller, before the commit is queued: the single
-    /// writer, which every append waits for, then only runs the statements.
-    pub fn new(commit: &SagaCommit) -> Result<Self, sqlx::Error> {
-        let instances: Vec<_> = commit
-            .instances
-            .iter()
-            .map(|i| {
-                (
-                    &i.saga,
-                    &i.instance,
-                    hex::encode(&i.state),
-                    i.status.as_str(),
-                    i.done,
-                    i.next_step,
-                    i.awaited_position,
-                    i.created_at_us,
-                    i.updated_at_us,
-                )
-            })
-            .collect();
-        let outbox_put = commit
+impl SagaJob {
+    pub fn new(
+        commit: SagaCommit,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    ) -> Result<Self, StoreError> {
+        let errors = commit
             .outbox_put
             .iter()
-            .map(|c| {
-                Ok((
-                    &c.saga,
-                    &c.instance,
-                    c.step,
-                    &c.aggregate,
-                    &c.aggregate_id,
-                    &c.command_type,
-                    &c.data,
-                    &c.metadata,
-                    c.compensating,
-                    c.attempts,
-                    encode(&c.errors)?,
-                    c.created_at_us,
-                    &c.idempotency_key,
-                ))
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let timers_put: Vec<_> = commit
-            .timers_put
-            .iter()
-            .map(|t| (&t.instance, &t.name, t.fire_at_ms))
-            .collect();
+            .chain(&commit.dead_letters)
+            .map(|c| encode(&c.errors))
+            .collect::<Result<_, _>>()?;
         let history = commit
             .history
             .iter()
-            .map(|h| Ok((&h.instance, h.at_us, encode(&h.entry)?)))
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            .map(|h| encode(&h.entry))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
-            instances: encode(&instances)?,
-            outbox_delete: encode(&commit.outbox_delete)?,
-            outbox_put: encode(&outbox_put)?,
-            timers_delete: encode(&commit.timers_delete)?,
-            timers_put: encode(&timers_put)?,
-            history: encode(&history)?,
+            commit,
+            encoded: Encoded { errors, history },
+            outcome: None,
+            reply,
         })
+    }
+
+    /// Answer only once on disk (else once committed).
+    pub fn needs_fsync(&self) -> bool {
+        self.commit.durable
+    }
+
+    /// Run inside the writer's transaction. An `Err` fails the batch; a
+    /// moved checkpoint is this commit's own refusal.
+    pub fn run(&mut self, db: &mut Direct<'_>) -> Result<(), SqliteError> {
+        self.outcome = Some(commit(db, &self.commit, &self.encoded)?);
+        Ok(())
+    }
+
+    /// Answer the caller: `Ok` once the transaction committed, else why not.
+    pub fn finish(self, committed: Result<(), String>) {
+        let answer = match committed {
+            Ok(()) => self
+                .outcome
+                .unwrap_or_else(|| Err(StoreError::Unavailable("the write was not run".into()))),
+            Err(message) => Err(StoreError::Unavailable(message)),
+        };
+        let _ = self.reply.send(answer);
     }
 }
 
-/// Commands moved to the dead-letter list, and dead letters retried.
-async fn move_dead_letters(
-    conn: &mut SqliteConnection,
+const OUTBOX_INSERT: &str = "INSERT OR REPLACE INTO saga_outbox (saga, instance, step, aggregate, aggregate_id, command_type, data, metadata, compensating, attempts, errors, created_at, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const DEAD_LETTER_INSERT: &str = "INSERT INTO saga_dead_letters (saga, instance, step, aggregate, aggregate_id, command_type, data, metadata, compensating, attempts, errors, created_at, idempotency_key, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// A command's columns in `OUTBOX_COLUMNS` order.
+fn command_values<'a>(c: &'a OutboxCommand, errors: &'a str) -> [Value<'a>; 13] {
+    [
+        Value::Text(&c.saga),
+        Value::Text(&c.instance),
+        Value::Int(c.step as i64),
+        Value::Text(&c.aggregate),
+        Value::Text(&c.aggregate_id),
+        Value::Text(&c.command_type),
+        Value::Text(&c.data),
+        Value::Text(&c.metadata),
+        Value::Int(i64::from(c.compensating)),
+        Value::Int(i64::from(c.attempts)),
+        Value::Text(errors),
+        Value::Int(c.created_at_us),
+        Value::Text(&c.idempotency_key),
+    ]
+}
+
+/// Apply one saga commit, if the checkpoint is where it started; a row per
+/// statement run, each statement prepared once for the writer's life.
+fn commit(
+    db: &mut Direct<'_>,
     commit: &SagaCommit,
-) -> Result<(), sqlx::Error> {
+    encoded: &Encoded,
+) -> Result<Result<(), StoreError>, SqliteError> {
+    let saga = commit.saga.as_str();
+    if let Some((from, to)) = commit.checkpoint {
+        // First: when the checkpoint moved, nothing of the commit is written.
+        let mut actual = None;
+        db.query(
+            "SELECT position FROM saga_checkpoints WHERE saga = ?",
+            &[Value::Text(saga)],
+            |row| {
+                actual = Some(row.int(0) as u64);
+                Ok(())
+            },
+        )?;
+        if actual.unwrap_or(0) != from {
+            return Ok(Err(StoreError::CheckpointMoved {
+                projection: format!("saga {saga}"),
+                generation: 0,
+                expected: from,
+                actual,
+            }));
+        }
+        db.run(
+            "INSERT INTO saga_checkpoints (saga, position) VALUES (?, ?) \
+             ON CONFLICT (saga) DO UPDATE SET position = excluded.position",
+            &[Value::Text(saga), Value::Int(to as i64)],
+        )?;
+    }
+    for i in &commit.instances {
+        // Updated in place: an instance keeps the creation number its rows
+        // are laid out by (migrations/sqlite/0005).
+        db.run(
+            "INSERT INTO saga_instances \
+             (saga, instance, state, status, done, next_step, awaited_position, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (saga, instance) DO UPDATE SET state = excluded.state, status = excluded.status, \
+             done = excluded.done, next_step = excluded.next_step, awaited_position = excluded.awaited_position, \
+             updated_at = excluded.updated_at",
+            &[
+                Value::Text(&i.saga),
+                Value::Text(&i.instance),
+                Value::Blob(&i.state),
+                Value::Text(i.status.as_str()),
+                Value::Int(i64::from(i.done)),
+                Value::Int(i.next_step as i64),
+                Value::Int(i.awaited_position as i64),
+                Value::Int(i.created_at_us),
+                Value::Int(i.updated_at_us),
+            ],
+        )?;
+    }
+    for (instance, step) in &commit.outbox_delete {
+        db.run(
+            "DELETE FROM saga_outbox WHERE saga = ? AND instance = ? AND step = ?",
+            &[
+                Value::Text(saga),
+                Value::Text(instance),
+                Value::Int(*step as i64),
+            ],
+        )?;
+    }
+    let mut errors = encoded.errors.iter().map(String::as_str);
+    for c in &commit.outbox_put {
+        let errors = errors.next().unwrap_or("[]");
+        db.run(OUTBOX_INSERT, &command_values(c, errors))?;
+    }
+    // Commands that exhausted their attempts leave the outbox for the
+    // dead-letter list; dead letters retried leave it.
+    let dead_at = crate::store::now_us();
     for c in &commit.dead_letters {
-        sqlx::query("DELETE FROM saga_outbox WHERE saga = ? AND instance = ? AND step = ?")
-            .bind(&c.saga)
-            .bind(&c.instance)
-            .bind(c.step as i64)
-            .execute(&mut *conn)
-            .await?;
-        insert_command(
-            conn,
-            "INSERT INTO saga_dead_letters",
-            c,
-            Some(crate::store::now_us()),
-        )
-        .await?;
+        db.run(
+            "DELETE FROM saga_outbox WHERE saga = ? AND instance = ? AND step = ?",
+            &[
+                Value::Text(&c.saga),
+                Value::Text(&c.instance),
+                Value::Int(c.step as i64),
+            ],
+        )?;
+        let errors = errors.next().unwrap_or("[]");
+        let mut values = command_values(c, errors).to_vec();
+        values.push(Value::Int(dead_at));
+        db.run(DEAD_LETTER_INSERT, &values)?;
     }
     for id in &commit.dead_letters_delete {
-        sqlx::query("DELETE FROM saga_dead_letters WHERE id = ?")
-            .bind(*id as i64)
-            .execute(&mut *conn)
-            .await?;
+        db.run(
+            "DELETE FROM saga_dead_letters WHERE id = ?",
+            &[Value::Int(*id as i64)],
+        )?;
     }
-    Ok(())
+    for (instance, name) in &commit.timers_delete {
+        match name {
+            Some(name) => db.run(
+                "DELETE FROM saga_timers WHERE saga = ? AND instance = ? AND name = ?",
+                &[Value::Text(saga), Value::Text(instance), Value::Text(name)],
+            )?,
+            None => db.run(
+                "DELETE FROM saga_timers WHERE saga = ? AND instance = ?",
+                &[Value::Text(saga), Value::Text(instance)],
+            )?,
+        };
+    }
+    for t in &commit.timers_put {
+        db.run(
+            "INSERT OR REPLACE INTO saga_timers (saga, instance, name, fire_at) VALUES (?, ?, ?, ?)",
+            &[
+                Value::Text(saga),
+                Value::Text(&t.instance),
+                Value::Text(&t.name),
+                Value::Int(t.fire_at_ms),
+            ],
+        )?;
+    }
+    // After the instances: a new instance's number is known here.
+    for (h, entry) in commit.history.iter().zip(&encoded.history) {
+        db.run(
+            "INSERT INTO saga_history (saga, instance, at, entry, instance_seq) VALUES (?, ?, ?, ?, \
+             (SELECT seq FROM saga_instances WHERE saga = ? AND instance = ?))",
+            &[
+                Value::Text(saga),
+                Value::Text(&h.instance),
+                Value::Int(h.at_us),
+                Value::Text(entry),
+                Value::Text(saga),
+                Value::Text(&h.instance),
+            ],
+        )?;
+    }
+    Ok(Ok(()))
 }
 
 /// Delete up to `limit` history entries of instances completed before
@@ -315,43 +260,6 @@ pub async fn purge_history(
     .execute(&mut *conn)
     .await?;
     Ok(Ok(done.rows_affected()))
-}
-
-async fn insert_command(
-    conn: &mut SqliteConnection,
-    insert: &str,
-    c: &OutboxCommand,
-    dead_at: Option<i64>,
-) -> Result<(), sqlx::Error> {
-    let sql = match dead_at {
-        None => {
-            format!("{insert} ({OUTBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-        }
-        Some(_) => {
-            format!(
-                "{insert} ({OUTBOX_COLUMNS}, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            )
-        }
-    };
-    let mut query = sqlx::query(&sql)
-        .bind(&c.saga)
-        .bind(&c.instance)
-        .bind(c.step as i64)
-        .bind(&c.aggregate)
-        .bind(&c.aggregate_id)
-        .bind(&c.command_type)
-        .bind(&c.data)
-        .bind(&c.metadata)
-        .bind(c.compensating)
-        .bind(c.attempts as i64)
-        .bind(encode(&c.errors)?)
-        .bind(c.created_at_us)
-        .bind(&c.idempotency_key);
-    if let Some(at) = dead_at {
-        query = query.bind(at);
-    }
-    query.execute(&mut *conn).await?;
-    Ok(())
 }
 
 fn command_from_row(row: &SqliteRow) -> Result<OutboxCommand, StoreError> {
@@ -458,7 +366,7 @@ pub async fn instances(
          AND instance IN (SELECT value FROM json_each(?))",
     )
     .bind(saga)
-    .bind(encode(&instances).map_err(StoreError::from)?)
+    .bind(encode(&instances)?)
     .fetch_all(readers)
     .await?
     .iter()

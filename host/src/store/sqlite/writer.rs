@@ -1,0 +1,736 @@
+//! The single writer: group commit of every write to the SQLite file.
+//!
+//! The writer runs on a thread of its own and owns the only write
+//! connection. It takes every request queued at the moment (up to
+//! `max_batch`), applies them in one transaction and commits once, so one
+//! fsync acknowledges many commands. Appends, snapshots, purges and saga
+//! commits run as prepared statements on the connection directly
+//! ([`super::direct`]): one lock of the connection per batch instead of a
+//! round trip to sqlx's connection thread per statement. Other jobs
+//! (projection commits, catalog writes) run through sqlx inside the same
+//! transaction.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake};
+
+use lru::LruCache;
+use sqlx::{Connection as _, SqliteConnection};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use super::Tail;
+use super::direct::{Direct, Prepared, SqliteError, Value};
+use super::jobs::Job;
+use super::sagas::SagaJob;
+use crate::store::hash_chain::{self, HashInput};
+use crate::store::{
+    AppendOutcome, AppendRequest, CommittedBatch, IdempotencyEntry, Position, RecordedEvent,
+    Snapshot, StoreError, now_us,
+};
+
+/// A request to the writer.
+pub(super) enum WriteOp {
+    Append(
+        AppendRequest,
+        oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    ),
+    Snapshot(Snapshot, oneshot::Sender<Result<(), StoreError>>),
+    Purge(i64, oneshot::Sender<Result<u64, StoreError>>),
+    /// A saga's commit, run on the connection directly.
+    Saga(Box<SagaJob>),
+    /// Any other write, run through sqlx inside the batch's transaction.
+    Job(Box<dyn Job>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Why a batch failed as a whole (nothing of it was committed).
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+    #[error(transparent)]
+    Sqlite(#[from] SqliteError),
+}
+
+/// The writer's connection and its prepared statements, which must be
+/// finalized before the connection closes.
+struct Connection {
+    conn: Option<SqliteConnection>,
+    prepared: Prepared,
+}
+
+impl Connection {
+    fn sqlx(&mut self) -> Result<&mut SqliteConnection, sqlx::Error> {
+        self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
+    }
+
+    /// Run `work` with the connection locked for direct statements.
+    async fn direct<T>(
+        &mut self,
+        work: impl FnOnce(&mut Direct<'_>) -> T,
+    ) -> Result<T, sqlx::Error> {
+        let conn = self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)?;
+        let mut handle = conn.lock_handle().await?;
+        let mut db = Direct::new(&mut handle, &mut self.prepared);
+        Ok(work(&mut db))
+    }
+
+    /// Finalize the statements and close the connection.
+    async fn close(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            if let Ok(mut handle) = conn.lock_handle().await {
+                Direct::new(&mut handle, &mut self.prepared).finalize_all();
+            }
+            if self.prepared.is_empty() {
+                let _ = conn.close().await;
+            } else {
+                // Closing with statements left would fail inside sqlx's
+                // thread; leaking the connection is the lesser harm.
+                std::mem::forget(conn);
+            }
+        }
+    }
+}
+
+impl Drop for Connection {
+    /// The writer ended without closing (it panicked): finalize what is
+    /// left, waiting on this thread (the writer's own) for the lock.
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if !self.prepared.is_empty()
+            && let Ok(mut handle) = block_on(conn.lock_handle())
+        {
+            Direct::new(&mut handle, &mut self.prepared).finalize_all();
+        }
+        if !self.prepared.is_empty() {
+            std::mem::forget(conn);
+        }
+    }
+}
+
+/// Wait for `future` on the current thread, outside any executor.
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
+/// The writer's state.
+pub(super) struct Writer {
+    conn: Connection,
+    tail: Tail,
+    /// Committed versions of recently written streams. The writer is the
+    /// only writer of the file, so an entry stays true until it writes that
+    /// stream again; a failed batch clears it all.
+    versions: LruCache<String, u64>,
+    head_tx: watch::Sender<Position>,
+    commits_tx: broadcast::Sender<CommittedBatch>,
+    /// Whether the connection is at `synchronous = FULL` (else `NORMAL`).
+    sync_full: bool,
+}
+
+/// Streams whose versions the writer remembers.
+const VERSION_CACHE_ENTRIES: usize = 100_000;
+
+impl Writer {
+    pub(super) fn new(
+        conn: SqliteConnection,
+        tail: Tail,
+        head_tx: watch::Sender<Position>,
+        commits_tx: broadcast::Sender<CommittedBatch>,
+    ) -> Self {
+        Self {
+            conn: Connection {
+                conn: Some(conn),
+                prepared: Prepared::default(),
+            },
+            tail,
+            versions: LruCache::new(
+                NonZeroUsize::new(VERSION_CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN),
+            ),
+            head_tx,
+            commits_tx,
+            sync_full: true,
+        }
+    }
+
+    /// Run the writer on a thread of its own until the store shuts down or
+    /// every sender is gone. Its statements block (SQLite, fsync), so it
+    /// must not hold one of the runtime's worker threads.
+    pub(super) fn spawn(
+        self,
+        rx: mpsc::Receiver<WriteOp>,
+        max_batch: usize,
+    ) -> Result<(), StoreError> {
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("kiln-sqlite-writer".into())
+            .spawn(move || runtime.block_on(self.run(rx, max_batch)))
+            .map(drop)
+            .map_err(|e| StoreError::Unavailable(format!("starting the SQLite writer: {e}")))
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<WriteOp>, max_batch: usize) {
+        let mut ops = Vec::with_capacity(max_batch);
+        // For the log line at shutdown: how busy the writer was.
+        let (mut busy, mut batches, mut nops) = (std::time::Duration::ZERO, 0u64, 0u64);
+        let born = std::time::Instant::now();
+        loop {
+            let Some(first) = rx.recv().await else { break };
+            let t0 = std::time::Instant::now();
+            ops.push(first);
+            while ops.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            nops += ops.len() as u64;
+            batches += 1;
+            let shutdown = self.commit_batch(&mut ops).await;
+            busy += t0.elapsed();
+            if shutdown.is_some() {
+                tracing::debug!(
+                    alive_ms = born.elapsed().as_millis() as u64,
+                    busy_ms = busy.as_millis() as u64,
+                    batches,
+                    ops = nops,
+                    "SQLite writer stopping"
+                );
+            }
+            let _ = self.head_tx.send(self.tail.position);
+            if let Some(done) = shutdown {
+                rx.close();
+                // Requests that raced the shutdown are refused, never dropped silently.
+                while let Ok(op) = rx.try_recv() {
+                    refuse(op, &StoreError::ShuttingDown);
+                }
+                self.conn.close().await;
+                let _ = done.send(());
+                return;
+            }
+        }
+        self.conn.close().await;
+    }
+}
+
+fn refuse(op: WriteOp, error: &StoreError) {
+    let err = || match error {
+        StoreError::ShuttingDown => StoreError::ShuttingDown,
+        other => StoreError::Unavailable(other.to_string()),
+    };
+    match op {
+        WriteOp::Append(_, reply) => {
+            let _ = reply.send(Err(err()));
+        }
+        WriteOp::Snapshot(_, reply) => {
+            let _ = reply.send(Err(err()));
+        }
+        WriteOp::Purge(_, reply) => {
+            let _ = reply.send(Err(err()));
+        }
+        WriteOp::Saga(job) => job.finish(Err(err().to_string())),
+        WriteOp::Job(job) => job.finish(Err(err().to_string())),
+        WriteOp::Shutdown(done) => {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// A write other than an append, snapshot or purge, in queue order.
+enum BatchJob {
+    Saga(Box<SagaJob>),
+    Sqlx(Box<dyn Job>),
+}
+
+impl BatchJob {
+    fn needs_fsync(&self) -> bool {
+        match self {
+            BatchJob::Saga(job) => job.needs_fsync(),
+            BatchJob::Sqlx(job) => job.needs_fsync(),
+        }
+    }
+
+    fn finish(self, committed: Result<(), String>) {
+        match self {
+            BatchJob::Saga(job) => job.finish(committed),
+            BatchJob::Sqlx(job) => job.finish(committed),
+        }
+    }
+}
+
+/// The operations of one batch, by kind, with their reply channels.
+#[derive(Default)]
+struct Batch {
+    appends: Vec<AppendRequest>,
+    append_replies: Vec<oneshot::Sender<Result<AppendOutcome, StoreError>>>,
+    snapshots: Vec<Snapshot>,
+    snapshot_replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    purges: Vec<i64>,
+    purge_replies: Vec<oneshot::Sender<Result<u64, StoreError>>>,
+    jobs: Vec<BatchJob>,
+}
+
+/// What a batch wrote, to be published once it has committed.
+struct Written {
+    outcomes: Vec<Result<AppendOutcome, StoreError>>,
+    purged: Vec<u64>,
+    tail: Tail,
+    versions: HashMap<String, u64>,
+}
+
+impl Writer {
+    /// Apply `ops` in one transaction (one fsync) and answer each. Returns
+    /// the shutdown acknowledgement if the batch contained a shutdown.
+    async fn commit_batch(&mut self, ops: &mut Vec<WriteOp>) -> Option<oneshot::Sender<()>> {
+        let mut batch = Batch::default();
+        let mut shutdown = None;
+        for op in ops.drain(..) {
+            match op {
+                WriteOp::Append(request, reply) => {
+                    batch.appends.push(request);
+                    batch.append_replies.push(reply);
+                }
+                WriteOp::Snapshot(snapshot, reply) => {
+                    batch.snapshots.push(snapshot);
+                    batch.snapshot_replies.push(reply);
+                }
+                WriteOp::Purge(before, reply) => {
+                    batch.purges.push(before);
+                    batch.purge_replies.push(reply);
+                }
+                WriteOp::Saga(job) => batch.jobs.push(BatchJob::Saga(job)),
+                WriteOp::Job(job) => batch.jobs.push(BatchJob::Sqlx(job)),
+                WriteOp::Shutdown(done) => shutdown = Some(done),
+            }
+        }
+        // A batch of projection commits alone is not fsynced: it stays
+        // atomic (view rows and checkpoint together), survives a crash of
+        // the process, and the next durable commit's fsync covers it.
+        let needs_fsync = !batch.appends.is_empty()
+            || !batch.snapshots.is_empty()
+            || !batch.purges.is_empty()
+            || batch.jobs.iter().any(BatchJob::needs_fsync);
+        let appends = std::mem::take(&mut batch.appends);
+        match self
+            .write(
+                needs_fsync,
+                appends,
+                &batch.snapshots,
+                &batch.purges,
+                &mut batch.jobs,
+            )
+            .await
+        {
+            Ok(written) => {
+                self.tail = written.tail;
+                self.publish(&written.outcomes);
+                for job in batch.jobs {
+                    job.finish(Ok(()));
+                }
+                for (stream, version) in written.versions {
+                    self.versions.put(stream, version);
+                }
+                for (reply, outcome) in batch.append_replies.into_iter().zip(written.outcomes) {
+                    let _ = reply.send(outcome);
+                }
+                for reply in batch.snapshot_replies {
+                    let _ = reply.send(Ok(()));
+                }
+                for (reply, n) in batch.purge_replies.into_iter().zip(written.purged) {
+                    let _ = reply.send(Ok(n));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "event store batch failed; nothing of it was committed");
+                self.versions.clear();
+                let message = e.to_string();
+                let err = || StoreError::Unavailable(message.clone());
+                for reply in batch.append_replies {
+                    let _ = reply.send(Err(err()));
+                }
+                for reply in batch.snapshot_replies {
+                    let _ = reply.send(Err(err()));
+                }
+                for reply in batch.purge_replies {
+                    let _ = reply.send(Err(err()));
+                }
+                for job in batch.jobs {
+                    job.finish(Err(message.clone()));
+                }
+            }
+        }
+        shutdown
+    }
+
+    /// Hand the batch's committed events to the live feed, if anyone listens.
+    fn publish(&self, outcomes: &[Result<AppendOutcome, StoreError>]) {
+        if self.commits_tx.receiver_count() == 0 {
+            return;
+        }
+        let events: Vec<RecordedEvent> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Ok(AppendOutcome::Committed { events, .. }) => Some(events.iter().cloned()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        if !events.is_empty() {
+            let _ = self.commits_tx.send(events.into());
+        }
+    }
+
+    /// One transaction. Everything up to the first sqlx job runs with one
+    /// lock of the connection (in the common batch, with no such job, the
+    /// commit too); sqlx jobs run between direct sections, in queue order.
+    async fn write(
+        &mut self,
+        needs_fsync: bool,
+        appends: Vec<AppendRequest>,
+        snapshots: &[Snapshot],
+        purges: &[i64],
+        jobs: &mut [BatchJob],
+    ) -> Result<Written, BatchError> {
+        let first_sqlx = jobs
+            .iter()
+            .position(|j| matches!(j, BatchJob::Sqlx(_)))
+            .unwrap_or(jobs.len());
+        let all_direct = first_sqlx == jobs.len();
+        let set_sync = (needs_fsync != self.sync_full).then_some(needs_fsync);
+        let mut tail = self.tail;
+        let cache = &mut self.versions;
+        let staged = self
+            .conn
+            .direct(|db| {
+                if let Some(full) = set_sync {
+                    // A durable batch that cannot switch to FULL fails as a whole.
+                    db.execute(if full {
+                        "PRAGMA synchronous = FULL"
+                    } else {
+                        "PRAGMA synchronous = NORMAL"
+                    })?;
+                }
+                db.execute("BEGIN")?;
+                let staged = (|| {
+                    let staged = stage(db, cache, &mut tail, appends, snapshots, purges)?;
+                    for job in jobs[..first_sqlx].iter_mut() {
+                        run_direct(db, job)?;
+                    }
+                    if all_direct {
+                        db.execute("COMMIT")?;
+                    }
+                    Ok::<_, SqliteError>(staged)
+                })();
+                if staged.is_err() {
+                    let _ = db.execute("ROLLBACK");
+                }
+                staged
+            })
+            .await??;
+        if let Some(full) = set_sync {
+            self.sync_full = full;
+        }
+        if !all_direct {
+            let rest = self.write_rest(&mut jobs[first_sqlx..]).await;
+            if rest.is_err() {
+                let _ = self.conn.direct(|db| db.execute("ROLLBACK")).await;
+            }
+            rest?;
+        }
+        let (outcomes, purged, versions) = staged;
+        Ok(Written {
+            outcomes,
+            purged,
+            tail,
+            versions,
+        })
+    }
+
+    /// The batch's jobs from its first sqlx job on, then the commit.
+    async fn write_rest(&mut self, jobs: &mut [BatchJob]) -> Result<(), BatchError> {
+        let mut i = 0;
+        while i < jobs.len() {
+            if let BatchJob::Sqlx(job) = &mut jobs[i] {
+                job.run(self.conn.sqlx()?).await?;
+                i += 1;
+                continue;
+            }
+            let end = jobs[i..]
+                .iter()
+                .position(|j| matches!(j, BatchJob::Sqlx(_)))
+                .map_or(jobs.len(), |n| i + n);
+            let section = &mut jobs[i..end];
+            self.conn
+                .direct(|db| section.iter_mut().try_for_each(|job| run_direct(db, job)))
+                .await??;
+            i = end;
+        }
+        self.conn.direct(|db| db.execute("COMMIT")).await??;
+        Ok(())
+    }
+}
+
+fn run_direct(db: &mut Direct<'_>, job: &mut BatchJob) -> Result<(), SqliteError> {
+    match job {
+        BatchJob::Saga(job) => job.run(db),
+        // Never given one: sqlx jobs run outside direct sections.
+        BatchJob::Sqlx(_) => Ok(()),
+    }
+}
+
+type Staged = (
+    Vec<Result<AppendOutcome, StoreError>>,
+    Vec<u64>,
+    HashMap<String, u64>,
+);
+
+/// Check and write the batch's appends, snapshots and purges.
+fn stage(
+    db: &mut Direct<'_>,
+    cache: &mut LruCache<String, u64>,
+    tail: &mut Tail,
+    appends: Vec<AppendRequest>,
+    snapshots: &[Snapshot],
+    purges: &[i64],
+) -> Result<Staged, SqliteError> {
+    let (mut versions, mut keys) = lookup(cache, db, &appends)?;
+    let mut key_rows: Vec<IdempotencyEntry> = Vec::new();
+    let mut outcomes = Vec::with_capacity(appends.len());
+    for request in appends {
+        outcomes.push(stage_append(
+            request,
+            tail,
+            &mut versions,
+            &mut keys,
+            &mut key_rows,
+        ));
+    }
+    for outcome in &outcomes {
+        let Ok(AppendOutcome::Committed { events, .. }) = outcome else {
+            continue;
+        };
+        for e in events {
+            db.run(
+                "INSERT INTO events (position, stream_id, version, event_type, schema, data, metadata, recorded_at, hash) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                &[
+                    Value::Int(e.position as i64),
+                    Value::Text(&e.stream_id),
+                    Value::Int(e.version as i64),
+                    Value::Text(&e.event_type),
+                    Value::Int(i64::from(e.schema)),
+                    Value::Text(&e.data),
+                    Value::Text(&e.metadata),
+                    Value::Int(e.recorded_at_us),
+                    Value::Blob(&e.hash),
+                ],
+            )?;
+        }
+    }
+    for k in &key_rows {
+        db.run(
+            "INSERT OR REPLACE INTO idempotency_keys (key, request_hash, stream_id, version, first_position, event_count, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            &[
+                Value::Text(&k.key),
+                Value::Text(&k.request_hash),
+                Value::Text(&k.stream_id),
+                Value::Int(k.version as i64),
+                k.first_position.map(|p| p as i64).into(),
+                Value::Int(i64::from(k.event_count)),
+                Value::Int(k.created_at_us),
+            ],
+        )?;
+    }
+    for s in snapshots {
+        db.run(
+            "INSERT INTO snapshots (stream_id, plugin_hash, version, state, taken_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (stream_id, plugin_hash) DO UPDATE SET version = excluded.version, \
+             state = excluded.state, taken_at = excluded.taken_at WHERE excluded.version > snapshots.version",
+            &[
+                Value::Text(&s.stream_id),
+                Value::Text(&s.plugin_hash),
+                Value::Int(s.version as i64),
+                Value::Blob(&s.state),
+                Value::Int(now_us()),
+            ],
+        )?;
+    }
+    let mut purged = Vec::with_capacity(purges.len());
+    let prefix = super::super::SAGA_IDEMPOTENCY_PREFIX;
+    for before_us in purges {
+        // Keys of saga commands are kept longer: a saga retried after a
+        // long outage must still find the result of its command.
+        purged.push(db.run(
+            "DELETE FROM idempotency_keys WHERE created_at < ? \
+             AND (substr(key, 1, length(?)) <> ? OR created_at < ?)",
+            &[
+                Value::Int(*before_us),
+                Value::Text(prefix),
+                Value::Text(prefix),
+                Value::Int(now_us() - super::super::SAGA_IDEMPOTENCY_RETENTION_US),
+            ],
+        )?);
+    }
+    Ok((outcomes, purged, versions))
+}
+
+/// Stream versions and idempotency entries, by stream and by key.
+type Checks = (HashMap<String, u64>, HashMap<String, IdempotencyEntry>);
+
+/// What a batch's appends are checked against: the current version of each
+/// of its streams (from the cache, the rest from the events) and the
+/// idempotency entries of its keys.
+fn lookup(
+    cache: &mut LruCache<String, u64>,
+    db: &mut Direct<'_>,
+    appends: &[AppendRequest],
+) -> Result<Checks, SqliteError> {
+    let mut versions = HashMap::with_capacity(appends.len());
+    for request in appends {
+        let stream = &request.stream_id;
+        if versions.contains_key(stream) {
+            continue;
+        }
+        let version = match cache.get(stream) {
+            Some(v) => *v,
+            None => {
+                let mut version = 0;
+                db.query(
+                    "SELECT MAX(version) FROM events WHERE stream_id = ?",
+                    &[Value::Text(stream)],
+                    |row| {
+                        version = row.int(0).max(0) as u64;
+                        Ok(())
+                    },
+                )?;
+                version
+            }
+        };
+        versions.insert(stream.clone(), version);
+    }
+    let mut found = HashMap::new();
+    for claim in appends.iter().filter_map(|r| r.idempotency.as_ref()) {
+        db.query(
+            "SELECT key, request_hash, stream_id, version, first_position, event_count, created_at \
+             FROM idempotency_keys WHERE key = ?",
+            &[Value::Text(&claim.key)],
+            |row| {
+                let entry = IdempotencyEntry {
+                    key: row.text(0)?,
+                    request_hash: row.text(1)?,
+                    stream_id: row.text(2)?,
+                    version: row.int(3) as u64,
+                    first_position: (!row.is_null(4)).then(|| row.int(4) as u64),
+                    event_count: row.int(5) as u32,
+                    created_at_us: row.int(6),
+                };
+                found.insert(entry.key.clone(), entry);
+                Ok(())
+            },
+        )?;
+    }
+    Ok((versions, found))
+}
+
+/// Check one append against the batch's view of versions and keys, and
+/// stage its rows. The result is this request's own answer.
+fn stage_append(
+    request: AppendRequest,
+    tail: &mut Tail,
+    versions: &mut HashMap<String, u64>,
+    keys: &mut HashMap<String, IdempotencyEntry>,
+    key_rows: &mut Vec<IdempotencyEntry>,
+) -> Result<AppendOutcome, StoreError> {
+    if let Some(claim) = &request.idempotency
+        && let Some(entry) = keys.get(&claim.key)
+        && entry.created_at_us >= claim.window_start_us
+    {
+        // Expired entries fall through: the key is free again and its row
+        // is replaced.
+        return Ok(AppendOutcome::AlreadyApplied(entry.clone()));
+    }
+    let actual = versions.get(&request.stream_id).copied().unwrap_or(0);
+    if !request.expected.matches(actual) {
+        return Err(StoreError::WrongExpectedVersion {
+            stream_id: request.stream_id,
+            expected: request.expected,
+            actual,
+        });
+    }
+    // Recorded times never decrease along positions, so time travel by
+    // recorded time agrees with the order of the log. They are kept to the
+    // millisecond, the precision the API shows, so a time a client read
+    // back selects exactly the events it saw.
+    let recorded_at_us = (now_us() / 1000 * 1000).max(tail.recorded_at_us);
+    let mut recorded = Vec::with_capacity(request.events.len());
+    for (i, event) in request.events.into_iter().enumerate() {
+        let position = tail.position + 1;
+        let version = actual + 1 + i as u64;
+        let hash = hash_chain::event_hash(
+            &tail.hash,
+            &HashInput {
+                position,
+                stream_id: &request.stream_id,
+                version,
+                event_type: &event.event_type,
+                schema: event.schema,
+                data: &event.data,
+                metadata: &event.metadata,
+                recorded_at_us,
+            },
+        );
+        *tail = Tail {
+            position,
+            hash,
+            recorded_at_us,
+        };
+        recorded.push(RecordedEvent {
+            position,
+            stream_id: request.stream_id.clone(),
+            version,
+            event_type: event.event_type,
+            schema: event.schema,
+            data: event.data,
+            metadata: event.metadata,
+            recorded_at_us,
+            hash,
+        });
+    }
+    let version = actual + recorded.len() as u64;
+    versions.insert(request.stream_id.clone(), version);
+    if let Some(claim) = request.idempotency {
+        let entry = IdempotencyEntry {
+            key: claim.key,
+            request_hash: claim.request_hash,
+            stream_id: request.stream_id,
+            version,
+            first_position: recorded.first().map(|e| e.position),
+            event_count: recorded.len() as u32,
+            created_at_us: recorded_at_us,
+        };
+        keys.insert(entry.key.clone(), entry.clone());
+        key_rows.push(entry);
+    }
+    Ok(AppendOutcome::Committed {
+        version,
+        events: recorded,
+    })
+}
