@@ -73,13 +73,14 @@ pub const GROUPS: [&str; 4] = ["client", "server", "sqlite", "other"];
 
 /// Which group a thread belongs to, by its name (truncated to 15 bytes by
 /// Linux): the load generator's own runtime, the host's tokio runtime (async
-/// tasks and the blocking pool that runs wasm), SQLite's connection threads.
+/// tasks and the blocking pool that runs wasm), SQLite's threads (sqlx's
+/// connection threads and the store's writer).
 pub fn thread_group(name: &str) -> &'static str {
     if name.starts_with(super::CLIENT_THREAD_NAME) {
         "client"
     } else if name.starts_with("tokio-r") {
         "server"
-    } else if name.starts_with("sqlx-sqlite") {
+    } else if name.starts_with("sqlx-sqlite") || name.starts_with("kiln-sqlite") {
         "sqlite"
     } else {
         "other"
@@ -244,6 +245,7 @@ mod tests {
         assert_eq!(parse_stat(odd), Some(("a) b (c)".into(), 7)));
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(thread_group("sqlx-sqlite-wor"), "sqlite");
+        assert_eq!(thread_group("kiln-sqlite-wri"), "sqlite");
         assert_eq!(thread_group("kiln"), "other");
     }
 
