@@ -814,6 +814,21 @@ pub async fn open(
     }
 }
 
+/// A queued write's answer once its batch is over: its own outcome if the
+/// batch committed (`outcome` is `None` when the write never ran), else
+/// why the batch did not.
+pub(crate) fn write_answer<T>(
+    outcome: Option<Result<T, StoreError>>,
+    committed: Result<(), String>,
+) -> Result<T, StoreError> {
+    match committed {
+        Ok(()) => {
+            outcome.unwrap_or_else(|| Err(StoreError::Unavailable("the write was not run".into())))
+        }
+        Err(message) => Err(StoreError::Unavailable(message)),
+    }
+}
+
 /// The current time in microseconds since the Unix epoch.
 pub fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()

@@ -31,11 +31,12 @@ pub struct SagaBenchArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
-    /// Transfers per client per phase.
-    #[arg(long, default_value_t = 40)]
+    /// Transfers per client per phase (80: phases of 2–4 s on a 2-core
+    /// machine, long enough to steady the figure).
+    #[arg(long, default_value_t = 80)]
     pub transfers: usize,
     /// Runs; every figure is reported per run and as the median.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub runs: usize,
     /// Directory holding bank_account.wasm, transfer.wasm and
     /// transfer_saga.wasm; defaults to the examples built with this binary.

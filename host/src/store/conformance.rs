@@ -57,7 +57,7 @@ fn all(stream_id: &str) -> StreamQuery<'_> {
 }
 
 /// Recompute the hash chain over the whole log.
-async fn assert_chain_intact(store: &dyn EventStore) {
+pub(crate) async fn assert_chain_intact(store: &dyn EventStore) {
     let events = store.read_all(1, 100_000, None).await.unwrap();
     let mut previous = hash_chain::GENESIS;
     for (i, e) in events.iter().enumerate() {

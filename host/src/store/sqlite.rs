@@ -801,6 +801,146 @@ mod tests {
         store.close().await;
     }
 
+    /// A batch that fails — in the writer's direct statements or in a job
+    /// run through sqlx — writes nothing of any of its requests, answers
+    /// each with the failure, and the writer goes on from the same tail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_batch_writes_nothing_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = open_store(&dir).await;
+        store
+            .append(one_event_append("a"))
+            .await
+            .expect("first append");
+        let saga_commit = |store: Arc<SqliteStore>| {
+            tokio::spawn(async move {
+                store
+                    .commit_saga(SagaCommit {
+                        saga: "s".into(),
+                        checkpoint: Some((0, 1)),
+                        ..SagaCommit::default()
+                    })
+                    .await
+            })
+        };
+        let append = |store: Arc<SqliteStore>, stream: &'static str| {
+            tokio::spawn(async move { store.append(one_event_append(stream)).await })
+        };
+        let failing_job = |store: Arc<SqliteStore>, sql: &'static str| {
+            tokio::spawn(async move {
+                let job: JobFn<()> = Box::new(move |conn| {
+                    Box::pin(async move {
+                        sqlx::query(sql).execute(&mut *conn).await?;
+                        Ok(Ok(()))
+                    })
+                });
+                store.run_job(job).await
+            })
+        };
+        // A job through sqlx fails after the batch's direct statements ran:
+        // the append and the saga commit before it are rolled back.
+        let (release, blocker) = hold_writer(&store).await;
+        let b = append(store.clone(), "b");
+        let commit = saga_commit(store.clone());
+        let job = failing_job(store.clone(), "INSERT INTO no_such_table VALUES (1)");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = release.send(());
+        blocker.await.expect("join").expect("blocking job");
+        assert!(
+            b.await.expect("join").is_err(),
+            "the append failed with its batch"
+        );
+        assert!(commit.await.expect("join").is_err());
+        assert!(job.await.expect("join").is_err());
+        // A direct statement fails (its table is gone): the append queued
+        // with it is rolled back too.
+        store
+            .run_job(Box::new(|conn| {
+                Box::pin(async move {
+                    sqlx::query("DROP TABLE saga_checkpoints")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(Ok(()))
+                })
+            }))
+            .await
+            .expect("table dropped");
+        let (release, blocker) = hold_writer(&store).await;
+        let c = append(store.clone(), "c");
+        let commit = saga_commit(store.clone());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = release.send(());
+        blocker.await.expect("join").expect("blocking job");
+        let refused = c.await.expect("join");
+        assert!(
+            matches!(&refused, Err(StoreError::Unavailable(m)) if m.contains("saga_checkpoints")),
+            "{refused:?}"
+        );
+        assert!(commit.await.expect("join").is_err());
+        for stream in ["b", "c"] {
+            assert_eq!(store.stream_version(stream).await.expect("version"), 0);
+        }
+        // The writer goes on from the tail the failed batches left alone.
+        let Ok(AppendOutcome::Committed { events, .. }) = store.append(one_event_append("d")).await
+        else {
+            panic!("the next append commits");
+        };
+        assert_eq!(events[0].position, 2);
+        crate::store::conformance::assert_chain_intact(store.as_ref()).await;
+        store.close().await;
+    }
+
+    /// A batch that needs no fsync runs at `synchronous = NORMAL`; when it
+    /// fails, in a job through sqlx or in a direct statement, the next
+    /// durable batch still switches back to FULL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_durable_batch_after_a_failed_one_is_synced_in_full() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = open_store(&dir).await;
+        let run_sql = |sql: &'static str, fsync| {
+            let job: JobFn<()> = Box::new(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(sql).execute(&mut *conn).await?;
+                    Ok(Ok(()))
+                })
+            });
+            store.run_job_with(job, fsync)
+        };
+        assert!(
+            run_sql("INSERT INTO no_such_table VALUES (1)", false)
+                .await
+                .is_err()
+        );
+        // A saga commit that is not durable fails in its direct statements.
+        run_sql("DROP TABLE saga_checkpoints", true)
+            .await
+            .expect("table dropped");
+        let stale = store
+            .commit_saga(SagaCommit {
+                saga: "s".into(),
+                checkpoint: Some((0, 1)),
+                durable: false,
+                ..SagaCommit::default()
+            })
+            .await;
+        assert!(stale.is_err(), "{stale:?}");
+        let setting = |fsync| {
+            let job: JobFn<i64> = Box::new(|conn| {
+                Box::pin(async move {
+                    Ok(Ok(sqlx::query_scalar("PRAGMA synchronous")
+                        .fetch_one(&mut *conn)
+                        .await?))
+                })
+            });
+            store.run_job_with(job, fsync)
+        };
+        // SQLite's values: 1 is NORMAL, 2 is FULL.
+        assert_eq!(setting(true).await.expect("durable batch"), 2);
+        assert_eq!(setting(false).await.expect("batch without fsync"), 1);
+        assert_eq!(setting(true).await.expect("durable batch"), 2);
+        store.close().await;
+    }
+
     /// A database whose saga rows were written before migration 0005 (rows
     /// keyed by instance name) keeps its instances and their history, and
     /// later steps add to that history; its saga commands keep the

@@ -66,13 +66,9 @@ impl<T: Send + 'static> Job for TypedJob<T> {
     }
 
     fn finish(self: Box<Self>, committed: Result<(), String>) {
-        let answer = match committed {
-            Ok(()) => self
-                .outcome
-                .unwrap_or_else(|| Err(StoreError::Unavailable("the write was not run".into()))),
-            Err(message) => Err(StoreError::Unavailable(message)),
-        };
-        let _ = self.reply.send(answer);
+        let _ = self
+            .reply
+            .send(crate::store::write_answer(self.outcome, committed));
     }
 
     fn durable(&self) -> bool {

@@ -75,13 +75,9 @@ impl SagaJob {
 
     /// Answer the caller: `Ok` once the transaction committed, else why not.
     pub fn finish(self, committed: Result<(), String>) {
-        let answer = match committed {
-            Ok(()) => self
-                .outcome
-                .unwrap_or_else(|| Err(StoreError::Unavailable("the write was not run".into()))),
-            Err(message) => Err(StoreError::Unavailable(message)),
-        };
-        let _ = self.reply.send(answer);
+        let _ = self
+            .reply
+            .send(crate::store::write_answer(self.outcome, committed));
     }
 }
 

@@ -416,6 +416,7 @@ impl Writer {
         let set_sync = (needs_fsync != self.sync_full).then_some(needs_fsync);
         let mut tail = self.tail;
         let cache = &mut self.versions;
+        let sync_full = &mut self.sync_full;
         let staged = self
             .conn
             .direct(|db| {
@@ -426,6 +427,8 @@ impl Writer {
                     } else {
                         "PRAGMA synchronous = NORMAL"
                     })?;
+                    // The connection's setting, whatever becomes of the batch.
+                    *sync_full = full;
                 }
                 db.execute("BEGIN")?;
                 let staged = (|| {
@@ -444,9 +447,6 @@ impl Writer {
                 staged
             })
             .await??;
-        if let Some(full) = set_sync {
-            self.sync_full = full;
-        }
         if !all_direct {
             let rest = self.write_rest(&mut jobs[first_sqlx..]).await;
             if rest.is_err() {
