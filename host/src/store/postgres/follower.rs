@@ -453,10 +453,11 @@ async fn listen_once(
     loop {
         match listener.try_recv().await {
             Ok(Some(n)) => {
-                let (from, note) = parse_notification(n.payload());
-                // This store's own commit: its writer has published it.
-                if from != origin {
-                    let _ = notes.try_send(note);
+                // This store's own commit: its writer has published it, so
+                // its list of versions is not even parsed.
+                let payload = n.payload();
+                if payload.split(' ').next() != Some(origin) {
+                    let _ = notes.try_send(parse_notification(payload).1);
                 }
             }
             // The connection was lost (and is back): notifications may
