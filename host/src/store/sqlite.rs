@@ -1,7 +1,7 @@
-//! The SQLite backend: one file, WAL, one writer task doing group commit.
+//! The SQLite backend: one file, WAL, one writer doing group commit.
 //!
-//! All writes go through a single writer task that owns the only write
-//! connection. It takes every request queued at the moment (up to
+//! All writes go through a single writer (`writer.rs`, on a thread of its
+//! own) that owns the only write connection. It takes every request queued at the moment (up to
 //! `max_batch`), applies them in one transaction and commits once, so one
 //! fsync acknowledges many commands. Readers use a separate pool; WAL lets
 //! them read while the writer writes. Positions are assigned by the writer,

@@ -1,4 +1,4 @@
-//! Writes other than appends, run inside the writer's batch transaction and
+//! Writes other than appends and saga commits, run through sqlx inside the writer's batch transaction and
 //! answered only once that transaction has committed.
 
 use std::future::Future;
