@@ -28,9 +28,12 @@ use crate::metrics::Metrics;
 use crate::projection::Projections;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
+use crate::store::EventStore;
 
 /// What every handler shares.
 pub struct AppState {
+    /// The whole store; handlers use the role they need.
+    pub store: Arc<dyn EventStore>,
     pub pipeline: Arc<Pipeline>,
     pub registry: Arc<Registry>,
     pub runtime: Runtime,

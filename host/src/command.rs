@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod pipeline;
+mod request;
 pub mod state_cache;
 
 pub use error::CommandError;

@@ -17,7 +17,7 @@ use crate::projection::{ProjectionError, Projections};
 use crate::registry::{Registry, RegistryError, validate_name};
 use crate::runtime::{LoadError, Plugin, PluginKind, Runtime};
 use crate::saga::Sagas;
-use crate::store::{DeployMode, Deployment, EventStore, NewDeployment, StoreError};
+use crate::store::{DeployMode, Deployment, NewDeployment, PluginCatalog, StoreError, ViewStore};
 
 /// Why a deployment failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +74,10 @@ pub const SOURCE_DIRECTORY: &str = "directory";
 
 /// Deploys plugin versions.
 pub struct Deployer {
-    store: Arc<dyn EventStore>,
+    /// The stored versions and their history.
+    store: Arc<dyn PluginCatalog>,
+    /// The projections' generations, to restore them with their versions.
+    views: Arc<dyn ViewStore>,
     runtime: Runtime,
     registry: Arc<Registry>,
     projections: Arc<Projections>,
@@ -83,7 +86,8 @@ pub struct Deployer {
 
 impl Deployer {
     pub fn new(
-        store: Arc<dyn EventStore>,
+        store: Arc<dyn PluginCatalog>,
+        views: Arc<dyn ViewStore>,
         runtime: Runtime,
         registry: Arc<Registry>,
         projections: Arc<Projections>,
@@ -91,6 +95,7 @@ impl Deployer {
     ) -> Self {
         Self {
             store,
+            views,
             runtime,
             registry,
             projections,
@@ -239,8 +244,25 @@ impl Deployer {
     /// compiled form is not in the cache is not compiled here: it is
     /// returned, for [`Deployer::load_in_background`] once the host serves.
     pub async fn restore(&self, dir: Option<&Path>) -> Result<Vec<DeferredPlugin>, DeployError> {
-        let mut deferred = Vec::new();
-        let mut modes: HashMap<String, DeployMode> = HashMap::new();
+        let mut modes = self.load_stored().await?;
+        let deferred = match dir {
+            Some(dir) => self.load_directory(dir, &mut modes).await?,
+            None => Vec::new(),
+        };
+        // Sagas start once every aggregate they may command is loaded.
+        for plugin in self.registry.list() {
+            if plugin.kind == PluginKind::Saga {
+                self.sagas.deploy(plugin).await;
+            }
+        }
+        self.resume_projections(&modes).await?;
+        Ok(deferred)
+    }
+
+    /// Load the current stored version of every plugin; how each was
+    /// deployed, by name.
+    async fn load_stored(&self) -> Result<HashMap<String, DeployMode>, DeployError> {
+        let mut modes = HashMap::new();
         for deployment in self.store.current_deployments().await? {
             let Some(bytes) = self.store.plugin_bytes(&deployment.hash).await? else {
                 tracing::error!(plugin = %deployment.name, hash = %deployment.hash, "stored plugin bytes missing; skipped");
@@ -256,43 +278,54 @@ impl Deployer {
                 }
             }
         }
-        if let Some(dir) = dir {
-            let files = crate::registry::wasm_files(dir)?;
-            for (name, path) in files {
-                let bytes = match tokio::fs::read(&path).await {
-                    Ok(bytes) => bytes,
-                    Err(e) => {
-                        tracing::error!(file = %path.display(), error = %e, "plugin file not readable");
-                        continue;
-                    }
-                };
-                let hash = crate::runtime::plugin::content_hash(&bytes);
-                if self.registry.get(&name).is_some_and(|p| p.hash == hash) {
+        Ok(modes)
+    }
+
+    /// Deploy the directory's files whose bytes differ from the loaded
+    /// version; the large ones not compiled yet are returned for later.
+    async fn load_directory(
+        &self,
+        dir: &Path,
+        modes: &mut HashMap<String, DeployMode>,
+    ) -> Result<Vec<DeferredPlugin>, DeployError> {
+        let mut deferred = Vec::new();
+        for (name, path) in crate::registry::wasm_files(dir)? {
+            let bytes = match tokio::fs::read(&path).await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "plugin file not readable");
                     continue;
                 }
-                if bytes.len() > BACKGROUND_COMPILE_BYTES && !self.runtime.is_compiled(&bytes) {
-                    tracing::info!(plugin = %name, bytes = bytes.len(), "large plugin not in the compile cache; compiling it in the background");
-                    deferred.push(DeferredPlugin { name, bytes });
-                    continue;
+            };
+            let hash = crate::runtime::plugin::content_hash(&bytes);
+            if self.registry.get(&name).is_some_and(|p| p.hash == hash) {
+                continue;
+            }
+            if bytes.len() > BACKGROUND_COMPILE_BYTES && !self.runtime.is_compiled(&bytes) {
+                tracing::info!(plugin = %name, bytes = bytes.len(), "large plugin not in the compile cache; compiling it in the background");
+                deferred.push(DeferredPlugin { name, bytes });
+                continue;
+            }
+            match self.deploy_quietly(&name, bytes).await {
+                Ok(plugin) => {
+                    modes.insert(name.clone(), DeployMode::Live);
+                    tracing::info!(plugin = %plugin.name, kind = plugin.kind.as_str(), hash = %plugin.hash, "plugin loaded from the directory");
                 }
-                match self.deploy_quietly(&name, bytes).await {
-                    Ok(plugin) => {
-                        modes.insert(name.clone(), DeployMode::Live);
-                        tracing::info!(plugin = %plugin.name, kind = plugin.kind.as_str(), hash = %plugin.hash, "plugin loaded from the directory");
-                    }
-                    Err(e) => {
-                        tracing::error!(file = %path.display(), error = %e, "plugin not loaded")
-                    }
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "plugin not loaded")
                 }
             }
         }
-        let records = self.store.generations().await?;
-        // Sagas start once every aggregate they may command is loaded.
-        for plugin in self.registry.list() {
-            if plugin.kind == PluginKind::Saga {
-                self.sagas.deploy(plugin).await;
-            }
-        }
+        Ok(deferred)
+    }
+
+    /// Resume every loaded projection from its stored generations, with the
+    /// versions those generations were built by.
+    async fn resume_projections(
+        &self,
+        modes: &HashMap<String, DeployMode>,
+    ) -> Result<(), DeployError> {
+        let records = self.views.generations().await?;
         for plugin in self.registry.list() {
             if plugin.kind != PluginKind::Projection {
                 continue;
@@ -321,7 +354,7 @@ impl Deployer {
                 .restore(plugin, mode, &mine, &versions)
                 .await?;
         }
-        Ok(deferred)
+        Ok(())
     }
 
     /// Deploy the plugins [`Deployer::restore`] left for later, one at a

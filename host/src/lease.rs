@@ -18,14 +18,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
+
+use async_trait::async_trait;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use crate::projection::Projections;
-use crate::saga::Sagas;
-use crate::store::{EventStore, LeaseRecord, StoreError, now_us};
+use crate::store::{LeaseRecord, LeaseStore, StoreError, now_us};
 
 /// Default lease time, milliseconds.
 pub const LEASE_TTL_MS_DEFAULT: u64 = 5_000;
@@ -49,9 +49,24 @@ pub struct LeaseView {
     pub mine: bool,
 }
 
+/// What runs under leases (projections, sagas): told when this host takes
+/// or loses the lease of one of its names. The lease manager knows nothing
+/// else of them.
+#[async_trait]
+pub trait LeaseHolder: Send + Sync {
+    /// The prefix of its lease names ([`PROJECTION_PREFIX`], [`SAGA_PREFIX`]).
+    fn lease_prefix(&self) -> &'static str;
+
+    /// This host took the lease of `name` (without the prefix): start it.
+    async fn take_over(&self, name: &str);
+
+    /// This host lost the lease of `name`: stop it.
+    async fn let_go(&self, name: &str);
+}
+
 /// This host's leases.
 pub struct Leases {
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn LeaseStore>,
     holder: String,
     ttl: Duration,
     enabled: bool,
@@ -67,7 +82,7 @@ pub struct Leases {
 
 impl Leases {
     /// `enabled` false: every name counts as held here (one host per database).
-    pub fn new(store: Arc<dyn EventStore>, ttl: Duration, enabled: bool) -> Arc<Self> {
+    pub fn new(store: Arc<dyn LeaseStore>, ttl: Duration, enabled: bool) -> Arc<Self> {
         Arc::new(Self {
             store,
             holder: host_id(),
@@ -145,7 +160,7 @@ impl Leases {
             .map(|r| LeaseView {
                 expired: r.expires_at_us <= now,
                 mine: r.holder == self.holder,
-                expires_at: crate::saga::rfc3339(r.expires_at_us),
+                expires_at: crate::time::rfc3339(r.expires_at_us),
                 name: r.name,
                 holder: r.holder,
                 expires_at_us: r.expires_at_us,
@@ -167,11 +182,7 @@ impl Leases {
 
     /// Start the manager: every `ttl / 3` it renews what this host holds and
     /// tries to take what it wants, and starts or stops runners accordingly.
-    pub fn spawn(
-        self: &Arc<Self>,
-        projections: Weak<Projections>,
-        sagas: Weak<Sagas>,
-    ) -> Option<JoinHandle<()>> {
+    pub fn spawn(self: &Arc<Self>, holders: Vec<Weak<dyn LeaseHolder>>) -> Option<JoinHandle<()>> {
         if !self.enabled {
             return None;
         }
@@ -182,24 +193,21 @@ impl Leases {
             loop {
                 tick.tick().await;
                 let (taken, lost) = leases.round().await;
-                let (Some(projections), Some(sagas)) = (projections.upgrade(), sagas.upgrade())
+                let Some(holders) = holders
+                    .iter()
+                    .map(Weak::upgrade)
+                    .collect::<Option<Vec<_>>>()
                 else {
                     break;
                 };
                 for name in lost {
-                    if let Some(p) = name.strip_prefix(PROJECTION_PREFIX) {
-                        projections.let_go(p).await;
-                    } else if let Some(s) = name.strip_prefix(SAGA_PREFIX) {
-                        sagas.let_go(s).await;
+                    if let Some((holder, name)) = holder_of_name(&holders, &name) {
+                        holder.let_go(name).await;
                     }
                 }
                 for name in taken {
-                    if let Some(p) = name.strip_prefix(PROJECTION_PREFIX) {
-                        if let Err(e) = projections.take_over(p).await {
-                            tracing::error!(projection = p, error = %e, "could not start a projection after taking its lease");
-                        }
-                    } else if let Some(s) = name.strip_prefix(SAGA_PREFIX) {
-                        sagas.take_over(s).await;
+                    if let Some((holder, name)) = holder_of_name(&holders, &name) {
+                        holder.take_over(name).await;
                     }
                 }
             }
@@ -274,6 +282,18 @@ impl Leases {
     fn held_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The holder whose prefix `lease` has, and the name without the prefix.
+fn holder_of_name<'a>(
+    holders: &'a [Arc<dyn LeaseHolder>],
+    lease: &'a str,
+) -> Option<(&'a Arc<dyn LeaseHolder>, &'a str)> {
+    holders.iter().find_map(|holder| {
+        lease
+            .strip_prefix(holder.lease_prefix())
+            .map(|name| (holder, name))
+    })
 }
 
 /// `<hostname>-<pid>-<8 hex digits>`: unique per process.

@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod saga;
 pub mod server;
 pub mod store;
+pub mod time;
 pub mod verify;
 
 /// The directory of the example plugins built with this binary, if any.

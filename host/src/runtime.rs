@@ -15,6 +15,7 @@ pub mod view;
 pub use aggregate::AggregateInstance;
 pub use engine::Runtime;
 pub use plugin::{LoadError, Plugin, PluginCode, PluginKind};
+pub use view::ViewAccess;
 
 /// How running a plugin failed. Expected failures (a rejection, invalid
 /// input) are not errors at this level: they are values of the WIT

@@ -21,18 +21,20 @@ mod dispatch;
 pub mod runner;
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::command::Pipeline;
-use crate::lease::{Leases, SAGA_PREFIX};
+use crate::lease::{LeaseHolder, Leases, SAGA_PREFIX};
 use crate::runtime::{Plugin, Runtime};
 use crate::store::{
-    DeadLetter, EventStore, OutboxCommand, Position, SagaCounts, SagaHistoryEntry, SagaStatus,
-    StoreError,
+    DeadLetter, EventLog, OutboxCommand, Position, SagaCounts, SagaHistoryEntry,
+    SagaInstanceRecord, SagaStore, StoreError,
 };
 pub use runner::{Control, RunnerStatus};
 
@@ -112,21 +114,21 @@ pub struct SagaInfo {
     pub instances: SagaCounts,
 }
 
-/// One instance, as `GET /sagas/{name}/{instance}` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct InstanceView {
-    pub saga: String,
-    pub instance: String,
-    /// The plugin's state, as JSON when it is JSON, else as a string.
-    pub state: serde_json::Value,
-    pub status: SagaStatus,
-    pub done: bool,
+/// One instance with what it waits for and what it did.
+#[derive(Debug, Clone)]
+pub struct InstanceDetail {
+    pub record: SagaInstanceRecord,
     /// Commands decided and not applied yet, in dispatch order.
-    pub pending: Vec<serde_json::Value>,
-    /// Steps and their outcomes, oldest first.
-    pub history: Vec<serde_json::Value>,
-    pub created_at: String,
-    pub updated_at: String,
+    pub pending: Vec<OutboxCommand>,
+    /// Steps and their outcomes, oldest first (at most `HISTORY_SHOWN_MAX`).
+    pub history: Vec<SagaHistoryEntry>,
+}
+
+/// The parts of the store sagas use.
+#[derive(Clone)]
+pub struct SagaStores {
+    pub log: Arc<dyn EventLog>,
+    pub sagas: Arc<dyn SagaStore>,
 }
 
 struct Handle {
@@ -138,38 +140,39 @@ struct Handle {
 
 /// The sagas of this host.
 pub struct Sagas {
-    store: Arc<dyn EventStore>,
+    stores: SagaStores,
     runtime: Runtime,
     pipeline: Arc<Pipeline>,
     config: SagaConfig,
     runners: RwLock<HashMap<String, Handle>>,
     /// The current version of every saga this host knows, running here or not.
     plugins: RwLock<HashMap<String, Arc<Plugin>>>,
-    /// When set, a saga runs only while this host holds its lease.
-    leases: OnceLock<Arc<Leases>>,
+    /// A saga runs only while this host holds its lease (always, when
+    /// leases are off).
+    leases: Arc<Leases>,
 }
 
 impl Sagas {
     pub fn new(
-        store: Arc<dyn EventStore>,
+        stores: SagaStores,
         runtime: Runtime,
         pipeline: Arc<Pipeline>,
         config: SagaConfig,
+        leases: Arc<Leases>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            store,
+            stores,
             runtime,
             pipeline,
             config,
             runners: RwLock::new(HashMap::new()),
             plugins: RwLock::new(HashMap::new()),
-            leases: OnceLock::new(),
+            leases,
         })
     }
 
-    /// Run each saga only while this host holds its lease.
-    pub fn set_leases(&self, leases: Arc<Leases>) {
-        let _ = self.leases.set(leases);
+    fn store(&self) -> &Arc<dyn SagaStore> {
+        &self.stores.sagas
     }
 
     fn plugins(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Plugin>>> {
@@ -178,7 +181,7 @@ impl Sagas {
 
     /// This host took the saga's lease: start its runner from the stored
     /// checkpoint, outbox and timers (nothing when it runs already).
-    pub async fn take_over(&self, name: &str) {
+    fn resume_here(&self, name: &str) {
         let running = self.read().get(name).is_some_and(|h| !h.task.is_finished());
         if running {
             return;
@@ -195,7 +198,7 @@ impl Sagas {
 
     /// This host lost the saga's lease: stop its runner (commands executing
     /// finish; the new holder dispatches the outbox again, idempotently).
-    pub async fn let_go(&self, name: &str) {
+    async fn stop_here(&self, name: &str) {
         let handle = self.write().remove(name);
         if let Some(h) = handle {
             let _ = h.control.send(Control::Stop).await;
@@ -212,7 +215,7 @@ impl Sagas {
     fn start(&self, plugin: Arc<Plugin>) {
         let (control, status, task) = runner::spawn(
             plugin.clone(),
-            self.store.clone(),
+            self.stores.clone(),
             self.runtime.clone(),
             self.pipeline.clone(),
             self.config.clone(),
@@ -233,8 +236,10 @@ impl Sagas {
     pub async fn deploy(&self, plugin: Arc<Plugin>) {
         self.plugins()
             .insert(plugin.name.to_string(), plugin.clone());
-        if let Some(leases) = self.leases.get()
-            && !leases.claim(&format!("{SAGA_PREFIX}{}", plugin.name)).await
+        if !self
+            .leases
+            .claim(&format!("{SAGA_PREFIX}{}", plugin.name))
+            .await
         {
             tracing::info!(saga = %plugin.name, "another host runs this saga");
             return;
@@ -268,21 +273,20 @@ impl Sagas {
                 .get(name)
                 .map(|h| (h.plugin.hash.clone(), h.status.borrow().clone()))
         };
-        let host = match self.leases.get() {
-            Some(leases) if leases.enabled() => {
-                leases.holder_of(&format!("{SAGA_PREFIX}{name}")).await
-            }
-            _ => None,
+        let host = if self.leases.enabled() {
+            self.leases.holder_of(&format!("{SAGA_PREFIX}{name}")).await
+        } else {
+            None
         };
-        let head = *self.store.subscribe_head().borrow();
+        let head = *self.stores.log.subscribe_head().borrow();
         let Some((plugin, status)) = running else {
             let plugin = self
                 .plugins()
                 .get(name)
                 .map(|p| p.hash.clone())
                 .ok_or_else(|| SagaError::NotFound(format!("no saga named {name}")))?;
-            let head = head.max(self.store.head_position().await?);
-            let position = self.store.saga_load(name).await?.checkpoint.unwrap_or(0);
+            let head = head.max(self.stores.log.head_position().await?);
+            let position = self.store().saga_load(name).await?.checkpoint.unwrap_or(0);
             return Ok(SagaInfo {
                 name: name.to_string(),
                 plugin,
@@ -293,7 +297,7 @@ impl Sagas {
                 head,
                 lag: head.saturating_sub(position),
                 error: None,
-                instances: self.store.saga_counts(name).await?,
+                instances: self.store().saga_counts(name).await?,
             });
         };
         Ok(SagaInfo {
@@ -310,7 +314,7 @@ impl Sagas {
             head,
             lag: head.saturating_sub(status.position),
             error: status.error,
-            instances: self.store.saga_counts(name).await?,
+            instances: self.store().saga_counts(name).await?,
         })
     }
 
@@ -326,46 +330,38 @@ impl Sagas {
     }
 
     /// One instance with its pending commands and history.
-    pub async fn instance(&self, name: &str, instance: &str) -> Result<InstanceView, SagaError> {
+    pub async fn instance(&self, name: &str, instance: &str) -> Result<InstanceDetail, SagaError> {
         if !self.plugins().contains_key(name) {
             return Err(SagaError::NotFound(format!("no saga named {name}")));
         }
         let record = self
-            .store
+            .store()
             .saga_instance(name, instance)
             .await?
             .ok_or_else(|| {
                 SagaError::NotFound(format!("saga {name} has no instance {instance:?}"))
             })?;
-        let pending = self.store.saga_outbox(name, instance).await?;
+        let pending = self.store().saga_outbox(name, instance).await?;
         let history = self
-            .store
+            .store()
             .saga_history(name, instance, HISTORY_SHOWN_MAX)
             .await?;
-        Ok(InstanceView {
-            saga: record.saga,
-            instance: record.instance,
-            state: serde_json::from_slice(&record.state).unwrap_or_else(|_| {
-                serde_json::Value::String(String::from_utf8_lossy(&record.state).into_owned())
-            }),
-            status: record.status,
-            done: record.done,
-            pending: pending.iter().map(command_json).collect(),
-            history: history.into_iter().map(history_json).collect(),
-            created_at: rfc3339(record.created_at_us),
-            updated_at: rfc3339(record.updated_at_us),
+        Ok(InstanceDetail {
+            record,
+            pending,
+            history,
         })
     }
 
     /// Dead letters of every saga, oldest first.
     pub async fn dead_letters(&self, after: u64, limit: u32) -> Result<Vec<DeadLetter>, SagaError> {
-        Ok(self.store.dead_letters(after, limit).await?)
+        Ok(self.store().dead_letters(after, limit).await?)
     }
 
     /// Put a dead letter back in its instance's outbox, attempts reset.
     pub async fn retry_dead_letter(&self, id: u64) -> Result<DeadLetter, SagaError> {
         let letter = self
-            .store
+            .store()
             .dead_letter(id)
             .await?
             .ok_or_else(|| SagaError::NotFound(format!("no dead letter {id}")))?;
@@ -423,32 +419,17 @@ impl Sagas {
     }
 }
 
-/// An outbox command as the API shows it.
-pub fn command_json(c: &OutboxCommand) -> serde_json::Value {
-    serde_json::json!({
-        "step": c.step,
-        "aggregate": c.aggregate,
-        "id": c.aggregate_id,
-        "type": c.command_type,
-        "data": serde_json::from_str::<serde_json::Value>(&c.data).unwrap_or(serde_json::Value::Null),
-        "metadata": serde_json::from_str::<serde_json::Value>(&c.metadata).unwrap_or(serde_json::Value::Null),
-        "compensating": c.compensating,
-        "attempts": c.attempts,
-        "errors": c.errors,
-    })
-}
-
-fn history_json(h: SagaHistoryEntry) -> serde_json::Value {
-    let mut entry = h.entry;
-    if let Some(map) = entry.as_object_mut() {
-        map.insert("at".into(), rfc3339(h.at_us).into());
+#[async_trait]
+impl LeaseHolder for Sagas {
+    fn lease_prefix(&self) -> &'static str {
+        SAGA_PREFIX
     }
-    entry
-}
 
-/// Microseconds since the Unix epoch as RFC 3339 with milliseconds.
-pub fn rfc3339(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    async fn take_over(&self, name: &str) {
+        self.resume_here(name);
+    }
+
+    async fn let_go(&self, name: &str) {
+        self.stop_here(name).await;
+    }
 }

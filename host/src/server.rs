@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,17 +13,17 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState};
 use crate::command::Pipeline;
 use crate::config::{Limits, PipelineConfig};
-use crate::deploy::Deployer;
-use crate::lease::{LEASE_TTL_MS_DEFAULT, Leases};
+use crate::deploy::{DeferredPlugin, Deployer};
+use crate::lease::{LEASE_TTL_MS_DEFAULT, LeaseHolder, Leases};
 use crate::metrics::Metrics;
 use crate::plugin_watch::PluginDirWatcher;
-use crate::projection::{ProjectionConfig, Projections};
+use crate::projection::{ProjectionConfig, ProjectionStores, Projections};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
-use crate::saga::{SagaConfig, Sagas};
+use crate::saga::{SagaConfig, SagaStores, Sagas};
 use crate::store::postgres::PostgresOptions;
 use crate::store::sqlite::SqliteOptions;
-use crate::store::{EventStore, now_us};
+use crate::store::{EventStore, SagaStore, now_us};
 
 /// Everything `kiln serve` needs.
 #[derive(Debug, Clone)]
@@ -129,20 +129,52 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
             .with_compile_cache(&dir)
             .with_context(|| format!("opening the compile cache {}", dir.display()))?;
     }
-    let registry = Arc::new(Registry::default());
-    let projections = Projections::new(store.clone(), runtime.clone(), config.projections.clone());
-    let pipeline = Arc::new(Pipeline::new(
+    let state = Arc::new(assemble(&config, store.clone(), runtime));
+    let loading = load_plugins(&config, &state.deployer).await?;
+    let holders: Vec<Weak<dyn LeaseHolder>> = vec![
+        Arc::downgrade(&state.projections) as Weak<dyn LeaseHolder>,
+        Arc::downgrade(&state.sagas) as Weak<dyn LeaseHolder>,
+    ];
+    let lease_manager = state.leases.spawn(holders);
+    tracing::info!(host = %state.leases.holder(), leases = state.leases.enabled(), "host id");
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let app = api::app(state.clone());
+    let served = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let background_loads = state.deployer.load_in_background(loading.deferred);
+    let purger = spawn_purger(
         store.clone(),
-        registry.clone(),
-        runtime.clone(),
-        config.pipeline.clone(),
-    ));
-    let sagas = Sagas::new(
-        store.clone(),
-        runtime.clone(),
-        pipeline.clone(),
-        config.sagas.clone(),
+        config.pipeline.idempotency_window,
+        config.sagas.history_retention,
     );
+    tracing::info!(%addr, db = %redact(&config.db), plugins = state.registry.len(), "kiln listening");
+    Ok(Host {
+        addr,
+        state,
+        stop,
+        served,
+        store,
+        purger,
+        watcher: loading.watcher,
+        follower: loading.follower,
+        background_loads,
+        lease_manager,
+        shutdown_grace: config.shutdown_grace,
+    })
+}
+
+/// The parts of a host, each given the roles of the store it needs.
+fn assemble(config: &HostConfig, store: Arc<dyn EventStore>, runtime: Runtime) -> AppState {
+    let registry = Arc::new(Registry::default());
     // Several hosts may share a PostgreSQL database: each projection and
     // saga then runs on the one holding its lease.
     let leases = Leases::new(
@@ -150,15 +182,69 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
         config.lease_ttl,
         crate::store::is_postgres_url(&config.db),
     );
-    projections.set_leases(leases.clone());
-    sagas.set_leases(leases.clone());
+    let projections = Projections::new(
+        ProjectionStores {
+            log: store.clone(),
+            views: store.clone(),
+            catalog: store.clone(),
+        },
+        runtime.clone(),
+        config.projections.clone(),
+        leases.clone(),
+    );
+    let pipeline = Arc::new(Pipeline::new(
+        store.clone(),
+        registry.clone(),
+        runtime.clone(),
+        config.pipeline.clone(),
+    ));
+    let sagas = Sagas::new(
+        SagaStores {
+            log: store.clone(),
+            sagas: store.clone(),
+        },
+        runtime.clone(),
+        pipeline.clone(),
+        config.sagas.clone(),
+        leases.clone(),
+    );
     let deployer = Arc::new(Deployer::new(
+        store.clone(),
         store.clone(),
         runtime.clone(),
         registry.clone(),
         projections.clone(),
         sagas.clone(),
     ));
+    AppState {
+        store,
+        pipeline,
+        registry,
+        runtime,
+        projections,
+        sagas,
+        deployer,
+        metrics: Arc::new(Metrics::default()),
+        admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
+        live: Default::default(),
+        leases,
+    }
+}
+
+/// What loading the plugins left running or for later.
+struct Loading {
+    /// Large plugins to compile in the background.
+    deferred: Vec<DeferredPlugin>,
+    /// The plugin directory's watcher.
+    watcher: Option<JoinHandle<()>>,
+    /// The follower of deployments made through other hosts.
+    follower: Option<JoinHandle<()>>,
+}
+
+/// Restore the stored plugin versions and apply the plugin directory;
+/// start watching the directory and, on a shared database, following the
+/// other hosts' deployments.
+async fn load_plugins(config: &HostConfig, deployer: &Arc<Deployer>) -> anyhow::Result<Loading> {
     // The watcher records the directory before it is loaded (see `watch`).
     let baseline = match (&config.plugins_dir, config.watch_interval) {
         (Some(dir), Some(interval)) => {
@@ -181,52 +267,10 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
     // Hosts sharing a database load what was deployed through the others.
     let follower = crate::store::is_postgres_url(&config.db)
         .then(|| deployer.follow_store(config.deployment_poll));
-    let lease_manager = leases.spawn(Arc::downgrade(&projections), Arc::downgrade(&sagas));
-    tracing::info!(host = %leases.holder(), leases = leases.enabled(), "host id");
-    let state = Arc::new(AppState {
-        pipeline,
-        registry,
-        runtime,
-        projections,
-        sagas,
-        deployer,
-        metrics: Arc::new(Metrics::default()),
-        admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
-        live: Default::default(),
-        leases,
-    });
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let app = api::app(state.clone());
-    let served = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    let background_loads = state.deployer.load_in_background(deferred);
-    let purger = spawn_purger(
-        store.clone(),
-        config.pipeline.idempotency_window,
-        config.sagas.history_retention,
-    );
-    tracing::info!(%addr, db = %redact(&config.db), plugins = state.registry.len(), "kiln listening");
-    Ok(Host {
-        addr,
-        state,
-        stop,
-        served,
-        store,
-        purger,
+    Ok(Loading {
+        deferred,
         watcher,
         follower,
-        background_loads,
-        lease_manager,
-        shutdown_grace: config.shutdown_grace,
     })
 }
 
@@ -308,7 +352,7 @@ fn spawn_purger(
 
 /// Delete the history of instances completed before `before_us`, a chunk at
 /// a time, until none is left.
-pub async fn purge_saga_history(store: &dyn EventStore, before_us: i64) -> u64 {
+pub async fn purge_saga_history(store: &dyn SagaStore, before_us: i64) -> u64 {
     let mut purged = 0;
     loop {
         match store

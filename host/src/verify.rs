@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::store::hash_chain;
 use crate::store::sqlite::SqliteOptions;
-use crate::store::{EventStore, GlobalQuery, Position, StoreError};
+use crate::store::{EventLog, GlobalQuery, Position, StoreError};
 
 /// Events read per page.
 pub const PAGE_EVENTS_DEFAULT: u32 = 10_000;
@@ -67,7 +67,7 @@ pub struct Report {
 /// Walk the log from position 1, calling `progress(checked, head)` after
 /// each page. Stops at the first break.
 pub async fn verify_log(
-    store: &dyn EventStore,
+    store: &dyn EventLog,
     page: u32,
     mut progress: impl FnMut(u64, Position),
 ) -> Result<Report, StoreError> {

@@ -35,7 +35,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::json::event_json;
 use super::{ApiError, AppState};
-use crate::store::{CommittedBatch, EventStore, Position, RecordedEvent, StoreError, StreamQuery};
+use crate::store::{CommittedBatch, EventLog, Position, RecordedEvent, StoreError, StreamQuery};
 
 /// Default interval of keep-alive comments on an idle feed.
 pub const KEEP_ALIVE_DEFAULT: Duration = Duration::from_secs(15);
@@ -145,7 +145,7 @@ pub async fn global_live(
     let q = query(q)?;
     let last = last_event_id(&headers)?;
     let shutdown = app.live.open()?;
-    let store = app.pipeline.store().clone();
+    let store = app.store.clone();
     // Subscribe before reading anything: whatever commits from here on is
     // either in the store when the catch-up reads it or in the broadcast.
     let commits = store.subscribe_commits();
@@ -181,7 +181,7 @@ pub async fn stream_live(
     let q = query(q)?;
     let last = last_event_id(&headers)?;
     let shutdown = app.live.open()?;
-    let store = app.pipeline.store().clone();
+    let store = app.store.clone();
     let commits = store.subscribe_commits();
     let head = store.subscribe_head();
     let (cursor, next_version) = match last {
@@ -239,7 +239,7 @@ enum Filter {
 /// has been sent (or was before the requested start); none at or above it
 /// has been.
 struct Feed {
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn EventLog>,
     commits: broadcast::Receiver<CommittedBatch>,
     head: watch::Receiver<Position>,
     cursor: Position,
@@ -444,7 +444,7 @@ fn sse_event(e: &RecordedEvent) -> Result<Event, serde_json::Error> {
 mod tests {
     use super::*;
     use crate::store::sqlite::{SqliteOptions, SqliteStore};
-    use crate::store::{AppendRequest, ExpectedVersion, NewEvent};
+    use crate::store::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
 
     async fn store(dir: &tempfile::TempDir, feed_buffer: usize) -> Arc<dyn EventStore> {
         let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
@@ -455,7 +455,7 @@ mod tests {
         Arc::new(SqliteStore::open(&url, options).await.unwrap())
     }
 
-    async fn append(store: &dyn EventStore, stream_id: &str, n: usize) {
+    async fn append(store: &dyn EventLog, stream_id: &str, n: usize) {
         let events = (0..n)
             .map(|i| NewEvent {
                 event_type: "Happened".into(),
@@ -477,7 +477,7 @@ mod tests {
 
     fn feed(store: &Arc<dyn EventStore>, cursor: Position, filter: Filter) -> Feed {
         Feed {
-            store: store.clone(),
+            store: store.clone() as Arc<dyn EventLog>,
             commits: store.subscribe_commits(),
             head: store.subscribe_head(),
             cursor,

@@ -18,7 +18,7 @@ pub async fn healthz() -> Json<Value> {
 /// `GET /readyz`: the store answers and plugins are loaded (`compiling`
 /// names the versions still compiling, which the others serve beside).
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let store = app.pipeline.store();
+    let store = &app.store;
     store.ping().await?;
     if app.registry.is_empty() {
         return Err(ApiError::unavailable("no plugin is loaded"));
@@ -40,7 +40,7 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Api
 
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    let head = *app.pipeline.store().subscribe_head().borrow();
+    let head = *app.store.subscribe_head().borrow();
     let mut text = app.metrics.render(head, app.registry.len());
     crate::metrics::render_conflict_retries(&mut text, app.pipeline.conflict_retries());
     crate::metrics::render_projections(&mut text, &app.projections.statuses().await);

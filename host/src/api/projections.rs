@@ -133,8 +133,7 @@ pub async fn row(
         generation: serving.generation,
     };
     let value = app
-        .pipeline
-        .store()
+        .store
         .view_get(view, &key)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("projection {name} has no row {key:?}")))?;
@@ -187,8 +186,7 @@ pub async fn rows(
     };
     let prefix = q.prefix.unwrap_or_default();
     let found = app
-        .pipeline
-        .store()
+        .store
         .view_scan(view, &prefix, q.after.as_deref(), limit)
         .await?;
     let next = (found.len() == limit as usize)
@@ -244,7 +242,7 @@ pub async fn skips(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     entry(&app, &name)?;
-    let skips = app.pipeline.store().skips(&name).await?;
+    let skips = app.store.skips(&name).await?;
     let list: Vec<Value> = skips
         .iter()
         .map(|(generation, s)| {
@@ -270,7 +268,7 @@ pub async fn diff(
     let q = query(q)?;
     let sample = q.sample.unwrap_or(DIFF_SAMPLE_DEFAULT).min(DIFF_SAMPLE_MAX);
     let (old, new) = app.projections.pair(&name).await?;
-    let store = app.pipeline.store();
+    let store = &app.store;
     let diff = diff_views(
         store.as_ref(),
         ViewId {

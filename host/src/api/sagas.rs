@@ -8,15 +8,16 @@ use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::json::read_optional_json;
 use super::plugins::authorize;
 use super::streams::query;
 use super::{ApiError, AppState};
-use crate::saga::{SagaError, command_json, rfc3339};
-use crate::store::DeadLetter;
+use crate::saga::{InstanceDetail, SagaError};
+use crate::store::{DeadLetter, OutboxCommand, SagaHistoryEntry, SagaStatus};
+use crate::time::rfc3339;
 
 /// Dead letters per page when not asked otherwise, and at most.
 pub const DEAD_LETTERS_PAGE_DEFAULT: u32 = 100;
@@ -47,12 +48,72 @@ pub async fn status(
     Ok(Json(json!(app.sagas.info(&name).await?)))
 }
 
+/// One instance, as `GET /sagas/{name}/{instance}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    pub saga: String,
+    pub instance: String,
+    /// The plugin's state, as JSON when it is JSON, else as a string.
+    pub state: Value,
+    pub status: SagaStatus,
+    pub done: bool,
+    /// Commands decided and not applied yet, in dispatch order.
+    pub pending: Vec<Value>,
+    /// Steps and their outcomes, oldest first.
+    pub history: Vec<Value>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<InstanceDetail> for InstanceView {
+    fn from(detail: InstanceDetail) -> Self {
+        let record = detail.record;
+        Self {
+            state: serde_json::from_slice(&record.state).unwrap_or_else(|_| {
+                Value::String(String::from_utf8_lossy(&record.state).into_owned())
+            }),
+            saga: record.saga,
+            instance: record.instance,
+            status: record.status,
+            done: record.done,
+            pending: detail.pending.iter().map(command_json).collect(),
+            history: detail.history.into_iter().map(history_json).collect(),
+            created_at: rfc3339(record.created_at_us),
+            updated_at: rfc3339(record.updated_at_us),
+        }
+    }
+}
+
+/// An outbox command as the API shows it.
+fn command_json(c: &OutboxCommand) -> Value {
+    json!({
+        "step": c.step,
+        "aggregate": c.aggregate,
+        "id": c.aggregate_id,
+        "type": c.command_type,
+        "data": serde_json::from_str::<Value>(&c.data).unwrap_or(Value::Null),
+        "metadata": serde_json::from_str::<Value>(&c.metadata).unwrap_or(Value::Null),
+        "compensating": c.compensating,
+        "attempts": c.attempts,
+        "errors": c.errors,
+    })
+}
+
+/// A history entry as the API shows it: the stored entry and its time.
+fn history_json(h: SagaHistoryEntry) -> Value {
+    let mut entry = h.entry;
+    if let Some(map) = entry.as_object_mut() {
+        map.insert("at".into(), rfc3339(h.at_us).into());
+    }
+    entry
+}
+
 /// `GET /sagas/{name}/{instance}`
 pub async fn instance(
     State(app): State<Arc<AppState>>,
     Path((name, instance)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(app.sagas.instance(&name, &instance).await?)))
+) -> Result<Json<InstanceView>, ApiError> {
+    Ok(Json(app.sagas.instance(&name, &instance).await?.into()))
 }
 
 #[derive(Deserialize, Default)]

@@ -61,7 +61,7 @@ pub async fn stream_events(
     let q = query(q)?;
     let from_version = q.from_version.unwrap_or(1).max(1);
     let limit = page_limit(q.limit, 100)?;
-    let store = app.pipeline.store();
+    let store = &app.store;
     let events = store
         .read_stream(StreamQuery {
             stream_id: &stream_id,
@@ -144,7 +144,7 @@ pub async fn global_events(
             .map(String::from)
             .collect()
     });
-    let store = app.pipeline.store();
+    let store = &app.store;
     let events = store
         .read_all(from_position, limit, types.as_deref())
         .await?;

@@ -104,7 +104,7 @@ async fn cluster_phase(
     }
     let bases: Vec<String> = hosts.iter().map(|h| format!("http://{}", h.addr)).collect();
     let ports: Vec<u16> = hosts.iter().map(|h| h.addr.port()).collect();
-    let head = hosts[0].state.pipeline.store().subscribe_head();
+    let head = hosts[0].state.store.subscribe_head();
     let result = http::drive_hosts(
         &bench_args(args, plugins),
         &bases,

@@ -105,7 +105,7 @@ async fn drive_host(
     base: &str,
     run_no: usize,
 ) -> anyhow::Result<HttpResult> {
-    let head = host.state.pipeline.store().subscribe_head();
+    let head = host.state.store.subscribe_head();
     drive_hosts(
         args,
         &[base.to_string()],

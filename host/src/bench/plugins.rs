@@ -28,8 +28,8 @@ use serde_json::{Value, json};
 use super::{BenchArgs, TempDir, http, projection, stats, wasm};
 use crate::runtime::Runtime;
 use crate::server;
-use crate::store::EventStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::{EventLog, EventStore};
 
 /// Options of `kiln bench-plugins`.
 #[derive(Args, Debug, Clone)]

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::stats;
 use crate::server::{self, HostConfig};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::{AppendRequest, EventStore, ExpectedVersion, GlobalQuery, NewEvent};
+use crate::store::{AppendRequest, EventLog, EventStore, ExpectedVersion, GlobalQuery, NewEvent};
 
 /// Targets of the issue, checked on the medians.
 const TARGET_EVENTS_PER_S: f64 = 150_000.0;

@@ -170,7 +170,7 @@ async fn phase(
         }
     }
     let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
-    let mut feed = host.state.pipeline.store().subscribe_commits();
+    let mut feed = host.state.store.subscribe_commits();
     let watcher = {
         let waiters = waiters.clone();
         tokio::spawn(async move {

@@ -55,6 +55,34 @@ pub enum CommandError {
     Store(StoreError),
 }
 
+impl CommandError {
+    /// The error's code, as clients and dead letters name it (the API
+    /// answers with the same one).
+    pub fn code(&self) -> &'static str {
+        match self {
+            CommandError::NotFound(_) => "not_found",
+            CommandError::InvalidRequest(_) => "invalid_request",
+            CommandError::InvalidCommand(_) => "invalid_command",
+            CommandError::Rejected { .. } => "rejected",
+            CommandError::WrongExpectedVersion { .. } => "wrong_expected_version",
+            CommandError::IdempotencyConflict { .. } => "idempotency_conflict",
+            CommandError::Plugin(e) => match e {
+                PluginError::Timeout { .. } => "plugin_timeout",
+                PluginError::EventTooLarge { .. } => "too_large",
+                PluginError::Instantiate { .. } => "unavailable",
+                PluginError::OutOfMemory { .. }
+                | PluginError::Trap { .. }
+                | PluginError::Contract { .. } => "plugin_trap",
+            },
+            CommandError::Store(e) => match e {
+                StoreError::WrongExpectedVersion { .. } => "wrong_expected_version",
+                StoreError::Unavailable(_) | StoreError::ShuttingDown => "unavailable",
+                _ => "internal",
+            },
+        }
+    }
+}
+
 impl From<StoreError> for CommandError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -15,18 +15,21 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use super::error::CommandError;
+pub use super::request::{EVENT_TYPE_BYTES_MAX, ID_CHARS_MAX, IDEMPOTENCY_KEY_CHARS_MAX};
+use super::request::{
+    check_event_type, event_metadata, refusal, request_hash, validate_id, validate_idempotency_key,
+};
 use super::state_cache::{CachedState, StateCache};
 use crate::config::{Limits, PipelineConfig};
 use crate::registry::Registry;
 use crate::runtime::bindings::aggregate::AggregatePre;
-use crate::runtime::bindings::{WitCommand, WitEvent, WitFailure, WitNewEvent};
+use crate::runtime::bindings::{WitCommand, WitEvent, WitFailure, WitNewEvent, to_wit_event};
 use crate::runtime::sandbox::PluginState;
 use crate::runtime::{AggregateInstance, Plugin, PluginCode, PluginError, Runtime};
 use crate::store::{
-    AppendOutcome, AppendRequest, EventStore, ExpectedVersion, IdempotencyClaim, IdempotencyEntry,
+    AppendOutcome, AppendRequest, EventLog, ExpectedVersion, IdempotencyClaim, IdempotencyEntry,
     NewEvent, RecordedEvent, SAGA_IDEMPOTENCY_PREFIX, SAGA_IDEMPOTENCY_RETENTION_US, Snapshot,
     StoreError, StreamQuery, now_us,
 };
@@ -34,10 +37,6 @@ use crate::store::{
 /// Stripes of the per-stream lock. Two streams share a stripe with
 /// probability 1/STRIPES; they then wait for each other, nothing worse.
 const LOCK_STRIPES: usize = 4096;
-/// Longest aggregate id accepted.
-pub const ID_CHARS_MAX: usize = 200;
-/// Longest idempotency key accepted.
-pub const IDEMPOTENCY_KEY_CHARS_MAX: usize = 200;
 
 /// A command as the API received it.
 #[derive(Debug, Clone)]
@@ -85,7 +84,7 @@ pub enum StateAt {
 
 /// The command pipeline. One per host.
 pub struct Pipeline {
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn EventLog>,
     registry: Arc<Registry>,
     runtime: Runtime,
     cache: StateCache,
@@ -117,7 +116,7 @@ impl Loaded {
 
 impl Pipeline {
     pub fn new(
-        store: Arc<dyn EventStore>,
+        store: Arc<dyn EventLog>,
         registry: Arc<Registry>,
         runtime: Runtime,
         config: PipelineConfig,
@@ -146,7 +145,8 @@ impl Pipeline {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub fn store(&self) -> &Arc<dyn EventStore> {
+    /// The event log commands are appended to.
+    pub fn log(&self) -> &Arc<dyn EventLog> {
         &self.store
     }
 
@@ -206,18 +206,9 @@ impl Pipeline {
         let mut attempt = 0;
         let mut catch_up_first = false;
         loop {
-            let mut loaded = self.load(&plugin, &stream_id, issued_at_ms).await?;
-            // Another host moved the stream on since the cached state: one
-            // read of the newer events is cheaper than a conflict found by
-            // the writer (a whole commit cycle), then a retry.
-            let fresh =
-                if catch_up_first || self.store.newer_version_known(&stream_id, loaded.version()) {
-                    self.catch_up(&stream_id, &mut loaded).await?;
-                    true
-                } else {
-                    // A file has one writer, this host: its cache is never behind.
-                    !self.store.shared()
-                };
+            let (loaded, fresh) = self
+                .load_to_decide(&plugin, &stream_id, issued_at_ms, catch_up_first)
+                .await?;
             let loaded_version = loaded.version();
             if !request.expected.matches(loaded_version) {
                 if !fresh {
@@ -247,18 +238,11 @@ impl Pipeline {
                 pending: Arc::from(Vec::new()),
             };
             let new_events = match decision {
-                Err(WitFailure::Rejected(r)) => {
-                    self.cache.put(&stream_id, folded);
-                    return Err(CommandError::Rejected {
-                        code: r.code,
-                        message: r.message,
-                    });
-                }
-                Err(WitFailure::Invalid(message)) => {
-                    self.cache.put(&stream_id, folded);
-                    return Err(CommandError::InvalidCommand(message));
-                }
                 Ok(events) => self.check_events(&plugin, events, &metadata)?,
+                Err(failure) => {
+                    self.cache.put(&stream_id, folded);
+                    return Err(refusal(failure));
+                }
             };
             let append = AppendRequest {
                 stream_id: stream_id.clone(),
@@ -272,51 +256,100 @@ impl Pipeline {
             };
             match self.store.append(append).await {
                 Ok(AppendOutcome::Committed { version, events }) => {
-                    let position = match events.last() {
-                        Some(e) => e.position,
-                        None => *self.store.subscribe_head().borrow(),
-                    };
-                    self.cache.put(
-                        &stream_id,
-                        CachedState {
-                            pending: Arc::from(events.clone()),
-                            ..folded
-                        },
-                    );
-                    return Ok(CommandOutcome {
-                        stream_id,
-                        version,
-                        position,
-                        events,
-                        replayed: false,
-                    });
+                    return Ok(self.committed(stream_id, folded, version, events));
                 }
                 Ok(AppendOutcome::AlreadyApplied(entry)) => {
                     return self.replay_idempotent(entry, request_hash).await;
                 }
                 Err(StoreError::WrongExpectedVersion { actual, .. }) => {
-                    // Another writer got there first: our state is stale.
-                    self.cache.remove(&stream_id);
                     attempt += 1;
-                    let retry = matches!(request.expected, ExpectedVersion::Any)
-                        && attempt <= self.config.conflict_retries;
-                    if !retry {
-                        return Err(CommandError::WrongExpectedVersion {
-                            stream_id,
-                            expected: match request.expected {
-                                ExpectedVersion::Any => ExpectedVersion::Exact(loaded_version),
-                                other => other,
-                            },
-                            actual,
-                        });
-                    }
-                    self.conflict_retries
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::debug!(%stream_id, attempt, "conflict with another writer; retrying");
+                    self.conflict(request, &stream_id, loaded_version, actual, attempt)?;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// The state to decide a command on, and whether it is known to be the
+    /// stream's latest: caught up first when asked to, or when another host
+    /// is known to have moved the stream on (one read of the newer events is
+    /// cheaper than a conflict found by the writer, then a retry).
+    async fn load_to_decide(
+        &self,
+        plugin: &Arc<Plugin>,
+        stream_id: &str,
+        issued_at_ms: i64,
+        catch_up_first: bool,
+    ) -> Result<(Loaded, bool), CommandError> {
+        let mut loaded = self.load(plugin, stream_id, issued_at_ms).await?;
+        let fresh = if catch_up_first || self.store.newer_version_known(stream_id, loaded.version())
+        {
+            self.catch_up(stream_id, &mut loaded).await?;
+            true
+        } else {
+            // A file has one writer, this host: its cache is never behind.
+            !self.store.shared()
+        };
+        Ok((loaded, fresh))
+    }
+
+    /// The outcome of a committed append; the stream's state is cached
+    /// with the new events pending.
+    fn committed(
+        &self,
+        stream_id: String,
+        folded: CachedState,
+        version: u64,
+        events: Vec<RecordedEvent>,
+    ) -> CommandOutcome {
+        let position = match events.last() {
+            Some(e) => e.position,
+            None => *self.store.subscribe_head().borrow(),
+        };
+        self.cache.put(
+            &stream_id,
+            CachedState {
+                pending: Arc::from(events.clone()),
+                ..folded
+            },
+        );
+        CommandOutcome {
+            stream_id,
+            version,
+            position,
+            events,
+            replayed: false,
+        }
+    }
+
+    /// Another writer appended first: the cached state is stale. `Ok` to
+    /// decide again (the client asked for no version, and retries are
+    /// left), else the conflict to report.
+    fn conflict(
+        &self,
+        request: &CommandRequest,
+        stream_id: &str,
+        loaded_version: u64,
+        actual: u64,
+        attempt: u32,
+    ) -> Result<(), CommandError> {
+        self.cache.remove(stream_id);
+        let retry = matches!(request.expected, ExpectedVersion::Any)
+            && attempt <= self.config.conflict_retries;
+        if !retry {
+            return Err(CommandError::WrongExpectedVersion {
+                stream_id: stream_id.to_string(),
+                expected: match request.expected {
+                    ExpectedVersion::Any => ExpectedVersion::Exact(loaded_version),
+                    other => other,
+                },
+                actual,
+            });
+        }
+        self.conflict_retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(%stream_id, attempt, "conflict with another writer; retrying");
+        Ok(())
     }
 
     /// The state of a stream, now or in the past (time travel).
@@ -683,145 +716,4 @@ async fn fold_pending(
     }
     let events: Vec<WitEvent> = pending.iter().map(to_wit_event).collect();
     Ok(Arc::from(instance.apply(&base, &events).await?))
-}
-
-/// Longest event type a plugin may emit, in bytes.
-pub const EVENT_TYPE_BYTES_MAX: usize = 256;
-
-/// An event type is a name: not empty, at most [`EVENT_TYPE_BYTES_MAX`]
-/// bytes, no control characters (which PostgreSQL cannot store as NUL, and
-/// which no reader of the log expects).
-fn check_event_type(event_type: &str) -> Result<(), String> {
-    if event_type.is_empty() {
-        return Err("an event has an empty type".into());
-    }
-    if event_type.len() > EVENT_TYPE_BYTES_MAX {
-        return Err(format!(
-            "an event type is {} bytes long; the limit is {EVENT_TYPE_BYTES_MAX}",
-            event_type.len()
-        ));
-    }
-    if let Some(c) = event_type.chars().find(|c| c.is_control()) {
-        return Err(format!(
-            "event type {:?} contains the control character {:?}",
-            event_type.escape_debug().to_string(),
-            c
-        ));
-    }
-    Ok(())
-}
-
-/// The event as a plugin sees it.
-pub fn to_wit_event(e: &RecordedEvent) -> WitEvent {
-    WitEvent {
-        position: e.position,
-        stream_id: e.stream_id.clone(),
-        version: e.version,
-        event_type: e.event_type.clone(),
-        schema: e.schema,
-        data: e.data.clone().into_bytes(),
-        metadata: e.metadata.clone().into_bytes(),
-        recorded_at_ms: e.recorded_at_us.div_euclid(1000),
-    }
-}
-
-/// Metadata of the command's events: the caller's fields plus correlation
-/// and causation ids (the caller's, or the command's own id).
-fn event_metadata(mut fields: Map<String, Value>, command_id: &str) -> String {
-    for key in ["correlation_id", "causation_id"] {
-        if !fields.get(key).is_some_and(Value::is_string) {
-            fields.insert(key.to_string(), Value::String(command_id.to_string()));
-        }
-    }
-    Value::Object(fields).to_string()
-}
-
-/// A digest of everything that makes two requests the same command.
-fn request_hash(r: &CommandRequest) -> String {
-    let canonical = serde_json::json!({
-        "aggregate": r.aggregate,
-        "id": r.id,
-        "type": r.command_type,
-        "data": r.data,
-        "metadata": r.metadata,
-        "expected_version": r.expected.to_string(),
-    });
-    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
-}
-
-fn validate_id(id: &str) -> Result<(), CommandError> {
-    if id.is_empty() || id.chars().count() > ID_CHARS_MAX || id.chars().any(char::is_control) {
-        return Err(CommandError::InvalidRequest(format!(
-            "invalid aggregate id {id:?}: use 1 to {ID_CHARS_MAX} characters, no control characters"
-        )));
-    }
-    Ok(())
-}
-
-fn validate_idempotency_key(key: &str) -> Result<(), CommandError> {
-    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_CHARS_MAX {
-        return Err(CommandError::InvalidRequest(format!(
-            "Idempotency-Key must have 1 to {IDEMPOTENCY_KEY_CHARS_MAX} bytes"
-        )));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn event_types_are_names_without_control_characters() {
-        assert!(check_event_type("Deposited").is_ok());
-        assert!(check_event_type("Überweisung.v2 ✓").is_ok());
-        assert!(check_event_type(&"x".repeat(EVENT_TYPE_BYTES_MAX)).is_ok());
-        for bad in ["", "A\0B", "line\nbreak", "tab\there", "\u{7f}del"] {
-            assert!(check_event_type(bad).is_err(), "{bad:?} accepted");
-        }
-        let long = check_event_type(&"x".repeat(EVENT_TYPE_BYTES_MAX + 1)).unwrap_err();
-        assert!(long.contains("limit"), "{long}");
-        let nul = check_event_type("A\0B").unwrap_err();
-        assert!(nul.contains("control character"), "{nul}");
-    }
-
-    #[test]
-    fn metadata_gets_correlation_and_causation() {
-        let mut fields = Map::new();
-        fields.insert("user".into(), "ann".into());
-        let m: Value = serde_json::from_str(&event_metadata(fields, "c1")).unwrap_or_default();
-        assert_eq!(m["user"], "ann");
-        assert_eq!(m["correlation_id"], "c1");
-        assert_eq!(m["causation_id"], "c1");
-        let mut fields = Map::new();
-        fields.insert("correlation_id".into(), "flow-7".into());
-        let m: Value = serde_json::from_str(&event_metadata(fields, "c2")).unwrap_or_default();
-        assert_eq!(m["correlation_id"], "flow-7");
-        assert_eq!(m["causation_id"], "c2");
-    }
-
-    #[test]
-    fn request_hash_tells_bodies_apart() {
-        let r = CommandRequest {
-            aggregate: "a".into(),
-            id: "1".into(),
-            command_type: "Deposit".into(),
-            data: serde_json::json!({"amount": 5}),
-            metadata: Map::new(),
-            expected: ExpectedVersion::Any,
-            idempotency_key: Some("k".into()),
-        };
-        let mut other = r.clone();
-        other.data = serde_json::json!({"amount": 6});
-        assert_eq!(request_hash(&r), request_hash(&r.clone()));
-        assert_ne!(request_hash(&r), request_hash(&other));
-    }
-
-    #[test]
-    fn ids_are_validated() {
-        assert!(validate_id("42").is_ok());
-        assert!(validate_id("").is_err());
-        assert!(validate_id("a\nb").is_err());
-        assert!(validate_id(&"x".repeat(ID_CHARS_MAX + 1)).is_err());
-    }
 }

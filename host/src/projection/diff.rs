@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::store::{EventStore, StoreError, ViewId};
+use crate::store::{StoreError, ViewId, ViewStore};
 
 /// Keys of one kind of difference: how many, and the first few.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -34,7 +34,7 @@ const PAGE_ROWS: u32 = 1_000;
 
 /// A cursor over one generation's rows, a page at a time.
 struct Rows<'a> {
-    store: &'a dyn EventStore,
+    store: &'a dyn ViewStore,
     view: ViewId<'a>,
     page: std::vec::IntoIter<(String, Vec<u8>)>,
     after: Option<String>,
@@ -42,7 +42,7 @@ struct Rows<'a> {
 }
 
 impl<'a> Rows<'a> {
-    fn new(store: &'a dyn EventStore, view: ViewId<'a>) -> Self {
+    fn new(store: &'a dyn ViewStore, view: ViewId<'a>) -> Self {
         Self {
             store,
             view,
@@ -73,7 +73,7 @@ impl<'a> Rows<'a> {
 /// Compare two generations, naming up to `sample_max` keys of each kind.
 /// Values are compared as JSON when both parse, so formatting does not count.
 pub async fn diff_views(
-    store: &dyn EventStore,
+    store: &dyn ViewStore,
     old: ViewId<'_>,
     new: ViewId<'_>,
     sample_max: usize,

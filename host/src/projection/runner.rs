@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::ProjectionConfig;
-use crate::command::pipeline::to_wit_event;
+use super::view::{RowCache, ViewSession};
+use crate::runtime::bindings::to_wit_event;
 use crate::runtime::projection::ProjectionInstance;
-use crate::runtime::view::{RowCache, ViewSession};
 use crate::runtime::{Plugin, PluginCode, PluginError, Runtime};
 use crate::store::{
-    EventStore, GlobalQuery, Position, RecordedEvent, RowWrite, SkipRecord, StoreError, ViewCommit,
+    EventLog, GlobalQuery, Position, RecordedEvent, RowWrite, SkipRecord, StoreError, ViewCommit,
+    ViewStore,
 };
 
 /// Where the generation that serves reads is, for read-your-writes waits.
@@ -120,7 +121,10 @@ impl Generation {
 
 /// Everything a runner needs.
 pub struct RunnerContext {
-    pub store: Arc<dyn EventStore>,
+    /// The log the runners read.
+    pub log: Arc<dyn EventLog>,
+    /// The views they write.
+    pub views: Arc<dyn ViewStore>,
     pub runtime: Runtime,
     pub config: ProjectionConfig,
     pub events: mpsc::UnboundedSender<RunnerEvent>,
@@ -186,11 +190,32 @@ enum BatchError {
     Store(StoreError),
 }
 
+/// What the runner's loop does after a step.
+enum Next {
+    /// Go round again.
+    Go,
+    /// End the runner.
+    Finish,
+}
+
+/// The loop's working state between batches.
+struct Pass {
+    /// The event types the projection asks for (`None`: all).
+    types: Option<Arc<[String]>>,
+    /// Batches read ahead while catching up.
+    prefetched: Option<ReadAhead>,
+    /// The previous batch's commit, running while the next batch is in the
+    /// plugin.
+    in_flight: Option<InFlight>,
+    head_rx: watch::Receiver<Position>,
+    cache: RowCache,
+    backoff: Backoff,
+}
+
 impl Runner {
     async fn run(mut self) {
-        let name = self.shared.name.clone();
         let generation = self.shared.generation;
-        tracing::info!(projection = %name, generation, position = self.position, plugin = %self.shared.plugin.hash, "projection runner started");
+        tracing::info!(projection = %self.shared.name, generation, position = self.position, plugin = %self.shared.plugin.hash, "projection runner started");
         let types = match self.subscriptions().await {
             Ok(types) => types,
             Err(message) => {
@@ -206,136 +231,160 @@ impl Runner {
                 }
             }
         };
-        let types: Option<Arc<[String]>> = (!types.is_empty()).then(|| types.into());
-        let mut prefetched: Option<ReadAhead> = None;
-        let mut in_flight: Option<InFlight> = None;
-        let mut head_rx = self.ctx.store.subscribe_head();
-        let mut cache = RowCache::new(self.ctx.config.cache_rows);
-        let mut backoff = Backoff::new(self.ctx.config.retry_backoff_max);
+        let mut pass = Pass {
+            types: (!types.is_empty()).then(|| types.into()),
+            prefetched: None,
+            in_flight: None,
+            head_rx: self.ctx.log.subscribe_head(),
+            cache: RowCache::new(self.ctx.config.cache_rows),
+            backoff: Backoff::new(self.ctx.config.retry_backoff_max),
+        };
         loop {
             match self.control.try_recv() {
                 Ok(Control::Stop) => {
-                    let _ = self.settle(&mut in_flight, &mut cache).await;
+                    let _ = self.settle(&mut pass.in_flight, &mut pass.cache).await;
                     return self.finish();
                 }
                 Ok(Control::Resume { .. }) | Err(mpsc::error::TryRecvError::Empty) => {}
                 Err(mpsc::error::TryRecvError::Disconnected) => return self.finish(),
             }
-            let head = *head_rx.borrow_and_update();
+            let head = *pass.head_rx.borrow_and_update();
             self.shared.update(|p| p.head = head);
-            if self.claimed >= head {
-                if let Err(e) = self.settle(&mut in_flight, &mut cache).await {
-                    if self.retry_later(&e, &mut backoff).await {
-                        continue;
-                    }
-                    return self.finish();
-                }
-                if self.claimed < head {
-                    continue;
-                }
-                tokio::select! {
-                    changed = head_rx.changed() => if changed.is_err() { return self.finish() },
-                    control = self.control.recv() => match control {
-                        None | Some(Control::Stop) => return self.finish(),
-                        Some(Control::Resume { .. }) => {}
-                    },
-                }
-                continue;
-            }
-            let batch_size = self.ctx.config.batch_size;
-            // Catching up, the next batches are read while this one runs.
-            if prefetched
-                .as_ref()
-                .is_none_or(|r| r.next_from != self.claimed + 1)
-            {
-                prefetched = Some(ReadAhead::spawn(
-                    self.ctx.store.clone(),
-                    self.claimed + 1,
-                    head,
-                    batch_size,
-                    types.clone(),
-                    self.ctx.config.read_ahead.max(1),
-                ));
-            }
-            let Some(reader) = prefetched.as_mut() else {
-                continue;
+            let next = if self.claimed >= head {
+                self.idle(&mut pass, head).await
+            } else {
+                self.next_batch(&mut pass, head).await
             };
-            let read_started = Instant::now();
-            let read = reader.batches.recv().await;
-            let read_took = read_started.elapsed();
-            self.shared.update(|p| p.read_time += read_took);
-            let (events, to, last_batch) = match read {
-                Some(Ok(batch)) => batch,
-                Some(Err(e)) => {
-                    prefetched = None;
-                    if self.retry_later(&e, &mut backoff).await {
-                        continue;
-                    }
-                    return self.finish();
-                }
-                None => {
-                    prefetched = None;
-                    continue;
-                }
-            };
-            reader.next_from = to + 1;
-            if last_batch {
-                prefetched = None;
-            }
-            let started = Instant::now();
-            let outcome = self.run_plugin(&events, &mut cache).await;
-            // The previous batch's commit ran while this batch was in the
-            // plugin; this batch stands on it, so settle it first.
-            if let Err(e) = self.settle(&mut in_flight, &mut cache).await {
-                prefetched = None;
-                if self.retry_later(&e, &mut backoff).await {
-                    continue;
-                }
+            if let Next::Finish = next {
                 return self.finish();
             }
-            match outcome {
-                Ok(writes) => {
-                    backoff.reset();
-                    cache.set_pending(&writes);
-                    let commit = self.commit_to(to, writes, None);
-                    let store = self.ctx.store.clone();
-                    in_flight = Some(InFlight {
-                        task: tokio::spawn(async move { store.commit_view(commit).await }),
-                        to,
-                        events: events.len() as u64,
-                        started,
-                        last_batch,
-                    });
-                    self.claimed = to;
-                }
-                Err(BatchError::Store(e)) => {
-                    if !self.retry_later(&e, &mut backoff).await {
-                        return self.finish();
-                    }
-                }
-                Err(BatchError::Plugin(message)) => {
-                    prefetched = None;
-                    let poison = match self.find_poison(&events, &mut cache, message).await {
-                        Ok(poison) => poison,
-                        Err(e) => {
-                            if self.retry_later(&e, &mut backoff).await {
-                                continue;
-                            }
-                            return self.finish();
-                        }
-                    };
-                    let Some(poison) = poison else { continue };
-                    match self.wait_while_failed(poison.clone()).await {
-                        None => return self.finish(),
-                        Some(false) => {}
-                        Some(true) => {
-                            if let Err(e) = self.skip(&poison).await {
-                                tracing::warn!(projection = %name, error = %e, "could not record the skip; retrying the event");
-                            }
-                        }
-                    }
+        }
+    }
+
+    /// Caught up: settle the last commit, then wait for a commit to the log
+    /// or an instruction.
+    async fn idle(&mut self, pass: &mut Pass, head: Position) -> Next {
+        if let Err(e) = self.settle(&mut pass.in_flight, &mut pass.cache).await {
+            return self.retry_or_finish(&e, &mut pass.backoff).await;
+        }
+        if self.claimed < head {
+            return Next::Go;
+        }
+        tokio::select! {
+            changed = pass.head_rx.changed() => if changed.is_err() { return Next::Finish },
+            control = self.control.recv() => match control {
+                None | Some(Control::Stop) => return Next::Finish,
+                Some(Control::Resume { .. }) => {}
+            },
+        }
+        Next::Go
+    }
+
+    /// Read the next batch up to `head`, run it in the plugin and start its
+    /// commit (or handle its failure).
+    async fn next_batch(&mut self, pass: &mut Pass, head: Position) -> Next {
+        // Catching up, the next batches are read while this one runs.
+        if pass
+            .prefetched
+            .as_ref()
+            .is_none_or(|r| r.next_from != self.claimed + 1)
+        {
+            pass.prefetched = Some(ReadAhead::spawn(
+                self.ctx.log.clone(),
+                self.claimed + 1,
+                head,
+                self.ctx.config.batch_size,
+                pass.types.clone(),
+                self.ctx.config.read_ahead.max(1),
+            ));
+        }
+        let Some(reader) = pass.prefetched.as_mut() else {
+            return Next::Go;
+        };
+        let read_started = Instant::now();
+        let read = reader.batches.recv().await;
+        let read_took = read_started.elapsed();
+        self.shared.update(|p| p.read_time += read_took);
+        let (events, to, last_batch) = match read {
+            Some(Ok(batch)) => batch,
+            Some(Err(e)) => {
+                pass.prefetched = None;
+                return self.retry_or_finish(&e, &mut pass.backoff).await;
+            }
+            None => {
+                pass.prefetched = None;
+                return Next::Go;
+            }
+        };
+        reader.next_from = to + 1;
+        if last_batch {
+            pass.prefetched = None;
+        }
+        let started = Instant::now();
+        let outcome = self.run_plugin(&events, &mut pass.cache).await;
+        // The previous batch's commit ran while this batch was in the
+        // plugin; this batch stands on it, so settle it first.
+        if let Err(e) = self.settle(&mut pass.in_flight, &mut pass.cache).await {
+            pass.prefetched = None;
+            return self.retry_or_finish(&e, &mut pass.backoff).await;
+        }
+        match outcome {
+            Ok(writes) => {
+                pass.backoff.reset();
+                pass.cache.set_pending(&writes);
+                let commit = self.commit_to(to, writes, None);
+                let store = self.ctx.views.clone();
+                pass.in_flight = Some(InFlight {
+                    task: tokio::spawn(async move { store.commit_view(commit).await }),
+                    to,
+                    events: events.len() as u64,
+                    started,
+                    last_batch,
+                });
+                self.claimed = to;
+                Next::Go
+            }
+            Err(BatchError::Store(e)) => self.retry_or_finish(&e, &mut pass.backoff).await,
+            Err(BatchError::Plugin(message)) => {
+                pass.prefetched = None;
+                self.on_plugin_failure(&events, pass, message).await
+            }
+        }
+    }
+
+    /// The plugin failed on a batch: find the event it fails on, stop there
+    /// and wait for an operator to retry or skip it.
+    async fn on_plugin_failure(
+        &mut self,
+        events: &[RecordedEvent],
+        pass: &mut Pass,
+        message: String,
+    ) -> Next {
+        let poison = match self.find_poison(events, &mut pass.cache, message).await {
+            Ok(poison) => poison,
+            Err(e) => return self.retry_or_finish(&e, &mut pass.backoff).await,
+        };
+        let Some(poison) = poison else {
+            return Next::Go;
+        };
+        match self.wait_while_failed(poison.clone()).await {
+            None => return Next::Finish,
+            Some(false) => {}
+            Some(true) => {
+                if let Err(e) = self.skip(&poison).await {
+                    tracing::warn!(projection = %self.shared.name, error = %e, "could not record the skip; retrying the event");
                 }
             }
+        }
+        Next::Go
+    }
+
+    /// After a store error: go on after a wait, or end the runner.
+    async fn retry_or_finish(&mut self, error: &StoreError, backoff: &mut Backoff) -> Next {
+        if self.retry_later(error, backoff).await {
+            Next::Go
+        } else {
+            Next::Finish
         }
     }
 
@@ -436,7 +485,7 @@ impl Runner {
             })?;
         let wit: Vec<_> = events.iter().map(to_wit_event).collect();
         let session = ViewSession::new(
-            ctx.store.clone(),
+            ctx.views.clone(),
             self.shared.name.clone(),
             self.shared.generation,
             std::mem::replace(cache, RowCache::new(1)),
@@ -500,7 +549,7 @@ impl Runner {
         let commit = self.commit_to(to, writes, None);
         cache.set_pending(&commit.writes);
         let started = Instant::now();
-        let committed = self.ctx.store.commit_view(commit).await;
+        let committed = self.ctx.views.commit_view(commit).await;
         let took = started.elapsed();
         self.shared.update(|p| p.commit_time += took);
         match committed {
@@ -598,7 +647,7 @@ impl Runner {
             reason: poison.message.clone(),
         };
         let commit = self.commit_to(poison.position, Vec::new(), Some(skip));
-        self.ctx.store.commit_view(commit).await?;
+        self.ctx.views.commit_view(commit).await?;
         tracing::warn!(projection = %self.shared.name, position = poison.position, "poison event skipped");
         self.advanced(poison.position, 0, Duration::ZERO);
         Ok(())
@@ -642,7 +691,7 @@ struct ReadAhead {
 
 impl ReadAhead {
     fn spawn(
-        store: Arc<dyn EventStore>,
+        store: Arc<dyn EventLog>,
         from: Position,
         until: Position,
         limit: u32,

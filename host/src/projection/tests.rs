@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{ProjectionConfig, Projections};
+use super::{ProjectionConfig, ProjectionStores, Projections};
 use crate::config::Limits;
+use crate::lease::Leases;
 use crate::runtime::Runtime;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::*;
 
-/// A store whose first `failures` view commits fail as unavailable.
+/// Views whose first `failures` commits fail as unavailable.
 struct Flaky {
     inner: Arc<dyn EventStore>,
     failures: AtomicU32,
@@ -21,50 +22,7 @@ struct Flaky {
 }
 
 #[async_trait]
-impl EventStore for Flaky {
-    async fn append(&self, r: AppendRequest) -> Result<AppendOutcome, StoreError> {
-        self.inner.append(r).await
-    }
-    async fn read_stream(&self, q: StreamQuery<'_>) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.inner.read_stream(q).await
-    }
-    async fn read_global(&self, q: GlobalQuery<'_>) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.inner.read_global(q).await
-    }
-    async fn read_positions(&self, f: Position, n: u32) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.inner.read_positions(f, n).await
-    }
-    async fn stream_version(&self, s: &str) -> Result<u64, StoreError> {
-        self.inner.stream_version(s).await
-    }
-    async fn head_position(&self) -> Result<Position, StoreError> {
-        self.inner.head_position().await
-    }
-    async fn find_idempotency(
-        &self,
-        k: &str,
-        s: i64,
-    ) -> Result<Option<IdempotencyEntry>, StoreError> {
-        self.inner.find_idempotency(k, s).await
-    }
-    async fn purge_idempotency(&self, b: i64) -> Result<u64, StoreError> {
-        self.inner.purge_idempotency(b).await
-    }
-    async fn purge_saga_history(&self, b: i64, l: u32) -> Result<u64, StoreError> {
-        self.inner.purge_saga_history(b, l).await
-    }
-    async fn load_snapshot(&self, s: &str, h: &str) -> Result<Option<Snapshot>, StoreError> {
-        self.inner.load_snapshot(s, h).await
-    }
-    async fn save_snapshot(&self, s: Snapshot) -> Result<(), StoreError> {
-        self.inner.save_snapshot(s).await
-    }
-    fn subscribe_head(&self) -> tokio::sync::watch::Receiver<Position> {
-        self.inner.subscribe_head()
-    }
-    fn subscribe_commits(&self) -> tokio::sync::broadcast::Receiver<CommittedBatch> {
-        self.inner.subscribe_commits()
-    }
+impl ViewStore for Flaky {
     async fn commit_view(&self, c: ViewCommit) -> Result<(), StoreError> {
         let left = self.failures.load(Ordering::SeqCst);
         if left > 0 {
@@ -101,73 +59,6 @@ impl EventStore for Flaky {
     async fn skips(&self, p: &str) -> Result<Vec<(u64, SkipRecord)>, StoreError> {
         self.inner.skips(p).await
     }
-    async fn record_deployment(&self, d: NewDeployment) -> Result<Deployment, StoreError> {
-        self.inner.record_deployment(d).await
-    }
-    async fn plugin_history(&self, n: &str) -> Result<Vec<Deployment>, StoreError> {
-        self.inner.plugin_history(n).await
-    }
-    async fn current_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
-        self.inner.current_deployments().await
-    }
-    async fn plugin_bytes(&self, h: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.plugin_bytes(h).await
-    }
-    async fn saga_load(&self, s: &str) -> Result<SagaLoad, StoreError> {
-        self.inner.saga_load(s).await
-    }
-    async fn commit_saga(&self, c: SagaCommit) -> Result<(), StoreError> {
-        self.inner.commit_saga(c).await
-    }
-    async fn saga_instance(
-        &self,
-        s: &str,
-        i: &str,
-    ) -> Result<Option<SagaInstanceRecord>, StoreError> {
-        self.inner.saga_instance(s, i).await
-    }
-    async fn saga_instances(
-        &self,
-        s: &str,
-        i: &[String],
-    ) -> Result<Vec<SagaInstanceRecord>, StoreError> {
-        self.inner.saga_instances(s, i).await
-    }
-    async fn saga_outbox(&self, s: &str, i: &str) -> Result<Vec<OutboxCommand>, StoreError> {
-        self.inner.saga_outbox(s, i).await
-    }
-    async fn saga_history(
-        &self,
-        s: &str,
-        i: &str,
-        l: u32,
-    ) -> Result<Vec<SagaHistoryEntry>, StoreError> {
-        self.inner.saga_history(s, i, l).await
-    }
-    async fn saga_counts(&self, s: &str) -> Result<SagaCounts, StoreError> {
-        self.inner.saga_counts(s).await
-    }
-    async fn dead_letters(&self, a: u64, l: u32) -> Result<Vec<DeadLetter>, StoreError> {
-        self.inner.dead_letters(a, l).await
-    }
-    async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
-        self.inner.dead_letter(id).await
-    }
-    async fn try_lease(&self, n: &str, h: &str, ttl: i64) -> Result<bool, StoreError> {
-        self.inner.try_lease(n, h, ttl).await
-    }
-    async fn release_lease(&self, n: &str, h: &str) -> Result<(), StoreError> {
-        self.inner.release_lease(n, h).await
-    }
-    async fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
-        self.inner.leases().await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    async fn close(&self) {
-        self.inner.close().await
-    }
 }
 
 #[tokio::test]
@@ -184,7 +75,7 @@ async fn transient_store_errors_are_retried_not_reported_as_poison() {
         failures: AtomicU32::new(3),
         failed: AtomicU32::new(0),
     });
-    let store: Arc<dyn EventStore> = flaky.clone();
+    let store = inner.clone();
     let event = |event_type: &str, data: &str| NewEvent {
         event_type: event_type.into(),
         schema: 1,
@@ -211,7 +102,13 @@ async fn transient_store_errors_are_retried_not_reported_as_poison() {
         retry_backoff_max: Duration::from_millis(100),
         ..ProjectionConfig::default()
     };
-    let projections = Projections::new(store.clone(), runtime, config);
+    let stores = ProjectionStores {
+        log: inner.clone(),
+        views: flaky.clone(),
+        catalog: inner.clone(),
+    };
+    let leases = Leases::new(inner.clone(), Duration::from_secs(5), false);
+    let projections = Projections::new(stores, runtime, config, leases);
     projections.deploy(plugin, DeployMode::Live).await.unwrap();
     let mut status = projections.status("account_balances").await.unwrap();
     for _ in 0..500 {

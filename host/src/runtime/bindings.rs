@@ -4,6 +4,8 @@
 //! bindings are reused by the others through `with`, so one host `log`
 //! implementation serves all plugin kinds.
 
+use crate::store::RecordedEvent;
+
 /// The `aggregate` world.
 pub mod aggregate {
     wasmtime::component::bindgen!({
@@ -54,3 +56,17 @@ pub use aggregate::kiln::plugin::types::{
     Failure as WitFailure, NewEvent as WitNewEvent, OutgoingCommand as WitOutgoingCommand,
     Reaction as WitReaction, Rejection as WitRejection, Timer as WitTimer,
 };
+
+/// The event as a plugin sees it.
+pub fn to_wit_event(e: &RecordedEvent) -> WitEvent {
+    WitEvent {
+        position: e.position,
+        stream_id: e.stream_id.clone(),
+        version: e.version,
+        event_type: e.event_type.clone(),
+        schema: e.schema,
+        data: e.data.clone().into_bytes(),
+        metadata: e.metadata.clone().into_bytes(),
+        recorded_at_ms: e.recorded_at_us.div_euclid(1000),
+    }
+}

@@ -23,7 +23,12 @@
 //!
 //! The directory must be writable by this host only: wasmtime checks the
 //! header, the engine compatibility and the structure of a compiled artifact,
-//! not the integrity of the machine code in it.
+//! not the integrity of the machine code in it. [`CompileCache::open`]
+//! creates it `0700` and checks it: a directory another user can write to
+//! (group or other write permission, or another owner) is refused with a
+//! warning, and a private directory of this user under the system's
+//! temporary directory is used instead (or none, if that one is not safe
+//! either).
 
 use std::fs::{self, OpenOptions};
 use std::hash::{Hash, Hasher};
@@ -60,11 +65,32 @@ pub struct CompileCache {
 }
 
 impl CompileCache {
-    /// Use `dir` as the cache, creating it (and its parents) if needed.
+    /// Use `dir` as the cache, creating it (mode `0700`, and its parents)
+    /// if needed. A directory that another user could write to is not
+    /// used: a private one is, with a warning (see the module's docs).
     pub fn open(dir: impl Into<PathBuf>) -> io::Result<Self> {
         let dir = dir.into();
-        fs::create_dir_all(&dir)?;
-        Ok(Self { dir })
+        create_private_dir(&dir)?;
+        match check_private(&dir) {
+            Ok(()) => Ok(Self { dir }),
+            Err(reason) => {
+                let fallback = private_fallback_dir();
+                tracing::warn!(
+                    dir = %dir.display(),
+                    %reason,
+                    fallback = %fallback.display(),
+                    "the compile cache directory is writable by others; its compiled code is not trusted, using a private directory instead"
+                );
+                create_private_dir(&fallback)?;
+                check_private(&fallback).map_err(|reason| {
+                    io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("no private compile cache directory: {reason}"),
+                    )
+                })?;
+                Ok(Self { dir: fallback })
+            }
+        }
     }
 
     /// The cache directory.
@@ -146,6 +172,60 @@ fn load_cached(engine: &Engine, path: &Path) -> Result<Component, wasmtime::Erro
     // the mapped inode intact. The directory must not be writable by anyone
     // but this host (see the module documentation).
     unsafe { Component::deserialize_file(engine, path) }
+}
+
+/// Create `dir` and its missing parents; the directories created get mode
+/// `0700` (an existing one keeps its mode: [`check_private`] judges it).
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Whether only this user can write to `dir`: owned by this process's
+/// user, without write permission for the group or others. The reason
+/// otherwise.
+#[cfg(unix)]
+fn check_private(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(dir).map_err(|e| format!("cannot stat it: {e}"))?;
+    if !meta.is_dir() {
+        return Err("it is not a directory".into());
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(format!("its mode {mode:o} lets the group or others write"));
+    }
+    // /proc/self belongs to the process's effective user.
+    if let Ok(me) = fs::metadata("/proc/self")
+        && me.uid() != meta.uid()
+    {
+        return Err(format!(
+            "it belongs to user {}, not to this process's user {}",
+            meta.uid(),
+            me.uid()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_dir: &Path) -> Result<(), String> {
+    Ok(())
+}
+
+/// A directory of this user's under the system's temporary directory.
+fn private_fallback_dir() -> PathBuf {
+    #[cfg(unix)]
+    let user = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata("/proc/self").map_or(0, |m| m.uid())
+    };
+    #[cfg(not(unix))]
+    let user = 0;
+    std::env::temp_dir().join(format!("kiln-compile-cache-{user}"))
 }
 
 /// Write `bytes` to `path` so that `path` is either absent, the old file, or
@@ -371,5 +451,38 @@ mod tests {
                 .is_err()
         );
         assert!(files(cache.dir()).is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_directory_is_private_and_one_others_can_write_is_not_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("a").join("compiled");
+        let cache = CompileCache::open(&fresh).unwrap();
+        assert_eq!(cache.dir(), fresh);
+        let mode = fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "created private: {mode:o}");
+
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+        let cache = CompileCache::open(&shared).unwrap();
+        assert_ne!(cache.dir(), shared, "a world-writable directory is refused");
+        let mode = fs::metadata(cache.dir()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o022, 0, "the fallback is private: {mode:o}");
+        // What it compiles goes to the private directory, never the shared one.
+        let engine = engine(false);
+        cache.load_or_compile(&engine, &bank_account()).unwrap();
+        assert!(files(&shared).is_empty());
+
+        let group = dir.path().join("group");
+        fs::create_dir(&group).unwrap();
+        fs::set_permissions(&group, fs::Permissions::from_mode(0o770)).unwrap();
+        assert!(check_private(&group).unwrap_err().contains("770"));
+        let mine = dir.path().join("mine");
+        fs::create_dir(&mine).unwrap();
+        fs::set_permissions(&mine, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(check_private(&mine), Ok(()));
     }
 }

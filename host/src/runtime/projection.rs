@@ -10,7 +10,7 @@ use super::call;
 use super::engine::Runtime;
 use super::plugin::Plugin;
 use super::sandbox::PluginState;
-use super::view::ViewSession;
+use super::view::{ViewAccess, take_back};
 
 /// An instance of a projection plugin, alive for one batch.
 pub struct ProjectionInstance {
@@ -54,24 +54,19 @@ impl ProjectionInstance {
 
     /// Run one batch against `session`; the session comes back with the
     /// batch's writes whatever happened.
-    pub async fn handle_batch(
+    pub async fn handle_batch<V: ViewAccess>(
         &mut self,
         events: &[WitEvent],
-        session: ViewSession,
-    ) -> (Result<BatchOutcome, PluginError>, ViewSession) {
+        session: V,
+    ) -> (Result<BatchOutcome, PluginError>, V) {
         call::start_call(&mut self.store);
-        self.store.data_mut().view = Some(session);
+        self.store.data_mut().view = Some(Box::new(session));
         let result = self
             .bindings
             .call_handle_batch(&mut self.store, events)
             .await;
         let result = result.map_err(|e| self.classify(e));
-        let session = self
-            .store
-            .data_mut()
-            .view
-            .take()
-            .expect("the session stays in the store for the whole call");
+        let session = take_back(self.store.data_mut().view.take());
         (result, session)
     }
 

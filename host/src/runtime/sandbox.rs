@@ -12,7 +12,9 @@ use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
 
+use super::bindings::projection::kiln::plugin::view;
 use super::bindings::{LogLevel, aggregate::kiln::plugin};
+use super::view::ViewAccess;
 
 /// Bytes of stdout and of stderr kept per unit of work. Output past this is
 /// dropped; it only feeds the log and trap messages.
@@ -32,7 +34,7 @@ pub struct PluginState {
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
     /// The view of the batch a projection is processing.
-    pub view: Option<super::view::ViewSession>,
+    pub view: Option<Box<dyn ViewAccess>>,
     /// The last message the plugin logged at `error` level during this unit
     /// of work. Guests whose stdio goes nowhere (JavaScript and Python
     /// components import no WASI) log an uncaught exception here before they
@@ -145,6 +147,41 @@ impl plugin::log::Host for PluginState {
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary.
+/// The `view` import, served from the batch's session.
+fn session(state: &mut PluginState) -> wasmtime::Result<&mut Box<dyn ViewAccess>> {
+    state
+        .view
+        .as_mut()
+        .ok_or_else(|| wasmtime::Error::msg("the view is only available inside handle-batch"))
+}
+
+impl view::Host for PluginState {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        session(self)?.get(key).await.map_err(wasmtime::Error::msg)
+    }
+
+    fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+        session(self)?.put(key, value).map_err(wasmtime::Error::msg)
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        session(self)?.delete(key);
+        Ok(())
+    }
+
+    async fn scan(
+        &mut self,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+        session(self)?
+            .scan(prefix, after, limit)
+            .await
+            .map_err(wasmtime::Error::msg)
+    }
+}
+
 fn truncate_chars(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();

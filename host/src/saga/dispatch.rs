@@ -68,13 +68,10 @@ pub async fn execute(pipeline: &Pipeline, command: &OutboxCommand) -> Outcome {
         Err(CommandError::InvalidCommand(message)) | Err(CommandError::InvalidRequest(message)) => {
             Outcome::Refused(WitFailure::Invalid(message))
         }
-        Err(e) => {
-            let message = e.to_string();
-            Outcome::Transient {
-                code: crate::api::ApiError::from(e).code,
-                message,
-            }
-        }
+        Err(e) => Outcome::Transient {
+            code: e.code(),
+            message: e.to_string(),
+        },
     }
 }
 

@@ -29,10 +29,11 @@ use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::{
-    AppendOutcome, AppendRequest, CommittedBatch, DeadLetter, Deployment, EventStore,
-    GenerationRecord, GlobalQuery, IdempotencyEntry, LeaseRecord, NewDeployment, OutboxCommand,
-    Position, RecordedEvent, SagaCommit, SagaCounts, SagaHistoryEntry, SagaInstanceRecord,
-    SagaLoad, SkipRecord, Snapshot, StoreError, StreamQuery, ViewCommit, ViewId,
+    AppendOutcome, AppendRequest, CommittedBatch, DeadLetter, Deployment, EventLog, EventStore,
+    GenerationRecord, GlobalQuery, IdempotencyEntry, LeaseRecord, LeaseStore, NewDeployment,
+    OutboxCommand, PluginCatalog, Position, RecordedEvent, SagaCommit, SagaCounts,
+    SagaHistoryEntry, SagaInstanceRecord, SagaLoad, SagaStore, SkipRecord, Snapshot, StoreError,
+    StreamQuery, ViewCommit, ViewId, ViewStore,
 };
 
 mod catalog;
@@ -303,7 +304,7 @@ async fn read_global(
 }
 
 #[async_trait]
-impl EventStore for PostgresStore {
+impl EventLog for PostgresStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         self.send(|reply| WriteOp::Append(request, reply)).await
     }
@@ -412,6 +413,17 @@ impl EventStore for PostgresStore {
         self.commits.subscribe()
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn newer_version_known(&self, stream_id: &str, version: u64) -> bool {
+        self.versions.newer_than(stream_id, version)
+    }
+}
+
+#[async_trait]
+impl ViewStore for PostgresStore {
     async fn commit_view(&self, commit: ViewCommit) -> Result<(), StoreError> {
         self.run_job_with(
             Box::new(move |conn| Box::pin(catalog::commit_view(conn, commit))),
@@ -478,7 +490,10 @@ impl EventStore for PostgresStore {
     async fn skips(&self, projection: &str) -> Result<Vec<(u64, SkipRecord)>, StoreError> {
         catalog::skips(&self.readers, projection).await
     }
+}
 
+#[async_trait]
+impl PluginCatalog for PostgresStore {
     async fn record_deployment(&self, deployment: NewDeployment) -> Result<Deployment, StoreError> {
         self.run_job(Box::new(move |conn| {
             Box::pin(catalog::record_deployment(conn, deployment))
@@ -502,7 +517,10 @@ impl EventStore for PostgresStore {
                 .await?,
         )
     }
+}
 
+#[async_trait]
+impl SagaStore for PostgresStore {
     async fn saga_load(&self, saga: &str) -> Result<SagaLoad, StoreError> {
         sagas::load(&self.readers, saga).await
     }
@@ -532,14 +550,6 @@ impl EventStore for PostgresStore {
         instance: &str,
     ) -> Result<Option<SagaInstanceRecord>, StoreError> {
         sagas::instance(&self.readers, saga, instance).await
-    }
-
-    fn shared(&self) -> bool {
-        true
-    }
-
-    fn newer_version_known(&self, stream_id: &str, version: u64) -> bool {
-        self.versions.newer_than(stream_id, version)
     }
 
     async fn saga_instances(
@@ -578,7 +588,10 @@ impl EventStore for PostgresStore {
     async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
         sagas::dead_letter(&self.readers, id).await
     }
+}
 
+#[async_trait]
+impl LeaseStore for PostgresStore {
     async fn try_lease(&self, name: &str, holder: &str, ttl_us: i64) -> Result<bool, StoreError> {
         let name = name.to_string();
         let holder = holder.to_string();
@@ -600,7 +613,10 @@ impl EventStore for PostgresStore {
     async fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
         catalog::leases(&self.readers).await
     }
+}
 
+#[async_trait]
+impl EventStore for PostgresStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.readers).await?;
         if self.writer.is_closed() {

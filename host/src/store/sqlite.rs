@@ -21,10 +21,11 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::hash_chain;
 use super::{
-    AppendOutcome, AppendRequest, CommittedBatch, DeadLetter, Deployment, EventStore,
-    GenerationRecord, GlobalQuery, IdempotencyEntry, LeaseRecord, NewDeployment, OutboxCommand,
-    Position, RecordedEvent, SagaCommit, SagaCounts, SagaHistoryEntry, SagaInstanceRecord,
-    SagaLoad, SkipRecord, Snapshot, StoreError, StreamQuery, ViewCommit, ViewId,
+    AppendOutcome, AppendRequest, CommittedBatch, DeadLetter, Deployment, EventLog, EventStore,
+    GenerationRecord, GlobalQuery, IdempotencyEntry, LeaseRecord, LeaseStore, NewDeployment,
+    OutboxCommand, PluginCatalog, Position, RecordedEvent, SagaCommit, SagaCounts,
+    SagaHistoryEntry, SagaInstanceRecord, SagaLoad, SagaStore, SkipRecord, Snapshot, StoreError,
+    StreamQuery, ViewCommit, ViewId, ViewStore,
 };
 
 mod catalog;
@@ -264,7 +265,7 @@ async fn current_version(conn: &mut SqliteConnection, stream_id: &str) -> Result
 }
 
 #[async_trait]
-impl EventStore for SqliteStore {
+impl EventLog for SqliteStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         self.send(|reply| WriteOp::Append(request, reply)).await
     }
@@ -400,7 +401,10 @@ impl EventStore for SqliteStore {
     fn subscribe_commits(&self) -> broadcast::Receiver<CommittedBatch> {
         self.commits.subscribe()
     }
+}
 
+#[async_trait]
+impl ViewStore for SqliteStore {
     async fn commit_view(&self, commit: ViewCommit) -> Result<(), StoreError> {
         self.run_job_with(
             Box::new(move |conn| Box::pin(catalog::commit_view(conn, commit))),
@@ -467,7 +471,10 @@ impl EventStore for SqliteStore {
     async fn skips(&self, projection: &str) -> Result<Vec<(u64, SkipRecord)>, StoreError> {
         catalog::skips(&self.readers, projection).await
     }
+}
 
+#[async_trait]
+impl PluginCatalog for SqliteStore {
     async fn record_deployment(&self, deployment: NewDeployment) -> Result<Deployment, StoreError> {
         self.run_job(Box::new(move |conn| {
             Box::pin(catalog::record_deployment(conn, deployment))
@@ -491,7 +498,10 @@ impl EventStore for SqliteStore {
                 .await?,
         )
     }
+}
 
+#[async_trait]
+impl SagaStore for SqliteStore {
     async fn saga_load(&self, saga: &str) -> Result<SagaLoad, StoreError> {
         sagas::load(&self.readers, saga).await
     }
@@ -586,7 +596,10 @@ impl EventStore for SqliteStore {
     async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
         sagas::dead_letter(&self.readers, id).await
     }
+}
 
+#[async_trait]
+impl LeaseStore for SqliteStore {
     async fn try_lease(&self, name: &str, holder: &str, ttl_us: i64) -> Result<bool, StoreError> {
         let name = name.to_string();
         let holder = holder.to_string();
@@ -608,7 +621,10 @@ impl EventStore for SqliteStore {
     async fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
         catalog::leases(&self.readers).await
     }
+}
 
+#[async_trait]
+impl EventStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.readers).await?;
         if self.writer.is_closed() {

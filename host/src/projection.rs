@@ -10,24 +10,29 @@
 //! read that started on it finishes).
 
 pub mod diff;
+mod leasing;
+mod operations;
 pub mod runner;
+mod status;
 #[cfg(all(test, feature = "examples"))]
 mod tests;
+pub mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::lease::{Leases, PROJECTION_PREFIX};
 use crate::runtime::{Plugin, Runtime};
 use crate::store::{
-    DeployMode, EventStore, GenerationRecord, GenerationRole, Position, StoreError, ViewId,
+    DeployMode, EventLog, GenerationRecord, GenerationRole, PluginCatalog, Position, StoreError,
+    ViewId, ViewStore,
 };
 pub use runner::{Control, Generation, Poison, RunnerContext, RunnerEvent, Serving};
+pub use status::{ErrorStatus, ProjectionStatus, RebuildStatus, TimeStatus};
 
 /// Default events per projection batch.
 pub const BATCH_SIZE_DEFAULT: u32 = 256;
@@ -129,107 +134,45 @@ impl Entry {
     }
 }
 
-/// A projection's status, as `GET /projections/{name}` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProjectionStatus {
-    pub name: String,
-    pub plugin: Option<String>,
-    pub generation: u64,
-    /// `running`, `rebuilding`, `paused` or `failed`; `elsewhere` when
-    /// another host runs it (the position is then the stored checkpoint).
-    pub state: &'static str,
-    /// Whether this host runs it.
-    pub runs_here: bool,
-    /// The host holding its lease (`null` when leases are off or none holds it).
-    pub host: Option<String>,
-    pub position: Position,
-    pub head: Position,
-    pub lag: u64,
-    pub error: Option<ErrorStatus>,
-    pub rebuild: Option<RebuildStatus>,
-    pub events_processed: u64,
-    pub batches: u64,
-    /// Duration of the last batch, milliseconds.
-    pub last_batch_ms: f64,
-    /// Where the serving generation's time went since start, milliseconds.
-    pub time_ms: TimeStatus,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TimeStatus {
-    /// Waiting for events to be read.
-    pub read: f64,
-    /// Instantiating and running the plugin.
-    pub plugin: f64,
-    /// Committing view rows with the checkpoint.
-    pub commit: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ErrorStatus {
-    pub message: String,
-    /// The poison event's position.
-    pub position: Position,
-    pub stream_id: String,
-    pub event_type: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RebuildStatus {
-    pub generation: u64,
-    pub plugin: String,
-    /// `live` (switches when caught up) or `shadow` (waits for promote).
-    pub mode: &'static str,
-    pub position: Position,
-    pub head: Position,
-    pub progress: f64,
-    pub caught_up: bool,
-    pub error: Option<ErrorStatus>,
-}
-
-fn error_status(poison: &Option<Poison>, retrying: &Option<String>) -> Option<ErrorStatus> {
-    match (poison, retrying) {
-        (Some(p), _) => Some(ErrorStatus {
-            message: p.message.clone(),
-            position: p.position,
-            stream_id: p.stream_id.clone(),
-            event_type: p.event_type.clone(),
-        }),
-        (None, Some(message)) => Some(ErrorStatus {
-            message: message.clone(),
-            position: 0,
-            stream_id: String::new(),
-            event_type: String::new(),
-        }),
-        (None, None) => None,
-    }
-}
-
 /// All projections of this host.
 pub struct Projections {
     ctx: Arc<RunnerContext>,
+    /// Where the plugin versions of older generations are read from.
+    catalog: Arc<dyn PluginCatalog>,
     entries: RwLock<BTreeMap<String, Arc<Entry>>>,
-    /// When set, a projection runs only while this host holds its lease.
-    leases: OnceLock<Arc<Leases>>,
+    /// A projection runs only while this host holds its lease (always,
+    /// when leases are off).
+    leases: Arc<Leases>,
+}
+
+/// The parts of the store projections use.
+#[derive(Clone)]
+pub struct ProjectionStores {
+    pub log: Arc<dyn EventLog>,
+    pub views: Arc<dyn ViewStore>,
+    pub catalog: Arc<dyn PluginCatalog>,
 }
 
 impl Projections {
     /// The manager, and its task that switches generations when they catch up.
     pub fn new(
-        store: Arc<dyn EventStore>,
+        stores: ProjectionStores,
         runtime: Runtime,
         config: ProjectionConfig,
+        leases: Arc<Leases>,
     ) -> Arc<Self> {
         let (events, mut events_rx) = mpsc::unbounded_channel();
         let projections = Arc::new(Self {
             ctx: Arc::new(RunnerContext {
-                store,
+                log: stores.log,
+                views: stores.views,
                 runtime,
                 config,
                 events,
             }),
+            catalog: stores.catalog,
             entries: RwLock::new(BTreeMap::new()),
-            leases: OnceLock::new(),
+            leases,
         });
         let weak: Weak<Self> = Arc::downgrade(&projections);
         tokio::spawn(async move {
@@ -247,21 +190,15 @@ impl Projections {
         projections
     }
 
-    fn store(&self) -> &Arc<dyn EventStore> {
-        &self.ctx.store
-    }
-
-    /// Run each projection only while this host holds its lease.
-    pub fn set_leases(&self, leases: Arc<Leases>) {
-        let _ = self.leases.set(leases);
+    fn views(&self) -> &Arc<dyn ViewStore> {
+        &self.ctx.views
     }
 
     /// Whether this host may run `name`'s runners (taking its lease if free).
     async fn claim(&self, name: &str) -> bool {
-        match self.leases.get() {
-            Some(leases) => leases.claim(&format!("{PROJECTION_PREFIX}{name}")).await,
-            None => true,
-        }
+        self.leases
+            .claim(&format!("{PROJECTION_PREFIX}{name}"))
+            .await
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Entry>> {
@@ -400,92 +337,10 @@ impl Projections {
         Ok(entry)
     }
 
-    /// This host took the projection's lease: start its runners from the
-    /// stored generations and checkpoints (nothing when they run already).
-    pub async fn take_over(&self, name: &str) -> Result<(), ProjectionError> {
-        let Some(entry) = self.get(name) else {
-            return Ok(());
-        };
-        let (plugin, mode) = {
-            let state = entry.state.lock().await;
-            if state.active.is_some() || state.next.is_some() {
-                entry.runs_here.store(true, Ordering::SeqCst);
-                return Ok(());
-            }
-            match &state.current {
-                Some(current) => current.clone(),
-                None => return Ok(()),
-            }
-        };
-        let records: Vec<GenerationRecord> = self
-            .store()
-            .generations()
-            .await?
-            .into_iter()
-            .filter(|r| r.name == name)
-            .collect();
-        let mut versions = HashMap::new();
-        for record in &records {
-            if record.plugin_hash == plugin.hash || versions.contains_key(&record.plugin_hash) {
-                continue;
-            }
-            let Some(bytes) = self.store().plugin_bytes(&record.plugin_hash).await? else {
-                continue;
-            };
-            let runtime = self.ctx.runtime.clone();
-            let owned = name.to_string();
-            let compiled =
-                tokio::task::spawn_blocking(move || runtime.compile(&owned, &bytes)).await;
-            if let Ok(Ok(version)) = compiled {
-                versions.insert(record.plugin_hash.clone(), Arc::new(version));
-            }
-        }
-        tracing::info!(
-            projection = name,
-            "took over the projection; resuming from its checkpoints"
-        );
-        self.resume_records(&entry, &plugin, &records, &versions)
-            .await;
-        let current = {
-            let state = entry.state.lock().await;
-            state
-                .active
-                .as_ref()
-                .is_some_and(|g| g.plugin.hash == plugin.hash)
-                || state
-                    .next
-                    .as_ref()
-                    .is_some_and(|(g, _)| g.plugin.hash == plugin.hash)
-        };
-        if current {
-            Ok(())
-        } else {
-            self.deploy(plugin, mode).await
-        }
-    }
-
-    /// This host lost the projection's lease: stop its runners; reads
-    /// follow the stored checkpoints from now on.
-    pub async fn let_go(&self, name: &str) {
-        let Some(entry) = self.get(name) else { return };
-        entry.runs_here.store(false, Ordering::SeqCst);
-        let mut state = entry.state.lock().await;
-        let active = state.active.take();
-        let next = state.next.take().map(|(g, _)| g);
-        for generation in active.iter().chain(next.iter()) {
-            generation.stop_serving();
-            let _ = generation.control(Control::Stop).await;
-        }
-        tracing::info!(
-            projection = name,
-            "stopped the projection: another host runs it"
-        );
-    }
-
     /// The active generation and its stored checkpoint.
     async fn stored_serving(&self, name: &str) -> Result<Serving, StoreError> {
         Ok(self
-            .store()
+            .views()
             .generations()
             .await?
             .into_iter()
@@ -594,7 +449,7 @@ impl Projections {
         role: GenerationRole,
     ) -> Result<Arc<Generation>, ProjectionError> {
         let generation = state.next_generation;
-        self.store()
+        self.views()
             .save_generation(GenerationRecord {
                 name: entry.name.clone(),
                 generation,
@@ -605,119 +460,6 @@ impl Projections {
             .await?;
         state.next_generation += 1;
         Ok(self.spawn(entry, plugin, generation, 0))
-    }
-
-    /// `POST /projections/{name}/rebuild`: a new generation of the version
-    /// that serves, switched to when it has caught up.
-    pub async fn rebuild(&self, name: &str) -> Result<u64, ProjectionError> {
-        let entry = self.entry_here(name)?;
-        let mut state = entry.state.lock().await;
-        let plugin = state
-            .active
-            .as_ref()
-            .map(|a| a.plugin.clone())
-            .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
-        if let Some((next, _)) = state.next.take() {
-            self.retire(next).await;
-        }
-        let generation = self
-            .create(&entry, &mut state, plugin, GenerationRole::Building)
-            .await?;
-        let number = generation.generation;
-        state.next = Some((generation, GenerationRole::Building));
-        tracing::info!(projection = name, generation = number, "rebuild started");
-        Ok(number)
-    }
-
-    /// `POST /projections/{name}/resume`: retry or skip the poison event of
-    /// every failed generation of the projection.
-    pub async fn resume(&self, name: &str, skip: bool) -> Result<usize, ProjectionError> {
-        let entry = self.entry_here(name)?;
-        let state = entry.state.lock().await;
-        let mut resumed = 0;
-        let generations = state.active.iter().chain(state.next.iter().map(|(g, _)| g));
-        for generation in generations {
-            if generation.progress().poison.is_some()
-                && generation.control(Control::Resume { skip }).await
-            {
-                resumed += 1;
-            }
-        }
-        if resumed == 0 {
-            return Err(ProjectionError::Conflict(format!(
-                "projection {name} has not failed; nothing to resume"
-            )));
-        }
-        Ok(resumed)
-    }
-
-    /// `POST /projections/{name}/promote`: make the shadow generation switch
-    /// over as soon as it has caught up.
-    pub async fn promote(&self, name: &str) -> Result<u64, ProjectionError> {
-        let entry = self.entry_here(name)?;
-        let generation = {
-            let mut state = entry.state.lock().await;
-            match &mut state.next {
-                Some((generation, role)) if *role == GenerationRole::Shadow => {
-                    *role = GenerationRole::Building;
-                    self.store()
-                        .save_generation(GenerationRecord {
-                            name: name.to_string(),
-                            generation: generation.generation,
-                            plugin_hash: generation.plugin.hash.clone(),
-                            role: GenerationRole::Building,
-                            position: 0,
-                        })
-                        .await?;
-                    generation.generation
-                }
-                _ => {
-                    return Err(ProjectionError::Conflict(format!(
-                        "projection {name} has no shadow generation to promote"
-                    )));
-                }
-            }
-        };
-        self.maybe_switch(name, generation).await;
-        Ok(generation)
-    }
-
-    /// `DELETE /projections/{name}/shadow`: stop and drop the shadow
-    /// generation. Returns the plugin that serves, which is current again.
-    pub async fn drop_shadow(&self, name: &str) -> Result<Arc<Plugin>, ProjectionError> {
-        let entry = self.entry_here(name)?;
-        let mut state = entry.state.lock().await;
-        match state.next.take() {
-            Some((generation, GenerationRole::Shadow)) => {
-                self.retire(generation).await;
-                state
-                    .active
-                    .as_ref()
-                    .map(|a| a.plugin.clone())
-                    .ok_or_else(|| ProjectionError::NotFound(name.into()))
-            }
-            other => {
-                state.next = other;
-                Err(ProjectionError::Conflict(format!(
-                    "projection {name} has no shadow generation"
-                )))
-            }
-        }
-    }
-
-    /// The active and shadow (or building) generations, for a diff.
-    pub async fn pair(
-        &self,
-        name: &str,
-    ) -> Result<(Arc<Generation>, Arc<Generation>), ProjectionError> {
-        let entry = self.entry_here(name)?;
-        let state = entry.state.lock().await;
-        match (&state.active, &state.next) {
-            (Some(active), Some((next, _))) => Ok((active.clone(), next.clone())),
-            _ => Err(ProjectionError::Conflict(format!(
-                "projection {name} has no second generation to compare with"
-            ))),
-        }
     }
 
     /// Switch reads to `generation` if it is the building one and has
@@ -744,7 +486,7 @@ impl Projections {
                 return;
             }
         }
-        if let Err(e) = self.store().promote_generation(name, generation).await {
+        if let Err(e) = self.views().promote_generation(name, generation).await {
             tracing::error!(projection = name, generation, error = %e, "could not switch generations; will retry when it reports again");
             return;
         }
@@ -773,7 +515,7 @@ impl Projections {
             role: GenerationRole::Retired,
             position: 0,
         };
-        if let Err(e) = self.store().save_generation(record.clone()).await {
+        if let Err(e) = self.views().save_generation(record.clone()).await {
             tracing::warn!(projection = %generation.name, error = %e, "could not mark a generation retired");
         }
         self.retire_record(&record);
@@ -781,7 +523,7 @@ impl Projections {
 
     /// Drop a retired generation's rows in chunks, in the background.
     fn retire_record(&self, record: &GenerationRecord) {
-        let store = self.store().clone();
+        let store = self.views().clone();
         let name = record.name.clone();
         let number = record.generation;
         let grace = self.ctx.config.retire_grace;
@@ -808,121 +550,6 @@ impl Projections {
             }
             tracing::info!(projection = %name, generation = number, rows = dropped, "old generation dropped");
         });
-    }
-
-    /// The status of one projection.
-    pub async fn status(&self, name: &str) -> Result<ProjectionStatus, ProjectionError> {
-        let entry = self
-            .get(name)
-            .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
-        let head = *self.store().subscribe_head().borrow();
-        let host = match self.leases.get() {
-            Some(leases) if leases.enabled() => {
-                leases
-                    .holder_of(&format!("{PROJECTION_PREFIX}{name}"))
-                    .await
-            }
-            _ => None,
-        };
-        if !entry.runs_here() {
-            let serving = self.stored_serving(name).await?;
-            let head = head.max(self.store().head_position().await?);
-            let plugin = self
-                .store()
-                .generations()
-                .await?
-                .into_iter()
-                .find(|r| r.name == name && r.generation == serving.generation)
-                .map(|r| r.plugin_hash);
-            return Ok(ProjectionStatus {
-                name: name.to_string(),
-                plugin,
-                generation: serving.generation,
-                state: "elsewhere",
-                runs_here: false,
-                host,
-                position: serving.position,
-                head,
-                lag: head.saturating_sub(serving.position),
-                error: None,
-                rebuild: None,
-                events_processed: 0,
-                batches: 0,
-                last_batch_ms: 0.0,
-                time_ms: TimeStatus {
-                    read: 0.0,
-                    plugin: 0.0,
-                    commit: 0.0,
-                },
-            });
-        }
-        let state = entry.state.lock().await;
-        let (plugin, generation, progress) = match &state.active {
-            Some(a) => (Some(a.plugin.hash.clone()), a.generation, a.progress()),
-            None => (None, 0, runner::Progress::default()),
-        };
-        let rebuild = state.next.as_ref().map(|(next, role)| {
-            let p = next.progress();
-            RebuildStatus {
-                generation: next.generation,
-                plugin: next.plugin.hash.clone(),
-                mode: if *role == GenerationRole::Shadow {
-                    "shadow"
-                } else {
-                    "live"
-                },
-                position: p.position,
-                head,
-                progress: if head == 0 {
-                    1.0
-                } else {
-                    (p.position as f64 / head as f64).min(1.0)
-                },
-                caught_up: p.position >= head,
-                error: error_status(&p.poison, &None),
-            }
-        });
-        let state_name = if progress.poison.is_some() {
-            "failed"
-        } else if rebuild.is_some() {
-            "rebuilding"
-        } else if progress.stopped {
-            "paused"
-        } else {
-            "running"
-        };
-        Ok(ProjectionStatus {
-            name: name.to_string(),
-            plugin,
-            generation,
-            state: state_name,
-            runs_here: true,
-            host,
-            position: progress.position,
-            head,
-            lag: head.saturating_sub(progress.position),
-            error: error_status(&progress.poison, &progress.retrying),
-            rebuild,
-            events_processed: progress.events_processed,
-            batches: progress.batches,
-            last_batch_ms: progress.last_batch.as_secs_f64() * 1000.0,
-            time_ms: TimeStatus {
-                read: progress.read_time.as_secs_f64() * 1000.0,
-                plugin: progress.plugin_time.as_secs_f64() * 1000.0,
-                commit: progress.commit_time.as_secs_f64() * 1000.0,
-            },
-        })
-    }
-
-    /// Every projection's status, by name.
-    pub async fn statuses(&self) -> Vec<ProjectionStatus> {
-        let mut out = Vec::new();
-        for name in self.names() {
-            if let Ok(status) = self.status(&name).await {
-                out.push(status);
-            }
-        }
-        out
     }
 
     /// Stop every runner (at shutdown).
