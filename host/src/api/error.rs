@@ -174,3 +174,59 @@ impl From<RegistryError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ExpectedVersion;
+
+    /// The code a dead letter records for a command (`CommandError::code`)
+    /// is the one a client gets for the same failure.
+    #[test]
+    fn command_error_codes_are_the_api_codes() {
+        let plugin = || "p".to_string();
+        let errors = vec![
+            CommandError::NotFound("x".into()),
+            CommandError::InvalidRequest("x".into()),
+            CommandError::InvalidCommand("x".into()),
+            CommandError::Rejected {
+                code: Some("c".into()),
+                message: "x".into(),
+            },
+            CommandError::WrongExpectedVersion {
+                stream_id: "s-1".into(),
+                expected: ExpectedVersion::Exact(1),
+                actual: 2,
+            },
+            CommandError::IdempotencyConflict { key: "k".into() },
+            CommandError::Plugin(PluginError::Trap {
+                plugin: plugin(),
+                message: "x".into(),
+            }),
+            CommandError::Plugin(PluginError::OutOfMemory {
+                plugin: plugin(),
+                limit_bytes: 1,
+            }),
+            CommandError::Plugin(PluginError::Timeout {
+                plugin: plugin(),
+                limit_ms: 1,
+            }),
+            CommandError::Plugin(PluginError::Contract {
+                plugin: plugin(),
+                message: "x".into(),
+            }),
+            CommandError::Plugin(PluginError::Instantiate {
+                plugin: plugin(),
+                message: "x".into(),
+            }),
+            CommandError::Store(StoreError::Unavailable("x".into())),
+            CommandError::Store(StoreError::ShuttingDown),
+            CommandError::Store(StoreError::Corrupt("x".into())),
+        ];
+        for error in errors {
+            let code = error.code();
+            let described = error.to_string();
+            assert_eq!(ApiError::from(error).code, code, "{described}");
+        }
+    }
+}

@@ -248,11 +248,7 @@ impl Pipeline {
                 stream_id: stream_id.clone(),
                 expected: ExpectedVersion::Exact(loaded_version),
                 events: new_events,
-                idempotency: request.idempotency_key.clone().map(|key| IdempotencyClaim {
-                    window_start_us: self.window_start(&key),
-                    key,
-                    request_hash: request_hash.to_string(),
-                }),
+                idempotency: self.claim(request, request_hash),
             };
             match self.store.append(append).await {
                 Ok(AppendOutcome::Committed { version, events }) => {
@@ -268,6 +264,15 @@ impl Pipeline {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// The idempotency record the command's append writes, if it has a key.
+    fn claim(&self, request: &CommandRequest, request_hash: &str) -> Option<IdempotencyClaim> {
+        request.idempotency_key.clone().map(|key| IdempotencyClaim {
+            window_start_us: self.window_start(&key),
+            key,
+            request_hash: request_hash.to_string(),
+        })
     }
 
     /// The state to decide a command on, and whether it is known to be the
