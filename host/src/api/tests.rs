@@ -243,6 +243,8 @@ async fn documented_bounds_are_the_ones_the_server_enforces() {
             "{path} {name}"
         );
     }
+    let at_version = param_schema("/streams/{stream_id}/state", "at_version");
+    assert_eq!(at_version["minimum"].as_f64(), Some(1.0));
     let timeout = param_schema("/projections/{name}/rows/{key}", "timeout_ms");
     assert_eq!(
         timeout["maximum"].as_f64(),
