@@ -15,6 +15,7 @@
 //! shutdown), and is what a backend is opened as.
 
 mod catalog;
+pub mod db_error;
 mod error;
 pub mod hash_chain;
 mod leases;
@@ -74,13 +75,13 @@ pub async fn open(
 /// why the batch did not.
 pub(crate) fn write_answer<T>(
     outcome: Option<Result<T, StoreError>>,
-    committed: Result<(), String>,
+    committed: Result<(), StoreError>,
 ) -> Result<T, StoreError> {
     match committed {
         Ok(()) => {
             outcome.unwrap_or_else(|| Err(StoreError::Unavailable("the write was not run".into())))
         }
-        Err(message) => Err(StoreError::Unavailable(message)),
+        Err(e) => Err(e),
     }
 }
 

@@ -156,7 +156,7 @@ async fn health_readiness_metrics_openapi() {
     assert!(m.contains("kiln_head_position 1"), "{m}");
     let o = h.get("/openapi.json").await;
     o.expect(200, "");
-    assert_eq!(o.body["openapi"], "3.0.3");
+    assert_eq!(o.body["openapi"], "3.1.0");
     for path in [
         "/commands/{aggregate}/{id}",
         "/streams/{stream_id}/events",

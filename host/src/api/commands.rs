@@ -10,33 +10,76 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
+use super::error::ErrorBody;
 use super::json::{EventJson, event_json, read_json_body};
 use super::{ApiError, AppState};
 use crate::command::{CommandOutcome, CommandRequest};
 use crate::store::ExpectedVersion;
 
 /// The request body.
-#[derive(Deserialize)]
-struct CommandBody {
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"type": "Deposit", "data": {"amount": 50}, "metadata": {"user": "ann"}, "expected_version": 3}))]
+pub struct CommandBody {
+    /// The command's type, as the aggregate plugin knows it; not empty.
     #[serde(rename = "type")]
+    #[schema(min_length = 1)]
     command_type: String,
+    /// The command's data (default `{}`), handed to the plugin as JSON.
     #[serde(default)]
+    #[schema(value_type = Option<Value>)]
     data: Option<Value>,
+    /// A JSON object (default `{}`), copied into each event's metadata
+    /// with `correlation_id` and `causation_id`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// A version number (0 is `"no_stream"`), `"no_stream"`, or `"any"`
+    /// (the default).
     #[serde(default)]
+    #[schema(value_type = Option<Value>, example = json!(3))]
     expected_version: Option<Value>,
 }
 
-#[derive(Serialize)]
-struct CommandResponse<'a> {
+/// A command's answer: the events it appended.
+#[derive(Serialize, ToSchema)]
+pub struct CommandResponse<'a> {
     stream_id: &'a str,
+    /// The stream's version after the command (unchanged if it produced no
+    /// events).
     version: u64,
+    /// The global position of the last event appended (or of the stream's
+    /// last event).
     position: u64,
     events: Vec<EventJson<'a>>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/commands/{aggregate}/{id}",
+    tag = "commands",
+    summary = "Submit a command to an aggregate instance",
+    description = "Runs the aggregate plugin `aggregate` on stream `{aggregate}-{id}` and appends the events it produces, atomically. A repeat with the same `Idempotency-Key` and the same body within the window answers the original response with `Idempotent-Replayed: true` and appends nothing.",
+    params(
+        ("aggregate" = String, Path, description = "The aggregate plugin's name"),
+        ("id" = String, Path, description = "The instance id; the stream is `{aggregate}-{id}`"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Visible ASCII; may not start with `kiln-saga/` (the saga manager's keys do)"),
+    ),
+    request_body(content = CommandBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Appended (or a command that produced no events, with `events: []`)", body = CommandResponse,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored answer of an earlier request with the same key"))),
+        (status = 400, description = "`invalid_request` (malformed body, bad field, bad header) or `invalid_command` (the plugin answered invalid)", body = ErrorBody),
+        (status = 404, description = "`not_found`: no aggregate plugin of that name", body = ErrorBody),
+        (status = 409, description = "`wrong_expected_version` (`details.expected`, `details.actual`) or `idempotency_conflict`", body = ErrorBody),
+        (status = 413, description = "`too_large`: the body or an event over its limit (`details.limit`)", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "`rejected`: a business rule refused the command (`details.reason` when the plugin gave a code)", body = ErrorBody),
+        (status = 500, description = "`plugin_trap`, or `internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`plugin_timeout` (`details.limit_ms`) or `unavailable`", body = ErrorBody),
+    ),
+)]
 pub async fn post_command(
     State(app): State<Arc<AppState>>,
     Path((aggregate, id)): Path<(String, String)>,

@@ -3,7 +3,9 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use crate::command::CommandError;
 use crate::registry::RegistryError;
@@ -51,18 +53,71 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
-    fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    /// `500 internal` for a bug or broken data: the client gets `message`
+    /// and a fresh error id (`details.error_id`, also in the message); the
+    /// log gets the id and `cause` with its whole chain of sources. The
+    /// cause is not echoed to the client: it may hold paths or SQL.
+    pub fn internal(message: &str, cause: &(dyn std::error::Error + 'static)) -> Self {
+        let error_id = uuid::Uuid::new_v4();
+        tracing::error!(%error_id, error = %cause_chain(cause), "{message}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("{message}; see the host's log for error id {error_id}"),
+        )
+        .with_details(json!({ "error_id": error_id.to_string() }))
     }
+}
+
+/// `e` and each of its sources, joined by `: `; a source whose text its
+/// error already shows (`"failed: {source}"`) is not repeated.
+pub fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(source) = next {
+        let part = source.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = source.source();
+    }
+    text
+}
+
+/// The body of every error answer.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "wrong_expected_version", "message": "stream bank_account-42 is at version 3, expected 2", "details": {"expected": 2, "actual": 3}}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `invalid_request`, `not_found`,
+    /// `unavailable`, `internal`… (see docs/api.md).
+    pub code: &'static str,
+    /// For people; may change between versions.
+    pub message: String,
+    /// More, by code: e.g. `expected` and `actual` for
+    /// `wrong_expected_version`, `limit` for `too_large`, `error_id` for
+    /// `internal`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<Value>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(details) = self.details {
-            error["details"] = details;
-        }
-        (self.status, axum::Json(json!({ "error": error }))).into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                details: self.details,
+            },
+        };
+        (self.status, axum::Json(body)).into_response()
     }
 }
 
@@ -84,9 +139,9 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %e, "store unavailable");
                 ApiError::unavailable("the event store is unavailable; retry later")
             }
+            StoreError::Internal { .. } => ApiError::internal("the event store failed", &e),
             StoreError::Corrupt(_) | StoreError::CheckpointMoved { .. } => {
-                tracing::error!(error = %e, "store corrupt");
-                ApiError::internal("the event store reported corrupt data; see the host's log")
+                ApiError::internal("the event store reported corrupt data", &e)
             }
         }
     }
@@ -167,10 +222,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::Load(LoadError::Invalid(m)) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", m)
             }
-            RegistryError::Io { .. } => {
-                tracing::error!(error = %e, "plugin io");
-                ApiError::internal("could not read the plugin")
-            }
+            RegistryError::Io { .. } => ApiError::internal("could not read the plugin", &e),
         }
     }
 }

@@ -2,23 +2,33 @@
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode, header};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
 use super::ApiError;
 use crate::store::RecordedEvent;
 
 /// An event as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Event)]
 pub struct EventJson<'a> {
+    /// Its place in the global log (from 1, no gaps).
     pub position: u64,
     pub stream_id: &'a str,
+    /// Its place in its stream (from 1, no gaps).
     pub version: u64,
     #[serde(rename = "type")]
     pub event_type: &'a str,
+    /// The version of the event type's shape.
     pub schema: u32,
+    #[schema(value_type = Value)]
     pub data: &'a RawValue,
+    /// The command's metadata with `correlation_id` and `causation_id`.
+    #[schema(value_type = Object)]
     pub metadata: &'a RawValue,
+    /// RFC 3339 in UTC with milliseconds.
+    #[schema(example = "2026-11-22T10:00:00.123Z")]
     pub recorded_at: String,
 }
 
@@ -48,6 +58,14 @@ pub fn format_time_us(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// How to resume a failed projection or saga.
+#[derive(Deserialize, Default, ToSchema)]
+pub struct ResumeBody {
+    /// Skip the event (or unit of work) it failed on instead of retrying it.
+    #[serde(default)]
+    pub skip: bool,
 }
 
 /// Read a request body of at most `limit` bytes that must be JSON.

@@ -32,7 +32,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
+use utoipa::IntoParams;
 
+use super::error::ErrorBody;
 use super::json::event_json;
 use super::{ApiError, AppState};
 use crate::store::{CommittedBatch, EventLog, Position, RecordedEvent, StoreError, StreamQuery};
@@ -93,13 +95,19 @@ impl LiveFeeds {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GlobalLiveQuery {
+    /// The first position to send (0 counts as 1); by default only what
+    /// commits from now on. `Last-Event-ID` wins over it.
     from_position: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamLiveQuery {
+    /// The first version to send (default 1; 0 counts as 1).
+    /// `Last-Event-ID` wins over it.
     from_version: Option<u64>,
 }
 
@@ -137,6 +145,21 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<Position>, ApiError> {
 ///
 /// Starts after `Last-Event-ID` if given, else at `from_position`, else at
 /// the current head + 1 (only what is committed from now on).
+#[utoipa::path(
+    get,
+    path = "/events/live",
+    tag = "streams",
+    summary = "Follow the global log as Server-Sent Events: catch-up, then live",
+    params(
+        GlobalLiveQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this position (what the feed's `id:` lines carry); at most 2^63-1"),
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream`: each event one message `event: event`, `id: <position>`, `data: <the event JSON of GET /events>`; keep-alive comments when idle", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`invalid_request`: a bad query parameter or Last-Event-ID", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the host is shutting down", body = ErrorBody),
+    ),
+)]
 pub async fn global_live(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -172,6 +195,24 @@ pub async fn global_live(
 /// Starts after the event at position `Last-Event-ID` if given, else at
 /// `from_version` (default 1). A stream with no events yet is not an error:
 /// the feed waits for it to come into existence.
+#[utoipa::path(
+    get,
+    path = "/streams/{stream_id}/live",
+    tag = "streams",
+    summary = "Follow one stream as Server-Sent Events: catch-up, then live",
+    description = "A stream with no events yet is not an error: the feed waits for it.",
+    params(
+        ("stream_id" = String, Path, description = "e.g. `bank_account-42`"),
+        StreamLiveQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after the event at this position; at most 2^63-1"),
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream`, as `GET /events/live`", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`invalid_request`: a bad query parameter or Last-Event-ID", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the host is shutting down or the store is", body = ErrorBody),
+    ),
+)]
 pub async fn stream_live(
     State(app): State<Arc<AppState>>,
     Path(stream_id): Path<String>,

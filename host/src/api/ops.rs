@@ -8,15 +8,34 @@ use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 
 /// `GET /healthz`: the process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "The process is up",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)),
+)]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: the store answers and plugins are loaded (`compiling`
 /// names the versions still compiling, which the others serve beside).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "The store answers and plugins are loaded",
+    responses(
+        (status = 200, description = "`{\"status\": \"ready\", \"plugins\", \"compiling\": [names], \"head\"}`", body = Object),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the store does not answer, or no plugin is loaded", body = ErrorBody),
+    ),
+)]
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let store = &app.store;
     store.ping().await?;
@@ -39,6 +58,13 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Api
 }
 
 /// `GET /metrics`: Prometheus text.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "The text exposition format 0.0.4", content_type = "text/plain", body = String)),
+)]
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let head = *app.store.subscribe_head().borrow();
     let mut text = app.metrics.render(head, app.registry.len());

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
+use super::error::ErrorBody;
 use super::json::{format_time_us, read_body, read_optional_json};
 use super::streams::query;
 use super::{ApiError, AppState};
@@ -18,6 +19,7 @@ use crate::registry::Compiling;
 use crate::runtime::Plugin;
 use crate::store::{DeployMode, Deployment};
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
 pub fn plugin_json(p: &Plugin) -> Value {
     json!({
@@ -42,6 +44,15 @@ fn compiling_json(c: &Compiling) -> Value {
 /// first version is still compiling (`status` `compiling`, `kind` null). A
 /// loaded plugin with a new version compiling carries it under `compiling`
 /// while the loaded version serves.
+#[utoipa::path(
+    get,
+    path = "/plugins",
+    tag = "plugins",
+    summary = "The loaded plugins, and versions still compiling",
+    responses(
+        (status = 200, description = "By name: `[{\"name\", \"kind\", \"hash\", \"size\", \"loaded_at\", \"status\": \"ready|compiling\", \"compiling\"?: {\"hash\", \"size\", \"since\"}}]`", body = [Object]),
+    ),
+)]
 pub async fn list_plugins(State(app): State<Arc<AppState>>) -> Json<Value> {
     let mut compiling: std::collections::HashMap<String, Compiling> =
         app.registry.compiling().into_iter().collect();
@@ -79,13 +90,35 @@ pub async fn list_plugins(State(app): State<Arc<AppState>>) -> Json<Value> {
 /// Python components are 10–20 MB.
 pub const PLUGIN_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeployQuery {
-    /// `live` (default) or `shadow`.
+    /// `live` (default): serve the new version now (a projection rebuilds
+    /// into a new generation); `shadow`: a projection builds a shadow
+    /// generation beside the serving one (see `/projections/{name}/diff`).
+    #[param(pattern = "^(live|shadow)$")]
     mode: Option<String>,
 }
 
 /// `PUT /plugins/{name}?mode=live|shadow` (admin): deploy a new version.
+#[utoipa::path(
+    put,
+    path = "/plugins/{name}",
+    tag = "plugins",
+    summary = "Deploy a plugin version (admin)",
+    params(("name" = String, Path, description = "The plugin's name: lowercase letters, digits and `_`"), DeployQuery),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's bytes, at most 64 MiB"),
+    responses(
+        (status = 200, description = "Deployed: the plugin's entry as in `GET /plugins`", body = Object),
+        (status = 400, description = "`invalid_request`: not a component, a bad name or mode", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 413, description = "`too_large`", body = ErrorBody),
+        (status = 422, description = "`invalid_plugin`: the component fits no world", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+    security(("admin" = [])),
+)]
 pub async fn put_plugin(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -125,6 +158,19 @@ fn deployment_json(d: &Deployment) -> Value {
 }
 
 /// `GET /plugins/{name}/history`: versions deployed, newest first.
+#[utoipa::path(
+    get,
+    path = "/plugins/{name}/history",
+    tag = "plugins",
+    summary = "The versions deployed under a name, newest first",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "`{\"name\", \"versions\": [{\"id\", \"name\", \"kind\", \"hash\", \"size\", \"mode\", \"source\", \"deployed_at\"}]}`", body = Object),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+)]
 pub async fn history(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -136,14 +182,32 @@ pub async fn history(
     })))
 }
 
-#[derive(Deserialize, Default)]
-struct RollbackBody {
+#[derive(Deserialize, Default, ToSchema)]
+pub struct RollbackBody {
     /// The version to deploy again; by default the newest one that differs
     /// from the current one.
     hash: Option<String>,
 }
 
 /// `POST /plugins/{name}/rollback` (admin) `{"hash": "sha256:…"}` (optional).
+#[utoipa::path(
+    post,
+    path = "/plugins/{name}/rollback",
+    tag = "plugins",
+    summary = "Deploy an earlier version again (admin)",
+    params(("name" = String, Path)),
+    request_body(content = Option<RollbackBody>, content_type = "application/json", description = "Optional (an empty body is `{}`); at most 4096 bytes"),
+    responses(
+        (status = 200, description = "Deployed: the plugin's entry as in `GET /plugins`", body = Object),
+        (status = 400, description = "`invalid_request`: a bad body", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such plugin or no earlier version", body = ErrorBody),
+        (status = 413, description = "`too_large`", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+    security(("admin" = [])),
+)]
 pub async fn rollback(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,

@@ -12,8 +12,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::IntoParams;
 
-use super::json::read_optional_json;
+use super::error::ErrorBody;
+use super::json::{ResumeBody, read_optional_json};
 use super::plugins::{authorize, plugin_json};
 use super::streams::query;
 use super::{ApiError, AppState};
@@ -46,23 +48,39 @@ impl From<ProjectionError> for ApiError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
+    /// Read-your-writes: answer once the projection has processed this
+    /// global position (e.g. a command's `position`).
     min_position: Option<Position>,
+    /// How long to wait for `min_position`, in ms (default 5000).
+    #[param(maximum = 60000)]
     timeout_ms: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RowsQuery {
+    /// Only keys that start with this (default: all).
     prefix: Option<String>,
+    /// Only keys after this one (the previous page's `next`).
     after: Option<String>,
+    /// Most rows to return (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// As for one row: answer once this position is processed.
     min_position: Option<Position>,
+    /// How long to wait for `min_position`, in ms (default 5000).
+    #[param(maximum = 60000)]
     timeout_ms: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DiffQuery {
+    /// Keys named per kind of difference (default 10; more than 1000
+    /// counts as 1000).
     sample: Option<usize>,
 }
 
@@ -107,11 +125,32 @@ fn value_json(bytes: &[u8]) -> Value {
 }
 
 /// `GET /projections`
+#[utoipa::path(
+    get,
+    path = "/projections",
+    tag = "projections",
+    summary = "Every projection's status",
+    responses((status = 200, description = "A list of statuses, as `GET /projections/{name}`", body = [Object])),
+)]
 pub async fn list(State(app): State<Arc<AppState>>) -> Json<Value> {
     Json(json!(app.projections.statuses().await))
 }
 
 /// `GET /projections/{name}`
+#[utoipa::path(
+    get,
+    path = "/projections/{name}",
+    tag = "projections",
+    summary = "A projection's status",
+    description = "`{\"name\", \"plugin\", \"generation\", \"state\": \"running|rebuilding|paused|failed\", \"position\", \"head\", \"lag\", \"error\", \"rebuild\": null|{\"generation\", \"position\", \"head\", \"progress\"}, …}`",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "The status", body = Object),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+)]
 pub async fn status(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -120,6 +159,21 @@ pub async fn status(
 }
 
 /// `GET /projections/{name}/rows/{key}`: served from the store, no wasm.
+#[utoipa::path(
+    get,
+    path = "/projections/{name}/rows/{key}",
+    tag = "projections",
+    summary = "One row's value, as the projection stored it",
+    params(("name" = String, Path), ("key" = String, Path), WaitQuery),
+    responses(
+        (status = 200, description = "The row's JSON value (a value that is not JSON comes as a string)", body = Value,
+            headers(("Kiln-Position" = u64, description = "The position the serving generation had processed"))),
+        (status = 400, description = "`invalid_request`: a bad query parameter, `timeout_ms` over 60000", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such projection or row", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`: `min_position` not reached in time (`details.position`, `details.min_position`), or the store", body = ErrorBody),
+    ),
+)]
 pub async fn row(
     State(app): State<Arc<AppState>>,
     Path((name, key)): Path<(String, String)>,
@@ -163,6 +217,20 @@ pub async fn row(
 }
 
 /// `GET /projections/{name}/rows?prefix=&after=&limit=`
+#[utoipa::path(
+    get,
+    path = "/projections/{name}/rows",
+    tag = "projections",
+    summary = "Rows by key prefix, in key order, paged",
+    params(("name" = String, Path), RowsQuery),
+    responses(
+        (status = 200, description = "`{\"rows\": [{\"key\", \"value\"}], \"next\": key|null, \"position\"}`; `next` is the `after` of the next page", body = Object),
+        (status = 400, description = "`invalid_request`: a bad query parameter", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`: `min_position` not reached in time, or the store", body = ErrorBody),
+    ),
+)]
 pub async fn rows(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -202,6 +270,22 @@ pub async fn rows(
 }
 
 /// `POST /projections/{name}/rebuild` (admin)
+#[utoipa::path(
+    post,
+    path = "/projections/{name}/rebuild",
+    tag = "projections",
+    summary = "Rebuild into a new generation (admin); reads stay on the old one until it catches up",
+    params(("name" = String, Path)),
+    responses(
+        (status = 202, description = "`{\"name\", \"generation\", \"state\": \"rebuilding\"}`", body = Object),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+    security(("admin" = [])),
+)]
 pub async fn rebuild(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -215,13 +299,25 @@ pub async fn rebuild(
     ))
 }
 
-#[derive(Deserialize, Default)]
-struct ResumeBody {
-    #[serde(default)]
-    skip: bool,
-}
-
 /// `POST /projections/{name}/resume` (admin) `{"skip": false}`
+#[utoipa::path(
+    post,
+    path = "/projections/{name}/resume",
+    tag = "projections",
+    summary = "Retry a failed projection, or skip its poison event (admin)",
+    params(("name" = String, Path)),
+    request_body(content = Option<ResumeBody>, content_type = "application/json", description = "Optional (an empty body is `{\"skip\": false}`); at most 4096 bytes"),
+    responses(
+        (status = 200, description = "`{\"name\", \"resumed\", \"skip\"}`", body = Object),
+        (status = 400, description = "`invalid_request`: a bad body", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: it has not failed", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+    security(("admin" = [])),
+)]
 pub async fn resume(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -237,6 +333,19 @@ pub async fn resume(
 }
 
 /// `GET /projections/{name}/skips`: events skipped by operators.
+#[utoipa::path(
+    get,
+    path = "/projections/{name}/skips",
+    tag = "projections",
+    summary = "Events operators skipped",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "`{\"skips\": [{\"generation\", \"position\", \"stream_id\", \"event_type\", \"reason\"}]}`", body = Object),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+)]
 pub async fn skips(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -260,6 +369,21 @@ pub async fn skips(
 
 /// `GET /projections/{name}/diff`: the active generation against the
 /// shadow (or building) one.
+#[utoipa::path(
+    get,
+    path = "/projections/{name}/diff",
+    tag = "projections",
+    summary = "Compare the active generation with the shadow (or building) one",
+    params(("name" = String, Path), DiffQuery),
+    responses(
+        (status = 200, description = "`{\"name\", \"old\": {\"generation\", \"plugin\", \"position\"}, \"new\": {…}, \"comparable\", \"only_in_old\", \"only_in_new\", \"changed\", \"unchanged\"}`", body = Object),
+        (status = 400, description = "`invalid_request`: a bad query parameter", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: no second generation", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+)]
 pub async fn diff(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -297,6 +421,22 @@ pub async fn diff(
 }
 
 /// `POST /projections/{name}/promote` (admin): cut over to the shadow.
+#[utoipa::path(
+    post,
+    path = "/projections/{name}/promote",
+    tag = "projections",
+    summary = "Switch reads to the shadow generation once it has caught up (admin)",
+    params(("name" = String, Path)),
+    responses(
+        (status = 202, description = "`{\"name\", \"generation\"}`", body = Object),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: no shadow", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+    security(("admin" = [])),
+)]
 pub async fn promote(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -311,6 +451,22 @@ pub async fn promote(
 }
 
 /// `DELETE /projections/{name}/shadow` (admin): drop the shadow.
+#[utoipa::path(
+    delete,
+    path = "/projections/{name}/shadow",
+    tag = "projections",
+    summary = "Drop the shadow generation (admin)",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "Dropped: the serving plugin's entry as in `GET /plugins`", body = Object),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: no shadow", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+    security(("admin" = [])),
+)]
 pub async fn drop_shadow(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,

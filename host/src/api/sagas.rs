@@ -10,8 +10,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::IntoParams;
 
-use super::json::read_optional_json;
+use super::error::ErrorBody;
+use super::json::{ResumeBody, read_optional_json};
 use super::plugins::authorize;
 use super::streams::query;
 use super::{ApiError, AppState};
@@ -36,11 +38,31 @@ impl From<SagaError> for ApiError {
 }
 
 /// `GET /sagas`
+#[utoipa::path(
+    get,
+    path = "/sagas",
+    tag = "sagas",
+    summary = "Every saga: checkpoint, lag, instances per status, outbox depth, dead letters",
+    responses((status = 200, description = "A list of statuses, as `GET /sagas/{name}`", body = [Object])),
+)]
 pub async fn list(State(app): State<Arc<AppState>>) -> Json<Value> {
     Json(json!(app.sagas.infos().await))
 }
 
 /// `GET /sagas/{name}`
+#[utoipa::path(
+    get,
+    path = "/sagas/{name}",
+    tag = "sagas",
+    summary = "One saga's status; `state` is `failed` (with `error`) when its plugin failed",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "The status", body = Object),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+)]
 pub async fn status(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -109,6 +131,20 @@ fn history_json(h: SagaHistoryEntry) -> Value {
 }
 
 /// `GET /sagas/{name}/{instance}`
+#[utoipa::path(
+    get,
+    path = "/sagas/{name}/{instance}",
+    tag = "sagas",
+    summary = "A saga instance: state, status, pending commands, history of steps with their outcomes",
+    description = "`{\"state\": {…}, \"status\": \"running|completed|compensating|failed\", \"pending\": [...], \"history\": [...], …}`",
+    params(("name" = String, Path), ("instance" = String, Path)),
+    responses(
+        (status = 200, description = "The instance", body = Object),
+        (status = 404, description = "`not_found`: no such saga or instance", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+)]
 pub async fn instance(
     State(app): State<Arc<AppState>>,
     Path((name, instance)): Path<(String, String)>,
@@ -116,14 +152,26 @@ pub async fn instance(
     Ok(Json(app.sagas.instance(&name, &instance).await?.into()))
 }
 
-#[derive(Deserialize, Default)]
-pub struct ResumeBody {
-    #[serde(default)]
-    skip: bool,
-}
-
 /// `POST /sagas/{name}/resume` (admin): retry, or skip, the unit of work
 /// the saga's plugin failed on.
+#[utoipa::path(
+    post,
+    path = "/sagas/{name}/resume",
+    tag = "sagas",
+    summary = "Retry the unit of work a saga's plugin failed on, or skip it (admin)",
+    params(("name" = String, Path)),
+    request_body(content = Option<ResumeBody>, content_type = "application/json", description = "Optional (an empty body is `{\"skip\": false}`); at most 4096 bytes"),
+    responses(
+        (status = 200, description = "`{\"name\", \"resumed\", \"skip\"}`", body = Object),
+        (status = 400, description = "`invalid_request`: a bad body", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: it has not failed", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+    security(("admin" = [])),
+)]
 pub async fn resume(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -138,9 +186,13 @@ pub async fn resume(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeadLettersQuery {
+    /// Only dead letters after this id (the previous page's `next`).
     after: Option<u64>,
+    /// Most dead letters to return (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -169,6 +221,19 @@ fn dead_letter_json(d: &DeadLetter) -> Value {
 
 /// `GET /dead-letters?after=ID&limit=N`: commands that exhausted their
 /// attempts, oldest first, each with its errors.
+#[utoipa::path(
+    get,
+    path = "/dead-letters",
+    tag = "sagas",
+    summary = "Saga commands that exhausted their attempts, oldest first, with their errors",
+    params(DeadLettersQuery),
+    responses(
+        (status = 200, description = "`{\"dead_letters\": [{\"id\", \"saga\", \"instance\", \"command\": {\"aggregate\", \"id\", \"type\", \"data\"}, \"errors\", \"dead_at\", …}], \"next\": id|null}`", body = Object),
+        (status = 400, description = "`invalid_request`: a bad query parameter", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+)]
 pub async fn dead_letters(
     State(app): State<Arc<AppState>>,
     q: Result<Query<DeadLettersQuery>, QueryRejection>,
@@ -192,6 +257,23 @@ pub async fn dead_letters(
 
 /// `POST /dead-letters/{id}/retry` (admin): back into its instance's
 /// outbox with its attempts reset.
+#[utoipa::path(
+    post,
+    path = "/dead-letters/{id}/retry",
+    tag = "sagas",
+    summary = "Put a dead letter back in its instance's outbox, attempts reset (admin)",
+    params(("id" = u64, Path, description = "The dead letter's id")),
+    responses(
+        (status = 202, description = "`{\"retried\": <the dead letter>}`", body = Object),
+        (status = 400, description = "`invalid_request`: the id is not a number", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+    security(("admin" = [])),
+)]
 pub async fn retry_dead_letter(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,

@@ -7,10 +7,12 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
-use super::json::event_json;
+use super::error::ErrorBody;
+use super::json::{EventJson, event_json};
 use super::{ApiError, AppState};
 use crate::command::pipeline::StateAt;
 use crate::store::StreamQuery;
@@ -18,23 +20,66 @@ use crate::store::StreamQuery;
 /// Most events one page returns.
 pub const PAGE_EVENTS_MAX: u32 = 1000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamEventsQuery {
+    /// The first version to return (default 1; 0 counts as 1).
     from_version: Option<u64>,
+    /// Most events to return (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StateQuery {
+    /// The state after this version (not with `at_time`).
+    #[param(minimum = 1)]
     at_version: Option<u64>,
+    /// The state as it was at this RFC 3339 time (not with `at_version`).
+    #[param(example = "2026-11-22T10:00:00Z")]
     at_time: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GlobalEventsQuery {
+    /// The first position to return (default 1; 0 counts as 1).
     from_position: Option<u64>,
+    /// Most events to return (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// Only events of these types, comma-separated (e.g. `Deposited,Withdrawn`).
     types: Option<String>,
+}
+
+/// A page of a stream's events.
+#[derive(Serialize, ToSchema)]
+pub struct StreamEventsPage<'a> {
+    events: Vec<EventJson<'a>>,
+    /// The `from_version` of the next page.
+    next_version: u64,
+}
+
+/// A page of the global log.
+#[derive(Serialize, ToSchema)]
+pub struct GlobalEventsPage<'a> {
+    events: Vec<EventJson<'a>>,
+    /// The `from_position` of the next page (past the head when a `types`
+    /// filter found nothing).
+    next_position: u64,
+}
+
+/// A stream's state.
+#[derive(Serialize, ToSchema)]
+pub struct StateJson {
+    stream_id: String,
+    /// The version the state is at (0: no events).
+    version: u64,
+    /// The aggregate's state: its JSON, or `{"hex": …}` for bytes that are
+    /// not JSON, or null for none.
+    #[schema(value_type = Value)]
+    state: Value,
 }
 
 pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -53,11 +98,25 @@ fn page_limit(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
 }
 
 /// `GET /streams/{stream_id}/events?from_version=1&limit=100`
+#[utoipa::path(
+    get,
+    path = "/streams/{stream_id}/events",
+    tag = "streams",
+    summary = "Read a stream's events, in version order",
+    params(("stream_id" = String, Path, description = "e.g. `bank_account-42`"), StreamEventsQuery),
+    responses(
+        (status = 200, description = "A page of events", body = StreamEventsPage),
+        (status = 400, description = "`invalid_request`: a bad query parameter", body = ErrorBody),
+        (status = 404, description = "`not_found`: the stream has no events", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+)]
 pub async fn stream_events(
     State(app): State<Arc<AppState>>,
     Path(stream_id): Path<String>,
     q: Result<Query<StreamEventsQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
     let from_version = q.from_version.unwrap_or(1).max(1);
     let limit = page_limit(q.limit, 100)?;
@@ -77,13 +136,29 @@ pub async fn stream_events(
         )));
     }
     let next_version = events.last().map_or(from_version, |e| e.version + 1);
-    Ok(Json(json!({
-        "events": events.iter().map(event_json).collect::<Vec<_>>(),
-        "next_version": next_version,
-    })))
+    Ok(Json(StreamEventsPage {
+        events: events.iter().map(event_json).collect(),
+        next_version,
+    })
+    .into_response())
 }
 
 /// `GET /streams/{stream_id}/state[?at_version=N|at_time=RFC3339]`
+#[utoipa::path(
+    get,
+    path = "/streams/{stream_id}/state",
+    tag = "streams",
+    summary = "A stream's state, now or as it was at a version or a time",
+    params(("stream_id" = String, Path, description = "e.g. `bank_account-42`"), StateQuery),
+    responses(
+        (status = 200, description = "The state (replayed through the aggregate plugin)", body = StateJson,
+            headers(("ETag" = String, description = "The version, quoted: `\"4\"`"))),
+        (status = 400, description = "`invalid_request`: both `at_version` and `at_time`, `at_version` 0, or a time that is not RFC 3339", body = ErrorBody),
+        (status = 404, description = "`not_found`: no aggregate plugin for the stream", body = ErrorBody),
+        (status = 500, description = "`plugin_trap` or `internal`", body = ErrorBody),
+        (status = 503, description = "`plugin_timeout` or `unavailable`", body = ErrorBody),
+    ),
+)]
 pub async fn stream_state(
     State(app): State<Arc<AppState>>,
     Path(stream_id): Path<String>,
@@ -108,11 +183,11 @@ pub async fn stream_state(
     };
     let state = app.pipeline.state(&stream_id, at).await?;
     let value = state_json(&state.state);
-    let mut response = Json(json!({
-        "stream_id": state.stream_id,
-        "version": state.version,
-        "state": value,
-    }))
+    let mut response = Json(StateJson {
+        stream_id: state.stream_id,
+        version: state.version,
+        state: value,
+    })
     .into_response();
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", state.version)) {
         response.headers_mut().insert(header::ETAG, etag);
@@ -130,10 +205,23 @@ fn state_json(bytes: &[u8]) -> Value {
 }
 
 /// `GET /events?from_position=1&limit=1000&types=A,B`
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "streams",
+    summary = "Read the global log, in position order",
+    params(GlobalEventsQuery),
+    responses(
+        (status = 200, description = "A page of events", body = GlobalEventsPage),
+        (status = 400, description = "`invalid_request`: a bad query parameter", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+)]
 pub async fn global_events(
     State(app): State<Arc<AppState>>,
     q: Result<Query<GlobalEventsQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
     let from_position = q.from_position.unwrap_or(1).max(1);
     let limit = page_limit(q.limit, PAGE_EVENTS_MAX)?;
@@ -155,8 +243,9 @@ pub async fn global_events(
         None if types.is_some() => (*store.subscribe_head().borrow() + 1).max(from_position),
         None => from_position,
     };
-    Ok(Json(json!({
-        "events": events.iter().map(event_json).collect::<Vec<_>>(),
-        "next_position": next_position,
-    })))
+    Ok(Json(GlobalEventsPage {
+        events: events.iter().map(event_json).collect(),
+        next_position,
+    })
+    .into_response())
 }

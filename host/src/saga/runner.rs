@@ -489,9 +489,8 @@ impl Runner {
         while !self.pending.is_empty() {
             let (seq, result) = wait_commit(&mut self.pending).await;
             if let Err(e) = result {
-                let message = e.to_string();
-                self.commit_done((seq, Err(e))).await;
-                return Err(StoreError::Unavailable(message));
+                self.commit_done((seq, Err(e.clone()))).await;
+                return Err(e);
             }
             self.commit_done((seq, Ok(()))).await;
         }
@@ -502,10 +501,7 @@ impl Runner {
         let seq = self.commit_seq;
         self.commit_seq += 1;
         let result = self.store.commit_saga(commit).await;
-        let failed = result
-            .as_ref()
-            .err()
-            .map(|e| StoreError::Unavailable(e.to_string()));
+        let failed = result.as_ref().err().cloned();
         self.commit_done((seq, result)).await;
         match failed {
             Some(e) => Err(e),

@@ -1,10 +1,13 @@
 //! The errors of the store boundary.
 
-use super::ExpectedVersion;
-use super::Position;
+use std::sync::Arc;
 
-/// Errors at the store boundary.
-#[derive(Debug, thiserror::Error)]
+use super::db_error;
+use super::{ExpectedVersion, Position};
+
+/// Errors at the store boundary. Cloning is cheap: one failed batch answers
+/// each of its writes with the same error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The stream is not at the expected version.
     ///
@@ -16,11 +19,24 @@ pub enum StoreError {
         expected: ExpectedVersion,
         actual: u64,
     },
-    /// The database failed or cannot be reached.
+    /// No connection to the database can be had (a pool timed out or
+    /// closed, an I/O or TLS error, a server that went away or is shutting
+    /// down, a busy or full SQLite file): retrying later may succeed.
     ///
     /// Handling: 503 `unavailable`; the append may be retried.
     #[error("event store unavailable: {0}")]
     Unavailable(String),
+    /// The database answered with an error that retrying will not mend: a
+    /// violated constraint, a row that does not decode, a statement that
+    /// fails. A bug, or data changed behind the store's back; `source`
+    /// keeps the whole cause.
+    ///
+    /// Handling: 500 `internal` with an error id; the cause chain is logged
+    /// under that id.
+    #[error("event store failed: {source}")]
+    Internal {
+        source: Arc<dyn std::error::Error + Send + Sync + 'static>,
+    },
     /// The store is shutting down and takes no more writes.
     ///
     /// Handling: 503 `unavailable`.
@@ -46,9 +62,25 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// An [`StoreError::Internal`] keeping `cause` as its source.
+    pub fn internal(cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Internal {
+            source: Arc::new(cause),
+        }
+    }
+}
+
+/// Only a connection that cannot be had is [`StoreError::Unavailable`]
+/// (see [`db_error::connection_lost`]); any other database error is
+/// [`StoreError::Internal`], keeping the error itself.
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Unavailable(e.to_string())
+        if db_error::connection_lost(&e) {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::internal(e)
+        }
     }
 }
 

@@ -889,7 +889,7 @@ mod tests {
         blocker.await.expect("join").expect("blocking job");
         let refused = c.await.expect("join");
         assert!(
-            matches!(&refused, Err(StoreError::Unavailable(m)) if m.contains("saga_checkpoints")),
+            matches!(&refused, Err(e @ StoreError::Internal { .. }) if e.to_string().contains("saga_checkpoints")),
             "{refused:?}"
         );
         assert!(commit.await.expect("join").is_err());

@@ -27,7 +27,7 @@ pub trait Job: Send {
     /// Do the work inside the open transaction.
     fn run<'c>(&'c mut self, conn: &'c mut PgConnection) -> BoxFuture<'c, Result<(), sqlx::Error>>;
     /// Answer the caller: `Ok` once the transaction committed, else why not.
-    fn finish(self: Box<Self>, committed: Result<(), String>);
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>);
     /// Whether the caller needs the commit flushed to the WAL before the
     /// answer, or only atomic and ordered with the others.
     fn durable(&self) -> bool;
@@ -65,7 +65,7 @@ impl<T: Send + 'static> Job for TypedJob<T> {
         })
     }
 
-    fn finish(self: Box<Self>, committed: Result<(), String>) {
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
         let _ = self
             .reply
             .send(crate::store::write_answer(self.outcome, committed));

@@ -105,7 +105,7 @@ fn refuse(op: WriteOp) {
         WriteOp::Purge(_, reply) => {
             let _ = reply.send(Err(StoreError::ShuttingDown));
         }
-        WriteOp::Job(job) => job.finish(Err(StoreError::ShuttingDown.to_string())),
+        WriteOp::Job(job) => job.finish(Err(StoreError::ShuttingDown)),
         WriteOp::Shutdown(done) => {
             let _ = done.send(());
         }
@@ -198,9 +198,9 @@ impl Writer {
                     }
                 }
                 Err(e) => {
-                    let message = self.failed(&e);
+                    let error = self.failed(e);
                     for reply in replies {
-                        let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
+                        let _ = reply.send(Err(error.clone()));
                     }
                 }
             }
@@ -226,8 +226,8 @@ impl Writer {
                 }
             }
             Err(e) => {
-                let message = self.failed(&e);
-                let err = || StoreError::Unavailable(message.clone());
+                let error = self.failed(e);
+                let err = || error.clone();
                 for reply in batch.snapshot_replies.drain(..) {
                     let _ = reply.send(Err(err()));
                 }
@@ -235,20 +235,20 @@ impl Writer {
                     let _ = reply.send(Err(err()));
                 }
                 for job in batch.jobs.drain(..) {
-                    job.finish(Err(message.clone()));
+                    job.finish(Err(err()));
                 }
             }
         }
     }
 
     /// After a failed transaction: forget what may be stale, and the
-    /// connection if it may be broken. Returns the message for the callers.
-    fn failed(&mut self, e: &sqlx::Error) -> String {
+    /// connection if it may be broken. Returns the error for the callers.
+    fn failed(&mut self, e: sqlx::Error) -> StoreError {
         tracing::error!(error = %e, "event store batch failed; nothing of it was committed");
         if !matches!(e, sqlx::Error::Database(_)) {
             self.conn = None;
         }
-        e.to_string()
+        e.into()
     }
 
     /// Tell the record of stream versions which positions this host's

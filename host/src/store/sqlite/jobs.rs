@@ -30,7 +30,7 @@ pub trait Job: Send {
         conn: &'c mut SqliteConnection,
     ) -> BoxFuture<'c, Result<(), sqlx::Error>>;
     /// Answer the caller: `Ok` once the transaction committed, else why not.
-    fn finish(self: Box<Self>, committed: Result<(), String>);
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>);
     /// Whether the caller needs the write on disk (fsynced) before the
     /// answer, or only atomic and ordered with the others.
     fn needs_fsync(&self) -> bool;
@@ -67,7 +67,7 @@ impl<T: Send + 'static> Job for TypedJob<T> {
         })
     }
 
-    fn finish(self: Box<Self>, committed: Result<(), String>) {
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
         let _ = self
             .reply
             .send(crate::store::write_answer(self.outcome, committed));

@@ -74,7 +74,7 @@ impl SagaJob {
     }
 
     /// Answer the caller: `Ok` once the transaction committed, else why not.
-    pub fn finish(self, committed: Result<(), String>) {
+    pub fn finish(self, committed: Result<(), StoreError>) {
         let _ = self
             .reply
             .send(crate::store::write_answer(self.outcome, committed));

@@ -54,6 +54,20 @@ enum BatchError {
     Sqlite(#[from] SqliteError),
 }
 
+/// What the batch's callers are told: a file that cannot be used now is
+/// `Unavailable`; any other failure is `Internal`, keeping its cause.
+impl From<BatchError> for StoreError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::Sqlx(e) => e.into(),
+            BatchError::Sqlite(e) if crate::store::db_error::sqlite_unavailable(e.code) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            BatchError::Sqlite(e) => StoreError::internal(e),
+        }
+    }
+}
+
 /// The writer's connection and its prepared statements, which must be
 /// finalized before the connection closes.
 struct Connection {
@@ -231,10 +245,7 @@ impl Writer {
 }
 
 fn refuse(op: WriteOp, error: &StoreError) {
-    let err = || match error {
-        StoreError::ShuttingDown => StoreError::ShuttingDown,
-        other => StoreError::Unavailable(other.to_string()),
-    };
+    let err = || error.clone();
     match op {
         WriteOp::Append(_, reply) => {
             let _ = reply.send(Err(err()));
@@ -245,8 +256,8 @@ fn refuse(op: WriteOp, error: &StoreError) {
         WriteOp::Purge(_, reply) => {
             let _ = reply.send(Err(err()));
         }
-        WriteOp::Saga(job) => job.finish(Err(err().to_string())),
-        WriteOp::Job(job) => job.finish(Err(err().to_string())),
+        WriteOp::Saga(job) => job.finish(Err(err())),
+        WriteOp::Job(job) => job.finish(Err(err())),
         WriteOp::Shutdown(done) => {
             let _ = done.send(());
         }
@@ -267,7 +278,7 @@ impl BatchJob {
         }
     }
 
-    fn finish(self, committed: Result<(), String>) {
+    fn finish(self, committed: Result<(), StoreError>) {
         match self {
             BatchJob::Saga(job) => job.finish(committed),
             BatchJob::Sqlx(job) => job.finish(committed),
@@ -360,8 +371,8 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "event store batch failed; nothing of it was committed");
                 self.versions.clear();
-                let message = e.to_string();
-                let err = || StoreError::Unavailable(message.clone());
+                let error = StoreError::from(e);
+                let err = || error.clone();
                 for reply in batch.append_replies {
                     let _ = reply.send(Err(err()));
                 }
@@ -372,7 +383,7 @@ impl Writer {
                     let _ = reply.send(Err(err()));
                 }
                 for job in batch.jobs {
-                    job.finish(Err(message.clone()));
+                    job.finish(Err(err()));
                 }
             }
         }
