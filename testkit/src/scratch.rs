@@ -195,7 +195,10 @@ mod tests {
     #[test]
     fn the_url_names_the_new_database() {
         let url = |admin| database_url(admin, "kiln_t_1").unwrap();
-        assert_eq!(url("postgres://u:p@h:5432/d"), "postgres://u:p@h:5432/kiln_t_1");
+        assert_eq!(
+            url("postgres://u:p@h:5432/d"),
+            "postgres://u:p@h:5432/kiln_t_1"
+        );
         assert_eq!(
             url("postgres://u@h/d?sslmode=disable"),
             "postgres://u@h/kiln_t_1?sslmode=disable"
@@ -224,7 +227,10 @@ mod tests {
         assert!(exists(&admin, &name).await);
         // A session left open, as a host that was not stopped leaves one.
         let mut left_open = PgConnection::connect(db.url()).await.unwrap();
-        sqlx::query("SELECT 1").execute(&mut left_open).await.unwrap();
+        sqlx::query("SELECT 1")
+            .execute(&mut left_open)
+            .await
+            .unwrap();
         db.remove().await.unwrap();
         assert!(!exists(&admin, &name).await);
     }
@@ -238,7 +244,10 @@ mod tests {
         let mut left_open = PgConnection::connect_with(&db.connect_options())
             .await
             .unwrap();
-        sqlx::query("SELECT 1").execute(&mut left_open).await.unwrap();
+        sqlx::query("SELECT 1")
+            .execute(&mut left_open)
+            .await
+            .unwrap();
         drop(db);
         assert!(!exists(&admin, &name).await);
     }
