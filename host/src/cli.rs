@@ -111,7 +111,7 @@ pub struct Tuning {
     /// How long an idempotency key is remembered, in seconds.
     #[arg(long, env = "KILN_IDEMPOTENCY_WINDOW_SECS", default_value_t = config::IDEMPOTENCY_WINDOW_SECS_DEFAULT)]
     pub idempotency_window_secs: u64,
-    /// Stream states kept in memory.
+    /// Stream states kept in memory (0: none).
     #[arg(long, env = "KILN_STATE_CACHE_ENTRIES", default_value_t = config::STATE_CACHE_ENTRIES_DEFAULT)]
     pub state_cache_entries: usize,
     /// Most appends committed in one SQLite transaction (group commit).

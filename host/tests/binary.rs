@@ -607,54 +607,6 @@ async fn sagas_survive_sigkill_with_every_transfer_applied_exactly_once() {
     kiln.child.wait().unwrap();
 }
 
-/// A database of its own on the PostgreSQL server of
-/// `KILN_TEST_DATABASE_URL` (`source .ci/postgres.sh`): (its URL, the admin
-/// URL, its name); `None` when no server is configured, unless
-/// `KILN_REQUIRE_POSTGRES=1`.
-async fn postgres_database() -> Option<(String, String, String)> {
-    use sqlx::Connection;
-    let admin_url = match std::env::var("KILN_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            assert!(
-                !std::env::var("KILN_REQUIRE_POSTGRES").is_ok_and(|v| v == "1"),
-                "KILN_REQUIRE_POSTGRES=1 but KILN_TEST_DATABASE_URL is not set"
-            );
-            eprintln!("skipped: KILN_TEST_DATABASE_URL is not set");
-            return None;
-        }
-    };
-    let name = format!("kiln_bin_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let _ = conn.close().await;
-    let base = admin_url
-        .rsplit_once('/')
-        .map_or(admin_url.as_str(), |(base, _)| base);
-    Some((format!("{base}/{name}"), admin_url, name))
-}
-
-async fn drop_postgres_database(admin_url: &str, name: &str) {
-    use sqlx::Connection;
-    let Ok(mut conn) = sqlx::PgConnection::connect(admin_url).await else {
-        return;
-    };
-    let _ = sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = $1 AND pid <> pg_backend_pid()",
-    )
-    .bind(name)
-    .execute(&mut conn)
-    .await;
-    let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}"))
-        .execute(&mut conn)
-        .await;
-    let _ = conn.close().await;
-}
-
 /// The live holder of the lease `name`, as a host's `GET /cluster` says,
 /// and whether it is that host.
 async fn lease_holder(client: &reqwest::Client, base: &str, name: &str) -> Option<(String, bool)> {
@@ -675,7 +627,11 @@ async fn lease_holder(client: &reqwest::Client, base: &str, name: &str) -> Optio
 async fn a_killed_holder_is_replaced_within_the_lease_time() {
     const TTL_MS: u64 = 1_000;
     const LEASE: &str = "projection:account_balances";
-    let Some((url, admin_url, name)) = postgres_database().await else {
+    let Some(db) = kiln_testkit::ScratchDatabase::for_test(
+        "a_killed_holder_is_replaced_within_the_lease_time",
+    )
+    .await
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -693,7 +649,7 @@ async fn a_killed_holder_is_replaced_within_the_lease_time() {
         ("KILN_COMPILE_CACHE_DIR", dir.path().to_str().unwrap()),
     ];
     let mut hosts: Vec<Kiln> = (0..3)
-        .map(|_| start_with(Path::new(&url), Some(&plugins), &env))
+        .map(|_| start_with(Path::new(db.url()), Some(&plugins), &env))
         .collect();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -837,5 +793,5 @@ async fn a_killed_holder_is_replaced_within_the_lease_time() {
         );
     }
     drop(hosts);
-    drop_postgres_database(&admin_url, &name).await;
+    db.remove().await.unwrap();
 }

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{PgDatabase, TestHost, artifacts, cmd};
+use kiln_testkit::ScratchDatabase;
+
+use crate::common::{TestHost, artifacts, cmd};
 
 const LEASE: &str = "projection:account_balances";
 
@@ -36,7 +38,8 @@ fn position(a: &Value) -> u64 {
 
 #[tokio::test]
 async fn a_projection_runs_on_one_host_and_moves_when_it_stops() {
-    let Some(db) = PgDatabase::create("a_projection_runs_on_one_host_and_moves").await else {
+    let Some(db) = ScratchDatabase::for_test("a_projection_runs_on_one_host_and_moves").await
+    else {
         return;
     };
     let plugins = [
@@ -44,7 +47,7 @@ async fn a_projection_runs_on_one_host_and_moves_when_it_stops() {
         (artifacts::ACCOUNT_BALANCES, "account_balances"),
     ];
     let ttl = Duration::from_millis(1_000);
-    let (u1, u2) = (db.url.clone(), db.url.clone());
+    let (u1, u2) = (db.url().to_string(), db.url().to_string());
     let mut hosts = [
         TestHost::start_with_plugins(&plugins, |c| {
             c.db = u1;
@@ -182,30 +185,12 @@ async fn a_projection_runs_on_one_host_and_moves_when_it_stops() {
     );
 
     hosts[other].stop().await;
-    db.drop().await;
-}
-
-async fn balance(h: &TestHost, id: &str) -> i64 {
-    let a = h.get(&format!("/streams/bank_account-{id}/state")).await;
-    a.expect(200, "");
-    a.body["state"]["balance"].as_i64().unwrap_or(i64::MIN)
-}
-
-async fn wait_completed(h: &TestHost, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let a = h.get(&format!("/sagas/transfer_saga/{id}")).await;
-        if a.body["status"] == "completed" {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{id}: {}", a.body);
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    db.remove().await.expect("drop the test database");
 }
 
 #[tokio::test]
 async fn a_saga_runs_on_one_host_and_moves_when_it_stops() {
-    let Some(db) = PgDatabase::create("a_saga_runs_on_one_host_and_moves").await else {
+    let Some(db) = ScratchDatabase::for_test("a_saga_runs_on_one_host_and_moves").await else {
         return;
     };
     let plugins = [
@@ -214,7 +199,7 @@ async fn a_saga_runs_on_one_host_and_moves_when_it_stops() {
         (artifacts::TRANSFER_SAGA, "transfer_saga"),
     ];
     let ttl = Duration::from_millis(1_000);
-    let (u1, u2) = (db.url.clone(), db.url.clone());
+    let (u1, u2) = (db.url().to_string(), db.url().to_string());
     let mut hosts = [
         TestHost::start_with_plugins(&plugins, |c| {
             c.db = u1;
@@ -271,12 +256,14 @@ async fn a_saga_runs_on_one_host_and_moves_when_it_stops() {
         moved += amount;
     }
     for i in 0..10 {
-        wait_completed(&hosts[other], &format!("t{i}")).await;
+        hosts[other]
+            .wait_saga("transfer_saga", &format!("t{i}"), "completed")
+            .await;
     }
     assert_eq!(
         (
-            balance(&hosts[other], "a").await,
-            balance(&hosts[other], "b").await
+            hosts[other].balance("a").await,
+            hosts[other].balance("b").await
         ),
         (1_000 - moved, moved),
         "every transfer applied exactly once"
@@ -285,5 +272,5 @@ async fn a_saga_runs_on_one_host_and_moves_when_it_stops() {
     assert_eq!(status.body["runs_here"], true, "{}", status.body);
     assert_eq!(status.body["state"], "running");
     hosts[other].stop().await;
-    db.drop().await;
+    db.remove().await.expect("drop the test database");
 }

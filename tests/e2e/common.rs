@@ -1,4 +1,6 @@
-//! A host on a real loopback socket, in this process, on a fresh SQLite file.
+//! A host on a real loopback socket, in this process, on a fresh SQLite file
+//! (or on a PostgreSQL database of a test's own, `kiln_testkit::ScratchDatabase`),
+//! and the requests tests make of it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -249,6 +251,31 @@ impl TestHost {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    /// The balance of bank account `id` (its state must be readable).
+    pub async fn balance(&self, id: &str) -> i64 {
+        let a = self.get(&format!("/streams/bank_account-{id}/state")).await;
+        a.expect(200, "");
+        a.body["state"]["balance"].as_i64().unwrap_or(i64::MIN)
+    }
+
+    /// Poll instance `id` of `saga` until its status is `status` (or fail
+    /// after 20 s); the instance.
+    pub async fn wait_saga(&self, saga: &str, id: &str, status: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let a = self.get(&format!("/sagas/{saga}/{id}")).await;
+            if a.status == 200 && a.body["status"] == status {
+                return a.body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "saga {saga} instance {id} is not {status}: {}",
+                a.body
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
 }
 
 static POLYGLOT_START: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -324,46 +351,4 @@ fn copy_into(file: &Path, dir: &Path) {
 /// The JSON body of a command.
 pub fn cmd(command_type: &str, data: Value) -> Value {
     serde_json::json!({ "type": command_type, "data": data })
-}
-
-/// A PostgreSQL database made for one test on the server of
-/// `KILN_TEST_DATABASE_URL`, dropped by [`PgDatabase::drop`].
-pub struct PgDatabase {
-    /// The URL hosts use.
-    pub url: String,
-    scratch: kiln::store::postgres::ScratchDatabase,
-}
-
-impl PgDatabase {
-    /// A fresh database, or `None` (after saying why) when no server is
-    /// configured; with `KILN_REQUIRE_POSTGRES=1` a missing server fails the test.
-    pub async fn create(test: &str) -> Option<Self> {
-        let admin_url = match std::env::var("KILN_TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => url,
-            _ => {
-                if std::env::var("KILN_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
-                    panic!(
-                        "KILN_REQUIRE_POSTGRES=1 but KILN_TEST_DATABASE_URL is not set (`source .ci/postgres.sh`)"
-                    );
-                }
-                eprintln!(
-                    "skipped {test}: KILN_TEST_DATABASE_URL is not set (`source .ci/postgres.sh` sets it)"
-                );
-                return None;
-            }
-        };
-        let name = format!("kiln_e2e_{}", uuid::Uuid::new_v4().simple());
-        let scratch = kiln::store::postgres::ScratchDatabase::create(&admin_url, &name)
-            .await
-            .expect("create a test database on KILN_TEST_DATABASE_URL");
-        Some(Self {
-            url: scratch.url.clone(),
-            scratch,
-        })
-    }
-
-    /// Drop the database (stop its hosts first).
-    pub async fn drop(self) {
-        self.scratch.drop().await;
-    }
 }

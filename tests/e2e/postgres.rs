@@ -5,36 +5,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{PgDatabase, TestHost, artifacts, cmd};
+use kiln_testkit::ScratchDatabase;
 
-async fn balance(h: &TestHost, id: &str) -> i64 {
-    let a = h.get(&format!("/streams/bank_account-{id}/state")).await;
-    a.expect(200, "");
-    a.body["state"]["balance"].as_i64().unwrap_or(i64::MIN)
-}
-
-async fn wait_completed(h: &TestHost, saga: &str, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let a = h.get(&format!("/sagas/{saga}/{id}")).await;
-        if a.body["status"] == "completed" {
-            return a.body;
-        }
-        assert!(Instant::now() < deadline, "{saga}/{id}: {}", a.body);
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+use crate::common::{TestHost, artifacts, cmd};
 
 /// Two hosts on `db`, each loading `plugins`; `tune(i, config)` adjusts host
 /// `i` (0 or 1) after its database is set.
 async fn two_hosts(
-    db: &PgDatabase,
+    db: &ScratchDatabase,
     plugins: &[(&str, &str)],
     tune: impl Fn(usize, &mut kiln::server::HostConfig),
 ) -> (TestHost, TestHost) {
     let mut hosts = Vec::with_capacity(2);
     for i in 0..2 {
-        let url = db.url.clone();
+        let url = db.url().to_string();
         hosts.push(
             TestHost::start_with_plugins(plugins, |c| {
                 c.db = url;
@@ -55,10 +39,10 @@ fn fast_deployment_poll(_: usize, c: &mut kiln::server::HostConfig) {
 
 #[tokio::test]
 async fn the_transfer_saga_runs_on_postgres() {
-    let Some(db) = PgDatabase::create("the_transfer_saga_runs_on_postgres").await else {
+    let Some(db) = ScratchDatabase::for_test("the_transfer_saga_runs_on_postgres").await else {
         return;
     };
-    let url = db.url.clone();
+    let url = db.url().to_string();
     let mut h = TestHost::start_with_plugins(
         &[
             (artifacts::BANK_ACCOUNT, "bank_account"),
@@ -96,9 +80,9 @@ async fn the_transfer_saga_runs_on_postgres() {
         .expect(200, "");
     }
     for id in ["t1", "t2", "t3"] {
-        wait_completed(&h, "transfer_saga", id).await;
+        h.wait_saga("transfer_saga", id, "completed").await;
     }
-    assert_eq!((balance(&h, "a").await, balance(&h, "b").await), (70, 30));
+    assert_eq!((h.balance("a").await, h.balance("b").await), (70, 30));
     let t2 = h.get("/streams/transfer-t2/state").await;
     assert_eq!(t2.body["state"]["status"], "failed", "{}", t2.body);
     // The projection runs on PostgreSQL too.
@@ -113,7 +97,7 @@ async fn the_transfer_saga_runs_on_postgres() {
     row.expect(200, "");
     assert_eq!(row.body["balance"], 30);
     h.stop().await;
-    db.drop().await;
+    db.remove().await.expect("drop the test database");
 }
 
 /// Two hosts on one database take deposits on the same stream at once:
@@ -121,7 +105,7 @@ async fn the_transfer_saga_runs_on_postgres() {
 /// a conflict the pipeline could not retry away is a 409, never a lost update.
 #[tokio::test]
 async fn two_hosts_on_one_stream_lose_no_update() {
-    let Some(db) = PgDatabase::create("two_hosts_on_one_stream_lose_no_update").await else {
+    let Some(db) = ScratchDatabase::for_test("two_hosts_on_one_stream_lose_no_update").await else {
         return;
     };
     let plugins = [(artifacts::BANK_ACCOUNT, "bank_account")];
@@ -165,7 +149,7 @@ async fn two_hosts_on_one_stream_lose_no_update() {
     assert!(acked > 0);
     for h in [&first, &second] {
         assert_eq!(
-            balance(h, "shared").await,
+            h.balance("shared").await,
             acked,
             "every acknowledged deposit counts"
         );
@@ -180,7 +164,7 @@ async fn two_hosts_on_one_stream_lose_no_update() {
     assert_eq!(versions, (1..=acked as u64 + 1).collect::<Vec<_>>());
     first.stop().await;
     second.stop().await;
-    db.drop().await;
+    db.remove().await.expect("drop the test database");
 }
 
 /// The `kiln_command_conflict_retries_total` counter of a host.
@@ -205,7 +189,8 @@ async fn conflict_retries(h: &TestHost) -> u64 {
 /// conflict (a whole commit cycle) and deciding again.
 #[tokio::test]
 async fn a_stale_cached_state_is_brought_up_to_date_without_a_conflict() {
-    let Some(db) = PgDatabase::create("a_stale_cached_state_is_brought_up_to_date").await else {
+    let Some(db) = ScratchDatabase::for_test("a_stale_cached_state_is_brought_up_to_date").await
+    else {
         return;
     };
     let plugins = [(artifacts::BANK_ACCOUNT, "bank_account")];
@@ -234,10 +219,10 @@ async fn a_stale_cached_state_is_brought_up_to_date_without_a_conflict() {
         before,
         "decided once, on the state brought up to date"
     );
-    assert_eq!(balance(&second, "s").await, 35);
+    assert_eq!(second.balance("s").await, 35);
     first.stop().await;
     second.stop().await;
-    db.drop().await;
+    db.remove().await.expect("drop the test database");
 }
 
 /// A refusal appends nothing, so no version check catches one decided on a
@@ -246,7 +231,8 @@ async fn a_stale_cached_state_is_brought_up_to_date_without_a_conflict() {
 /// commits (no LISTEN, polling once an hour), so its cache is behind.
 #[tokio::test]
 async fn a_command_is_never_refused_on_a_stale_state() {
-    let Some(db) = PgDatabase::create("a_command_is_never_refused_on_a_stale_state").await else {
+    let Some(db) = ScratchDatabase::for_test("a_command_is_never_refused_on_a_stale_state").await
+    else {
         return;
     };
     let plugins = [(artifacts::BANK_ACCOUNT, "bank_account")];
@@ -283,17 +269,18 @@ async fn a_command_is_never_refused_on_a_stale_state() {
         .command("bank_account", "t", body)
         .await
         .expect(200, "");
-    assert_eq!(balance(&first, "t").await, 2);
+    assert_eq!(first.balance("t").await, 2);
     first.stop().await;
     second.stop().await;
-    db.drop().await;
+    db.remove().await.expect("drop the test database");
 }
 
 /// A projection version deployed through the host that does not run the
 /// projection is built and switched to by the host that does.
 #[tokio::test]
 async fn a_projection_version_deployed_through_another_host_is_built_by_its_holder() {
-    let Some(db) = PgDatabase::create("a_projection_version_deployed_through_another_host").await
+    let Some(db) =
+        ScratchDatabase::for_test("a_projection_version_deployed_through_another_host").await
     else {
         return;
     };
@@ -347,7 +334,7 @@ async fn a_projection_version_deployed_through_another_host_is_built_by_its_hold
     }
     first.stop().await;
     second.stop().await;
-    db.drop().await;
+    db.remove().await.expect("drop the test database");
 }
 
 /// A new aggregate version deployed through one host serves commands on the
@@ -355,7 +342,7 @@ async fn a_projection_version_deployed_through_another_host_is_built_by_its_hold
 #[tokio::test]
 async fn a_version_deployed_through_one_host_runs_on_the_other() {
     let Some(db) =
-        PgDatabase::create("a_version_deployed_through_one_host_runs_on_the_other").await
+        ScratchDatabase::for_test("a_version_deployed_through_one_host_runs_on_the_other").await
     else {
         return;
     };
@@ -403,5 +390,5 @@ async fn a_version_deployed_through_one_host_runs_on_the_other() {
     );
     first.stop().await;
     second.stop().await;
-    db.drop().await;
+    db.remove().await.expect("drop the test database");
 }

@@ -27,12 +27,6 @@ async fn open(h: &TestHost, id: &str, balance: i64, overdraft: i64) {
     }
 }
 
-async fn balance(h: &TestHost, id: &str) -> i64 {
-    let a = h.get(&format!("/streams/bank_account-{id}/state")).await;
-    a.expect(200, "");
-    a.body["state"]["balance"].as_i64().unwrap_or(i64::MIN)
-}
-
 async fn transfer(h: &TestHost, id: &str, from: &str, to: &str, amount: i64, timeout_ms: i64) {
     h.command(
         "transfer",
@@ -44,23 +38,6 @@ async fn transfer(h: &TestHost, id: &str, from: &str, to: &str, amount: i64, tim
     )
     .await
     .expect(200, "");
-}
-
-/// Poll an instance until its status is `status` (or fail after 20 s).
-async fn wait_instance(h: &TestHost, saga: &str, id: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let a = h.get(&format!("/sagas/{saga}/{id}")).await;
-        if a.status == 200 && a.body["status"] == status {
-            return a.body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "saga {saga} instance {id} is not {status}: {}",
-            a.body
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 async fn transfer_state(h: &TestHost, id: &str) -> Value {
@@ -123,9 +100,9 @@ async fn transfer_saga_in_all_its_paths() {
 
     // Success.
     transfer(&h, "ok", "a", "b", 30, 60_000).await;
-    let i = wait_instance(&h, "transfer_saga", "ok", "completed").await;
+    let i = h.wait_saga("transfer_saga", "ok", "completed").await;
     assert_eq!(transfer_state(&h, "ok").await["status"], "completed");
-    assert_eq!((balance(&h, "a").await, balance(&h, "b").await), (70, 30));
+    assert_eq!((h.balance("a").await, h.balance("b").await), (70, 30));
     assert_eq!(
         outcomes(&i),
         vec![
@@ -161,7 +138,7 @@ async fn transfer_saga_in_all_its_paths() {
 
     // Insufficient funds: the withdrawal is refused, the transfer fails with the reason.
     transfer(&h, "poor", "a", "b", 500, 60_000).await;
-    wait_instance(&h, "transfer_saga", "poor", "completed").await;
+    h.wait_saga("transfer_saga", "poor", "completed").await;
     let t = transfer_state(&h, "poor").await;
     assert_eq!(t["status"], "failed");
     assert!(
@@ -171,18 +148,15 @@ async fn transfer_saga_in_all_its_paths() {
             .contains("insufficient funds"),
         "{t}"
     );
-    assert_eq!((balance(&h, "a").await, balance(&h, "b").await), (70, 30));
+    assert_eq!((h.balance("a").await, h.balance("b").await), (70, 30));
 
     // A closed target: withdrawn, deposit refused, refunded.
     transfer(&h, "shut", "a", "closed", 20, 60_000).await;
-    let i = wait_instance(&h, "transfer_saga", "shut", "completed").await;
+    let i = h.wait_saga("transfer_saga", "shut", "completed").await;
     let t = transfer_state(&h, "shut").await;
     assert_eq!(t["status"], "failed");
     assert!(t["reason"].as_str().unwrap_or("").contains("closed"), "{t}");
-    assert_eq!(
-        (balance(&h, "a").await, balance(&h, "closed").await),
-        (70, 0)
-    );
+    assert_eq!((h.balance("a").await, h.balance("closed").await), (70, 0));
     let o = outcomes(&i);
     assert_eq!(
         o[1],
@@ -206,7 +180,7 @@ async fn transfer_saga_in_all_its_paths() {
     // A target that never answers: the timer gives up on the deposit
     // (cancelled while it waits for a retry) and refunds the source.
     transfer(&h, "slow", "a", "unreachable-1", 10, 1_000).await;
-    let i = wait_instance(&h, "transfer_saga", "slow", "completed").await;
+    let i = h.wait_saga("transfer_saga", "slow", "completed").await;
     let t = transfer_state(&h, "slow").await;
     assert_eq!(t["status"], "failed");
     assert!(
@@ -214,7 +188,7 @@ async fn transfer_saga_in_all_its_paths() {
         "{t}"
     );
     assert_eq!(
-        (balance(&h, "a").await, balance(&h, "unreachable-1").await),
+        (h.balance("a").await, h.balance("unreachable-1").await),
         (70, 0)
     );
     let o = outcomes(&i);
@@ -247,10 +221,10 @@ async fn transfer_saga_in_all_its_paths() {
     );
 
     // Money is neither created nor lost; metrics and status show the saga.
-    let total = balance(&h, "a").await
-        + balance(&h, "b").await
-        + balance(&h, "closed").await
-        + balance(&h, "unreachable-1").await;
+    let total = h.balance("a").await
+        + h.balance("b").await
+        + h.balance("closed").await
+        + h.balance("unreachable-1").await;
     assert_eq!(total, 100);
     let s = h.get("/sagas/transfer_saga").await;
     s.expect(200, "");
@@ -285,8 +259,8 @@ pub async fn three_steps_are_compensated_in_reverse_order() {
     open(&h, "a", 100, 0).await;
     open(&h, "b", 0, 0).await;
     transfer(&h, "x1", "a", "b", 40, 60_000).await;
-    let i = wait_instance(&h, "fixture_three_steps", "x1", "completed").await;
-    assert_eq!((balance(&h, "a").await, balance(&h, "b").await), (100, 0));
+    let i = h.wait_saga("fixture_three_steps", "x1", "completed").await;
+    assert_eq!((h.balance("a").await, h.balance("b").await), (100, 0));
     let o = outcomes(&i);
     let expected: Vec<(String, String, bool, String)> = vec![
         (
@@ -369,8 +343,8 @@ pub async fn compensation_that_keeps_failing_is_dead_lettered_then_retried() {
         .await
         .expect(200, "");
     transfer(&h, "stuck", "unreachable-src", "closed", 25, 60_000).await;
-    let i = wait_instance(&h, "transfer_saga", "stuck", "failed").await;
-    assert_eq!(balance(&h, "unreachable-src").await, -25);
+    let i = h.wait_saga("transfer_saga", "stuck", "failed").await;
+    assert_eq!(h.balance("unreachable-src").await, -25);
     assert!(
         i["history"]
             .as_array()
@@ -427,8 +401,8 @@ pub async fn compensation_that_keeps_failing_is_dead_lettered_then_retried() {
         )
         .await;
     r.expect(202, "");
-    wait_instance(&h, "transfer_saga", "stuck", "completed").await;
-    assert_eq!(balance(&h, "unreachable-src").await, 0);
+    h.wait_saga("transfer_saga", "stuck", "completed").await;
+    assert_eq!(h.balance("unreachable-src").await, 0);
     assert_eq!(transfer_state(&h, "stuck").await["status"], "failed");
     let letters = h.get("/dead-letters").await;
     assert_eq!(letters.body["dead_letters"], json!([]), "{}", letters.body);
@@ -467,14 +441,14 @@ pub async fn a_trapping_saga_fails_alone_until_skipped() {
         "{status}"
     );
     // The other saga completes the same transfer, and the next one.
-    wait_instance(&h, "transfer_saga", "bad", "completed").await;
+    h.wait_saga("transfer_saga", "bad", "completed").await;
     transfer(&h, "next", "a", "b", 5, 60_000).await;
-    let done = wait_instance(&h, "transfer_saga", "next", "completed").await;
+    let done = h.wait_saga("transfer_saga", "next", "completed").await;
     let position = done["history"]
         .as_array()
         .and_then(|h| h.iter().filter_map(|e| e["position"].as_u64()).max())
         .unwrap_or(0);
-    assert_eq!((balance(&h, "a").await, balance(&h, "b").await), (329, 671));
+    assert_eq!((h.balance("a").await, h.balance("b").await), (329, 671));
     let row = h
         .get(&format!(
             "/projections/account_balances/rows/account-b?min_position={position}"
@@ -503,7 +477,7 @@ pub async fn a_trapping_saga_fails_alone_until_skipped() {
     )
     .await
     .expect(200, "");
-    wait_instance(&h, "fixture_saga_trap", "next", "completed").await;
+    h.wait_saga("fixture_saga_trap", "next", "completed").await;
     assert_eq!(
         h.get("/sagas/fixture_saga_trap").await.body["state"],
         "running"
@@ -544,8 +518,8 @@ async fn a_timer_set_before_a_restart_fires_after_it() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     h.restart().await;
-    wait_instance(&h, "transfer_saga", "later", "completed").await;
+    h.wait_saga("transfer_saga", "later", "completed").await;
     assert_eq!(transfer_state(&h, "later").await["reason"], "timed out");
-    assert_eq!(balance(&h, "a").await, 50);
+    assert_eq!(h.balance("a").await, 50);
     h.stop().await;
 }

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use kiln_testkit::ScratchDatabase;
 use serde_json::json;
 use sqlx::Connection;
 
 use super::http::{self, account_id};
 use super::{BenchArgs, TempDir, stats};
 use crate::server;
-use crate::store::postgres::ScratchDatabase;
 
 /// Options of `kiln bench-cluster`.
 #[derive(Args, Debug, Clone)]
@@ -249,8 +249,8 @@ pub async fn run(args: ClusterBenchArgs) -> anyhow::Result<()> {
             )
             .await
             .context("creating a benchmark database (the role needs CREATEDB)")?;
-            let figure = cluster_phase(&args, &plugins, &db.url, n, run_no).await;
-            db.drop().await;
+            let figure = cluster_phase(&args, &plugins, db.url(), n, run_no).await;
+            remove(db).await;
             figures.push(figure?);
             // Let the server settle (autovacuum of the dropped database).
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -262,12 +262,20 @@ pub async fn run(args: ClusterBenchArgs) -> anyhow::Result<()> {
         )
         .await
         .context("creating a benchmark database (the role needs CREATEDB)")?;
-        let figure = raw_insert_phase(&args, &db.url).await;
-        db.drop().await;
+        let figure = raw_insert_phase(&args, db.url()).await;
+        remove(db).await;
         figures.push(figure?);
         runs.push(figures);
     }
     report(&args, &labels, &runs, &parent)
+}
+
+/// Drop a phase's database; a failure is reported, not fatal (cleanup).
+async fn remove(db: ScratchDatabase) {
+    let name = db.name().to_string();
+    if let Err(e) = db.remove().await {
+        eprintln!("could not drop database {name}: {e}");
+    }
 }
 
 fn report(

@@ -40,10 +40,7 @@ mod catalog;
 mod follower;
 mod jobs;
 mod sagas;
-mod scratch;
 mod writer;
-
-pub use scratch::ScratchDatabase;
 
 use follower::{Follower, Publisher, StreamVersions};
 use jobs::{JobFn, TypedJob};
