@@ -10,8 +10,8 @@ use super::{TestDb, all, append, assert_chain_intact, committed, event, test_pos
 use crate::store::hash_chain::{self, HashInput};
 use crate::store::postgres::{PostgresOptions, PostgresStore};
 use crate::store::{
-    AppendOutcome, EventStore, ExpectedVersion, IdempotencyClaim, RecordedEvent, Snapshot,
-    StoreError, StreamQuery, now_us,
+    AppendOutcome, EventLog, EventStore, ExpectedVersion, IdempotencyClaim, RecordedEvent,
+    Snapshot, StoreError, StreamQuery, now_us,
 };
 
 conformance! {
