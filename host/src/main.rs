@@ -20,11 +20,6 @@ fn main() -> anyhow::Result<()> {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
-            Command::Bench(args) => kiln::bench::run(args).await,
-            Command::BenchProjection(args) => kiln::bench::projection::run(args).await,
-            Command::BenchSaga(args) => kiln::bench::saga::run(args).await,
-            Command::BenchPlugins(args) => kiln::bench::plugins::run(args).await,
-            Command::BenchCluster(args) => kiln::bench::cluster::run(args).await,
             Command::Verify(args) => {
                 if kiln::verify::run(args).await? {
                     Ok(())
