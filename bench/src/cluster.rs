@@ -209,8 +209,8 @@ pub async fn run(args: ClusterBenchArgs) -> anyhow::Result<()> {
     if args.hosts.is_empty() || args.hosts.contains(&0) {
         bail!("--hosts takes host counts of at least 1, e.g. 1,2,3");
     }
-    let examples = kiln::default_plugins_dir()
-        .context("this binary was built without the example plugins")?;
+    let examples =
+        kiln::default_plugins_dir().context("this binary was built without the example plugins")?;
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let dir = parent.join(format!("kiln-bench-cluster-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

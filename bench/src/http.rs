@@ -351,10 +351,7 @@ fn spawn_progress(
 
 /// The workers' counts and latencies, merged; a worker that failed counts
 /// as one error.
-async fn join_workers(
-    workers: Vec<tokio::task::JoinHandle<WorkerLoad>>,
-    count: usize,
-) -> Load {
+async fn join_workers(workers: Vec<tokio::task::JoinHandle<WorkerLoad>>, count: usize) -> Load {
     let mut load = Load {
         commands: count,
         ..Load::default()

@@ -29,11 +29,11 @@ use clap::Args;
 use crate::args::BenchArgs;
 use crate::temp_dir::TempDir;
 use crate::{http, projection, wasm};
-use report::Row;
 use kiln::runtime::Runtime;
 use kiln::server;
 use kiln::store::EventStore;
 use kiln::store::sqlite::{SqliteOptions, SqliteStore};
+use report::Row;
 
 /// Options of `kiln-bench bench-plugins`.
 #[derive(Args, Debug, Clone)]
@@ -179,8 +179,7 @@ async fn first_compiles(
     let config = args
         .tuning
         .host_config("sqlite::memory:", "127.0.0.1:0".parse()?);
-    let runtime =
-        Runtime::new(config.limits.clone(), config.pooling)?.with_compile_cache(cache)?;
+    let runtime = Runtime::new(config.limits.clone(), config.pooling)?.with_compile_cache(cache)?;
     let mut compile_s: Vec<(String, String, f64)> = Vec::new();
     for (name, build_dir) in builds {
         for component in ["bank_account", "account_balances"] {

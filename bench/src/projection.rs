@@ -354,7 +354,12 @@ async fn ceiling(db: &str, page: u32) -> anyhow::Result<(f64, u64)> {
 /// Catch-up counts from the deployment (compiling included) to the
 /// projection's position reaching the head; the host's own start is not
 /// part of it.
-async fn catch_up(setup: &Setup<'_>, base: &str, name: &str, head: u64) -> anyhow::Result<Duration> {
+async fn catch_up(
+    setup: &Setup<'_>,
+    base: &str,
+    name: &str,
+    head: u64,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     deploy(&setup.client, base, ADMIN_TOKEN, name, &setup.projection).await?;
     loop {
@@ -370,11 +375,7 @@ async fn catch_up(setup: &Setup<'_>, base: &str, name: &str, head: u64) -> anyho
 
 /// Deploy the new version and wait until its rebuild has been switched
 /// in: the new generation, and how long that took.
-async fn hot_swap(
-    setup: &Setup<'_>,
-    base: &str,
-    name: &str,
-) -> anyhow::Result<(u64, Duration)> {
+async fn hot_swap(setup: &Setup<'_>, base: &str, name: &str) -> anyhow::Result<(u64, Duration)> {
     let started = Instant::now();
     deploy(&setup.client, base, ADMIN_TOKEN, name, &setup.new_version).await?;
     loop {

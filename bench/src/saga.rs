@@ -250,9 +250,30 @@ async fn transfer(
             .context("the commit feed stopped")?;
     } else {
         post(client, base, "transfer", &id, request).await?;
-        post(client, base, "bank_account", &format!("src{c}"), json!({"type": "Withdraw", "data": {"amount": 1}})).await?;
-        post(client, base, "bank_account", &format!("dst{c}"), json!({"type": "Deposit", "data": {"amount": 1}})).await?;
-        post(client, base, "transfer", &id, json!({"type": "Complete", "data": {}})).await?;
+        post(
+            client,
+            base,
+            "bank_account",
+            &format!("src{c}"),
+            json!({"type": "Withdraw", "data": {"amount": 1}}),
+        )
+        .await?;
+        post(
+            client,
+            base,
+            "bank_account",
+            &format!("dst{c}"),
+            json!({"type": "Deposit", "data": {"amount": 1}}),
+        )
+        .await?;
+        post(
+            client,
+            base,
+            "transfer",
+            &id,
+            json!({"type": "Complete", "data": {}}),
+        )
+        .await?;
     }
     Ok(())
 }

@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the HTTP API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Walk the event log and check its hash chain; exits 1 when it is broken.
     Verify(crate::verify::VerifyArgs),
 }

@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Verify(args) => {
                 if kiln::verify::run(args).await? {
                     Ok(())
