@@ -3,13 +3,15 @@
 
     python3 bench/paired.py --old OLD_BINARY --new NEW_BINARY [--pairs N] \
         [--out DIR] -- SUBCOMMAND [FLAG ...]
+    python3 bench/paired.py --report DIR [DIR ...]
 
 Runs `OLD_BINARY SUBCOMMAND FLAGS --json` and `NEW_BINARY SUBCOMMAND FLAGS
 --json` N times each, alternating (old, new, then new, old, ...), so both
 see the same drift of a shared machine. Each output is kept in DIR. Prints,
 for every figure of the JSON's "median" object, the median over the
 invocations of each build, the ratio new/old of those medians, and the
-median of the per-pair ratios.
+median of the per-pair ratios. `--report` prints the same for the outputs
+already kept in one or more DIRs (their pairs pooled).
 
 OLD_BINARY is e.g. a `kiln` from before the benchmarks moved (it has the
 subcommands `bench`, `bench-projection`, ...) and NEW_BINARY a `kiln-bench`.
@@ -33,12 +35,18 @@ def run(binary, args, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--old", required=True)
-    parser.add_argument("--new", required=True)
+    parser.add_argument("--old")
+    parser.add_argument("--new")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--out", default="paired-runs")
-    parser.add_argument("bench", nargs="+", help="subcommand and flags")
+    parser.add_argument("--report", nargs="+", metavar="DIR")
+    parser.add_argument("bench", nargs="*", help="subcommand and flags")
     opts = parser.parse_args()
+    if opts.report:
+        report(*kept(opts.report))
+        return
+    if not (opts.old and opts.new and opts.bench):
+        parser.error("--old, --new and a subcommand are needed (or --report DIR)")
     args = [*opts.bench, "--json"] if "--json" not in opts.bench else opts.bench
     os.makedirs(opts.out, exist_ok=True)
     old, new = [], []
@@ -52,7 +60,21 @@ def main():
     report(old, new)
 
 
+def kept(dirs):
+    """The medians of the outputs kept in `dirs`, old and new in pair order."""
+    old, new = [], []
+    for d in dirs:
+        i = 1
+        while os.path.exists(os.path.join(d, f"old-{i}.json")):
+            for name, results in (("old", old), ("new", new)):
+                with open(os.path.join(d, f"{name}-{i}.json")) as f:
+                    results.append(json.load(f)["median"])
+            i += 1
+    return old, new
+
+
 def report(old, new):
+    print(f"{len(old)} pairs")
     keys = [k for k in old[0] if k in new[0]]
     width = max(len(k) for k in keys)
     print(f"{'figure':{width}}  {'old median':>12}  {'new median':>12}  {'new/old':>8}  {'pair ratios (median)':>20}")
