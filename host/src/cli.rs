@@ -1,4 +1,4 @@
-//! The command line: `kiln serve`, `kiln bench`. Every flag can also be set
+//! The command line: `kiln serve`, `kiln verify`. Every flag can also be set
 //! with a `KILN_*` environment variable.
 
 use std::net::SocketAddr;
@@ -27,22 +27,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the HTTP API.
-    Serve(ServeArgs),
-    /// Benchmark commands over HTTP against the raw append rate.
-    Bench(crate::bench::BenchArgs),
+    Serve(Box<ServeArgs>),
     /// Walk the event log and check its hash chain; exits 1 when it is broken.
     Verify(crate::verify::VerifyArgs),
-    /// Benchmark projection catch-up and a hot swap against the raw read rate.
-    BenchProjection(crate::bench::projection::ProjectionBenchArgs),
-    /// Benchmark transfers through the transfer saga against the same
-    /// commands sent plainly.
-    BenchSaga(crate::bench::saga::SagaBenchArgs),
-    /// Benchmark the same plugins built in Rust, JavaScript and Python:
-    /// per-call costs, commands/s and projection events/s.
-    BenchPlugins(crate::bench::plugins::PluginsBenchArgs),
-    /// Benchmark commands with 1, 2 and 3 hosts on one PostgreSQL database
-    /// against PostgreSQL's batched-insert rate, and on SQLite.
-    BenchCluster(crate::bench::cluster::ClusterBenchArgs),
 }
 
 /// Options of `kiln serve`.
@@ -78,7 +65,7 @@ pub struct ServeArgs {
     pub tuning: Tuning,
 }
 
-/// Limits and tuning shared by `serve` and `bench`.
+/// Limits and tuning shared by `serve` and the benchmarks of `kiln-bench`.
 #[derive(Args, Debug, Clone)]
 pub struct Tuning {
     /// Memory one plugin instance may use, in MiB.

@@ -5,7 +5,6 @@
 //! components run sandboxed by the [`runtime`]. The HTTP API is in [`api`].
 
 pub mod api;
-pub mod bench;
 pub mod cli;
 pub mod command;
 pub mod config;

@@ -19,12 +19,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
-            Command::Bench(args) => kiln::bench::run(args).await,
-            Command::BenchProjection(args) => kiln::bench::projection::run(args).await,
-            Command::BenchSaga(args) => kiln::bench::saga::run(args).await,
-            Command::BenchPlugins(args) => kiln::bench::plugins::run(args).await,
-            Command::BenchCluster(args) => kiln::bench::cluster::run(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Verify(args) => {
                 if kiln::verify::run(args).await? {
                     Ok(())

@@ -1,4 +1,4 @@
-//! `kiln bench-cluster`: commands/s over HTTP with 1, 2 and 3 hosts on one
+//! `kiln-bench bench-cluster`: commands/s over HTTP with 1, 2 and 3 hosts on one
 //! PostgreSQL database, next to PostgreSQL's own batched-insert rate for
 //! the same events (the ceiling) and the same command load on durable
 //! SQLite, all in one run.
@@ -15,15 +15,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use kiln_testkit::ScratchDatabase;
 use serde_json::json;
 use sqlx::Connection;
 
-use super::http::{self, account_id};
-use super::{BenchArgs, TempDir, stats};
-use crate::server;
+use crate::args::BenchArgs;
+use crate::http::{self, account_id};
+use crate::stats;
+use crate::temp_dir::TempDir;
+use kiln::server;
+use kiln_testkit::ScratchDatabase;
 
-/// Options of `kiln bench-cluster`.
+/// Options of `kiln-bench bench-cluster`.
 #[derive(Args, Debug, Clone)]
 pub struct ClusterBenchArgs {
     /// A PostgreSQL server and a database to connect to for creating the
@@ -60,7 +62,7 @@ pub struct ClusterBenchArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub tuning: crate::cli::Tuning,
+    pub tuning: kiln::cli::Tuning,
 }
 
 /// One phase of one run.
@@ -131,7 +133,7 @@ async fn cluster_phase(
 /// batched-insert rate, with no version check, hash computation or HTTP.
 async fn raw_insert_phase(args: &ClusterBenchArgs, url: &str) -> anyhow::Result<Figure> {
     // Kiln's schema, by its own migrations.
-    let store = crate::store::open(url, Default::default(), Default::default()).await?;
+    let store = kiln::store::open(url, Default::default(), Default::default()).await?;
     store.close().await;
     let mut conn = sqlx::PgConnection::connect(url).await?;
     let batch = args.connections.min(args.tuning.max_batch).max(1);
@@ -171,7 +173,7 @@ async fn raw_insert_phase(args: &ClusterBenchArgs, url: &str) -> anyhow::Result<
                 )
             })
             .collect();
-        let now = crate::store::now_us();
+        let now = kiln::store::now_us();
         builder.push_values(rows, |mut row, (pos, stream, version, event_type, data)| {
             row.push_bind(pos)
                 .push_bind(stream)
@@ -198,7 +200,7 @@ async fn raw_insert_phase(args: &ClusterBenchArgs, url: &str) -> anyhow::Result<
 }
 
 pub async fn run(args: ClusterBenchArgs) -> anyhow::Result<()> {
-    if !crate::store::is_postgres_url(&args.db) {
+    if !kiln::store::is_postgres_url(&args.db) {
         bail!("--db must be a postgres:// URL");
     }
     if args.runs == 0 || args.accounts == 0 || args.commands == 0 || args.connections == 0 {
@@ -207,8 +209,8 @@ pub async fn run(args: ClusterBenchArgs) -> anyhow::Result<()> {
     if args.hosts.is_empty() || args.hosts.contains(&0) {
         bail!("--hosts takes host counts of at least 1, e.g. 1,2,3");
     }
-    let examples = crate::default_plugins_dir()
-        .context("this binary was built without the example plugins")?;
+    let examples =
+        kiln::default_plugins_dir().context("this binary was built without the example plugins")?;
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let dir = parent.join(format!("kiln-bench-cluster-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -220,6 +222,16 @@ pub async fn run(args: ClusterBenchArgs) -> anyhow::Result<()> {
         plugins.join("bank_account.wasm"),
     )?;
 
+    let mut runs: Vec<Vec<Figure>> = Vec::new();
+    for run_no in 1..=args.runs {
+        runs.push(one_run(&args, &dir, &plugins, run_no).await?);
+    }
+    report(&args, &labels(&args), &runs, &parent)
+}
+
+/// The phases of a run, in order: SQLite, each host count on PostgreSQL,
+/// PostgreSQL's batched INSERT.
+fn labels(args: &ClusterBenchArgs) -> Vec<String> {
     let mut labels: Vec<String> = vec!["sqlite, 1 host".into()];
     labels.extend(
         args.hosts
@@ -227,47 +239,53 @@ pub async fn run(args: ClusterBenchArgs) -> anyhow::Result<()> {
             .map(|n| format!("postgres, {n} host{}", if *n == 1 { "" } else { "s" })),
     );
     labels.push("postgres, batched INSERT (ceiling)".into());
-    let mut runs: Vec<Vec<Figure>> = Vec::new();
-    for run_no in 1..=args.runs {
-        let mut figures = Vec::new();
-        eprintln!("== run {run_no} of {}: sqlite", args.runs);
-        let sqlite_dir = dir.join(format!("sqlite-{run_no}"));
-        std::fs::create_dir_all(&sqlite_dir)?;
-        let deposits = http::run(&bench_args(&args, &plugins), &sqlite_dir, run_no)
-            .await?
-            .deposits;
-        figures.push(Figure {
-            per_s: deposits.per_s(),
-            p50_ms: deposits.ms(50.0),
-            p99_ms: deposits.ms(99.0),
-        });
-        for &n in &args.hosts {
-            eprintln!("== run {run_no} of {}: postgres, {n} host(s)", args.runs);
-            let db = ScratchDatabase::create(
-                &args.db,
-                &format!("kiln_bench_{}_{run_no}_{n}", std::process::id()),
-            )
-            .await
-            .context("creating a benchmark database (the role needs CREATEDB)")?;
-            let figure = cluster_phase(&args, &plugins, db.url(), n, run_no).await;
-            remove(db).await;
-            figures.push(figure?);
-            // Let the server settle (autovacuum of the dropped database).
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        eprintln!("== run {run_no} of {}: postgres batched INSERT", args.runs);
+    labels
+}
+
+/// Every phase of one run, in the order of [`labels`].
+async fn one_run(
+    args: &ClusterBenchArgs,
+    dir: &Path,
+    plugins: &Path,
+    run_no: usize,
+) -> anyhow::Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    eprintln!("== run {run_no} of {}: sqlite", args.runs);
+    let sqlite_dir = dir.join(format!("sqlite-{run_no}"));
+    std::fs::create_dir_all(&sqlite_dir)?;
+    let deposits = http::run(&bench_args(args, plugins), &sqlite_dir, run_no)
+        .await?
+        .deposits;
+    figures.push(Figure {
+        per_s: deposits.per_s(),
+        p50_ms: deposits.ms(50.0),
+        p99_ms: deposits.ms(99.0),
+    });
+    for &n in &args.hosts {
+        eprintln!("== run {run_no} of {}: postgres, {n} host(s)", args.runs);
         let db = ScratchDatabase::create(
             &args.db,
-            &format!("kiln_bench_{}_{run_no}_raw", std::process::id()),
+            &format!("kiln_bench_{}_{run_no}_{n}", std::process::id()),
         )
         .await
         .context("creating a benchmark database (the role needs CREATEDB)")?;
-        let figure = raw_insert_phase(&args, db.url()).await;
+        let figure = cluster_phase(args, plugins, db.url(), n, run_no).await;
         remove(db).await;
         figures.push(figure?);
-        runs.push(figures);
+        // Let the server settle (autovacuum of the dropped database).
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    report(&args, &labels, &runs, &parent)
+    eprintln!("== run {run_no} of {}: postgres batched INSERT", args.runs);
+    let db = ScratchDatabase::create(
+        &args.db,
+        &format!("kiln_bench_{}_{run_no}_raw", std::process::id()),
+    )
+    .await
+    .context("creating a benchmark database (the role needs CREATEDB)")?;
+    let figure = raw_insert_phase(args, db.url()).await;
+    remove(db).await;
+    figures.push(figure?);
+    Ok(figures)
 }
 
 /// Drop a phase's database; a failure is reported, not fatal (cleanup).
@@ -278,12 +296,8 @@ async fn remove(db: ScratchDatabase) {
     }
 }
 
-fn report(
-    args: &ClusterBenchArgs,
-    labels: &[String],
-    runs: &[Vec<Figure>],
-    parent: &Path,
-) -> anyhow::Result<()> {
+/// The median of each figure of each phase, over the runs that measured it.
+fn medians(phases: usize, runs: &[Vec<Figure>]) -> Vec<Figure> {
     let median = |i: usize, f: fn(&Figure) -> f64| {
         let values: Vec<f64> = runs
             .iter()
@@ -296,18 +310,24 @@ fn report(
             stats::median(&values)
         }
     };
-    let medians: Vec<Figure> = (0..labels.len())
+    (0..phases)
         .map(|i| Figure {
             per_s: median(i, |f| f.per_s),
             p50_ms: median(i, |f| f.p50_ms),
             p99_ms: median(i, |f| f.p99_ms),
         })
-        .collect();
-    // Index of "postgres, 1 host" when measured, for the ratios.
-    let one_host = args.hosts.iter().position(|n| *n == 1).map(|i| i + 1);
-    let raw = labels.len() - 1;
-    let (model, cpus, memory) = stats::machine();
+        .collect()
+}
+
+fn report(
+    args: &ClusterBenchArgs,
+    labels: &[String],
+    runs: &[Vec<Figure>],
+    parent: &Path,
+) -> anyhow::Result<()> {
+    let medians = medians(labels.len(), runs);
     if args.json {
+        let (model, cpus, memory) = stats::machine();
         let out = json!({
             "machine": { "cpu": model, "cpus": cpus, "memory": memory },
             "config": {
@@ -325,6 +345,21 @@ fn report(
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
+    print_table(args, labels, runs, parent, &medians);
+    Ok(())
+}
+
+fn print_table(
+    args: &ClusterBenchArgs,
+    labels: &[String],
+    runs: &[Vec<Figure>],
+    parent: &Path,
+    medians: &[Figure],
+) {
+    // Index of "postgres, 1 host" when measured, for the ratios.
+    let one_host = args.hosts.iter().position(|n| *n == 1).map(|i| i + 1);
+    let raw = labels.len() - 1;
+    let (model, cpus, memory) = stats::machine();
     println!();
     println!(
         "kiln bench-cluster: {} deposits ({} warm-up) over {} accounts, {} connections spread over the hosts, {} run(s), max batch {}",
@@ -345,7 +380,7 @@ fn report(
         "{:width$}  {:>10}  {:>8}  {:>8}  {:>10}  {:>10}",
         "median", "per s", "p50 ms", "p99 ms", "/pg 1 host", "/ceiling"
     );
-    for (label, f) in labels.iter().zip(&medians) {
+    for (label, f) in labels.iter().zip(medians) {
         let vs_one = one_host.map_or(f64::NAN, |o| f.per_s / medians[o].per_s);
         println!(
             "{label:width$}  {:>10.0}  {:>8.2}  {:>8.2}  {:>10.2}  {:>10.2}",
@@ -362,5 +397,4 @@ fn report(
         let values: Vec<String> = run.iter().map(|f| format!("{:.0}", f.per_s)).collect();
         println!("  run {}: {}", r + 1, values.join("  "));
     }
-    Ok(())
 }

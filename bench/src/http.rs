@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use super::stats::{self, CpuSample, CpuUse};
-use super::{BenchArgs, CLIENT_THREAD_NAME};
+use crate::args::BenchArgs;
+use crate::stats::{self, CLIENT_THREAD_NAME, CpuSample, CpuUse};
 
 const OPEN_BODY: &str = r#"{"type":"Open","data":{"owner":"bench"}}"#;
 const DEPOSIT_BODY: &str = r#"{"type":"Deposit","data":{"amount":1}}"#;
@@ -81,12 +81,12 @@ pub async fn run(args: &BenchArgs, db_dir: &Path, run_no: usize) -> anyhow::Resu
     let db = db_dir.join(format!("http-{run_no}.db"));
     let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut config = args.tuning.host_config(&db.display().to_string(), listen);
-    config.plugins_dir = args.plugins.clone().or_else(crate::default_plugins_dir);
+    config.plugins_dir = args.plugins.clone().or_else(kiln::default_plugins_dir);
     config.compile_cache_dir = args.compile_cache_dir.clone();
     if config.plugins_dir.is_none() {
         bail!("no plugins: pass --plugins DIR (a directory holding bank_account.wasm)");
     }
-    let host = crate::server::start(config)
+    let host = kiln::server::start(config)
         .await
         .context("starting the host")?;
     if host.state.registry.get("bank_account").is_none() {
@@ -101,7 +101,7 @@ pub async fn run(args: &BenchArgs, db_dir: &Path, run_no: usize) -> anyhow::Resu
 
 async fn drive_host(
     args: &BenchArgs,
-    host: &crate::server::Host,
+    host: &kiln::server::Host,
     base: &str,
     run_no: usize,
 ) -> anyhow::Result<HttpResult> {
@@ -129,77 +129,8 @@ pub async fn drive_hosts(
     run_no: usize,
 ) -> anyhow::Result<HttpResult> {
     let base = bases.first().context("no host to drive")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.client_threads.max(1))
-        .thread_name(CLIENT_THREAD_NAME)
-        .enable_all()
-        .build()
-        .context("starting the load generator's runtime")?;
-    let clients = (0..args.connections.max(1))
-        .map(|_| {
-            reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .tcp_nodelay(true)
-                .no_proxy()
-                .build()
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .context("building HTTP clients")?;
-    let urls = bases
-        .iter()
-        .map(|base| {
-            (0..args.accounts)
-                .map(|i| format!("{base}/commands/bank_account/{}", account_id(i)))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let generator = Generator {
-        runtime,
-        clients,
-        urls: Arc::new(urls),
-        routing,
-    };
-    let label = format!("run {run_no}");
-    let result = async {
-        let opens = generator
-            .load(
-                &format!("{label} open"),
-                OPEN_BODY,
-                0,
-                args.accounts,
-                ports,
-                &head,
-            )
-            .await;
-        check_clean(&opens, "opening the accounts")?;
-        if args.warmup > 0 {
-            let warm = generator
-                .load(
-                    &format!("{label} warm-up"),
-                    DEPOSIT_BODY,
-                    0,
-                    args.warmup,
-                    ports,
-                    &head,
-                )
-                .await;
-            check_clean(&warm, "the warm-up")?;
-        }
-        let deposits = generator
-            .load(
-                &format!("{label} deposits"),
-                DEPOSIT_BODY,
-                args.warmup,
-                args.commands,
-                ports,
-                &head,
-            )
-            .await;
-        check_clean(&deposits, "the measured deposits")?;
-        verify(args, &generator.clients[0], base).await?;
-        Ok(HttpResult { opens, deposits })
-    }
-    .await;
+    let generator = Generator::new(args, bases, routing)?;
+    let result = generator.phases(args, base, ports, &head, run_no).await;
     generator.runtime.shutdown_background();
     result
 }
@@ -217,6 +148,91 @@ fn check_clean(load: &Load, what: &str) -> anyhow::Result<()> {
 }
 
 impl Generator {
+    /// One client per connection, on a runtime of their own, and the URL of
+    /// each account on each host.
+    fn new(args: &BenchArgs, bases: &[String], routing: Routing) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.client_threads.max(1))
+            .thread_name(CLIENT_THREAD_NAME)
+            .enable_all()
+            .build()
+            .context("starting the load generator's runtime")?;
+        let clients = (0..args.connections.max(1))
+            .map(|_| {
+                reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .tcp_nodelay(true)
+                    .no_proxy()
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .context("building HTTP clients")?;
+        let urls = bases
+            .iter()
+            .map(|base| {
+                (0..args.accounts)
+                    .map(|i| format!("{base}/commands/bank_account/{}", account_id(i)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        Ok(Generator {
+            runtime,
+            clients,
+            urls: Arc::new(urls),
+            routing,
+        })
+    }
+
+    /// Open the accounts, warm up, measure the deposits, then check the
+    /// result through `base`.
+    async fn phases(
+        &self,
+        args: &BenchArgs,
+        base: &str,
+        ports: &[u16],
+        head: &tokio::sync::watch::Receiver<u64>,
+        run_no: usize,
+    ) -> anyhow::Result<HttpResult> {
+        let label = format!("run {run_no}");
+        let opens = self
+            .load(
+                &format!("{label} open"),
+                OPEN_BODY,
+                0,
+                args.accounts,
+                ports,
+                head,
+            )
+            .await;
+        check_clean(&opens, "opening the accounts")?;
+        if args.warmup > 0 {
+            let warm = self
+                .load(
+                    &format!("{label} warm-up"),
+                    DEPOSIT_BODY,
+                    0,
+                    args.warmup,
+                    ports,
+                    head,
+                )
+                .await;
+            check_clean(&warm, "the warm-up")?;
+        }
+        let deposits = self
+            .load(
+                &format!("{label} deposits"),
+                DEPOSIT_BODY,
+                args.warmup,
+                args.commands,
+                ports,
+                head,
+            )
+            .await;
+        check_clean(&deposits, "the measured deposits")?;
+        verify(args, &self.clients[0], base).await?;
+        Ok(HttpResult { opens, deposits })
+    }
+
     /// Send commands `first..first + count` (command `i` goes to account
     /// `i % accounts`) from all connections at once; each connection sends
     /// its next command as soon as the previous one is answered.
@@ -232,53 +248,8 @@ impl Generator {
         let next = Arc::new(AtomicUsize::new(first));
         let done = Arc::new(AtomicUsize::new(0));
         let end = first + count;
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let progress = {
-            let done = done.clone();
-            let label = label.to_string();
-            let ports = ports.to_vec();
-            let mut head = head.clone();
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let mut last = (Instant::now(), 0usize);
-                let mut max_conns = None::<usize>;
-                let mut sample_conns = || {
-                    let established: Option<usize> =
-                        ports.iter().map(|p| stats::established_on_port(*p)).sum();
-                    if let Some(c) = established {
-                        max_conns = Some(max_conns.map_or(c, |m: usize| m.max(c)));
-                    }
-                };
-                let mut commits = 0usize;
-                let mut head_open = true;
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                tick.tick().await;
-                head.mark_unchanged();
-                loop {
-                    tokio::select! {
-                        _ = &mut stopped => break,
-                        _ = tick.tick() => {
-                            sample_conns();
-                            let now = Instant::now();
-                            let n = done.load(Ordering::Relaxed);
-                            let rate = (n - last.1) as f64 / (now - last.0).as_secs_f64();
-                            eprintln!(
-                                "[{label}] {n}/{count} in {:.1} s ({rate:.0}/s)",
-                                started.elapsed().as_secs_f64()
-                            );
-                            last = (now, n);
-                        }
-                        changed = head.changed(), if head_open => match changed {
-                            Ok(()) => commits += 1,
-                            // The store closed; keep reporting progress.
-                            Err(_) => head_open = false,
-                        },
-                    }
-                }
-                sample_conns();
-                (max_conns, commits)
-            })
-        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let progress = spawn_progress(label, count, ports, head.clone(), done.clone(), stopped);
         let cpu_before = CpuSample::now();
         let started = Instant::now();
         let workers: Vec<_> = self
@@ -298,26 +269,7 @@ impl Generator {
                     .spawn(worker(client, route, body, next, end, done))
             })
             .collect();
-        let mut load = Load {
-            commands: count,
-            ..Load::default()
-        };
-        for w in workers {
-            match w.await {
-                Ok(part) => {
-                    load.ok += part.ok;
-                    load.errors += part.errors;
-                    if load.first_errors.len() < 3 {
-                        load.first_errors.extend(part.first_errors);
-                    }
-                    load.latencies_us.extend(part.latencies_us);
-                }
-                Err(e) => {
-                    load.errors += 1;
-                    load.first_errors.push(format!("a worker failed: {e}"));
-                }
-            }
-        }
+        let mut load = join_workers(workers, count).await;
         load.wall = started.elapsed();
         let cpu_after = CpuSample::now();
         load.cpu = cpu_before.zip(cpu_after).map(|(a, b)| a.until(&b));
@@ -340,6 +292,87 @@ impl Generator {
         );
         load
     }
+}
+
+/// Reports progress on stderr every second until `stopped`: the most
+/// server-side connections seen established, and the commits of the store
+/// seen meanwhile.
+fn spawn_progress(
+    label: &str,
+    count: usize,
+    ports: &[u16],
+    mut head: tokio::sync::watch::Receiver<u64>,
+    done: Arc<AtomicUsize>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<(Option<usize>, usize)> {
+    let label = label.to_string();
+    let ports = ports.to_vec();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut last = (Instant::now(), 0usize);
+        let mut max_conns = None::<usize>;
+        let mut sample_conns = || {
+            let established: Option<usize> =
+                ports.iter().map(|p| stats::established_on_port(*p)).sum();
+            if let Some(c) = established {
+                max_conns = Some(max_conns.map_or(c, |m: usize| m.max(c)));
+            }
+        };
+        let mut commits = 0usize;
+        let mut head_open = true;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        head.mark_unchanged();
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                _ = tick.tick() => {
+                    sample_conns();
+                    let now = Instant::now();
+                    let n = done.load(Ordering::Relaxed);
+                    let rate = (n - last.1) as f64 / (now - last.0).as_secs_f64();
+                    eprintln!(
+                        "[{label}] {n}/{count} in {:.1} s ({rate:.0}/s)",
+                        started.elapsed().as_secs_f64()
+                    );
+                    last = (now, n);
+                }
+                changed = head.changed(), if head_open => match changed {
+                    Ok(()) => commits += 1,
+                    // The store closed; keep reporting progress.
+                    Err(_) => head_open = false,
+                },
+            }
+        }
+        sample_conns();
+        (max_conns, commits)
+    })
+}
+
+/// The workers' counts and latencies, merged; a worker that failed counts
+/// as one error.
+async fn join_workers(workers: Vec<tokio::task::JoinHandle<WorkerLoad>>, count: usize) -> Load {
+    let mut load = Load {
+        commands: count,
+        ..Load::default()
+    };
+    for w in workers {
+        match w.await {
+            Ok(part) => {
+                load.ok += part.ok;
+                load.errors += part.errors;
+                if load.first_errors.len() < 3 {
+                    load.first_errors.extend(part.first_errors);
+                }
+                load.latencies_us.extend(part.latencies_us);
+            }
+            Err(e) => {
+                load.errors += 1;
+                load.first_errors.push(format!("a worker failed: {e}"));
+            }
+        }
+    }
+    load
 }
 
 #[derive(Default)]

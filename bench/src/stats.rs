@@ -1,7 +1,10 @@
-//! Pure helpers of `kiln bench`: percentiles, medians, and CPU time read
+//! Pure helpers of the benchmarks: percentiles, medians, and CPU time read
 //! from `/proc` (Linux; elsewhere the CPU figures are simply absent).
 
 use std::collections::HashMap;
+
+/// Name of the load generator's threads (at most 15 bytes: Linux truncates).
+pub const CLIENT_THREAD_NAME: &str = "kiln-bench-cli";
 
 /// The nearest-rank percentile `p` (0–100) of `sorted` (ascending); 0 for
 /// an empty slice.
@@ -76,7 +79,7 @@ pub const GROUPS: [&str; 4] = ["client", "server", "sqlite", "other"];
 /// tasks and the blocking pool that runs wasm), SQLite's threads (sqlx's
 /// connection threads and the store's writer).
 pub fn thread_group(name: &str) -> &'static str {
-    if name.starts_with(super::CLIENT_THREAD_NAME) {
+    if name.starts_with(CLIENT_THREAD_NAME) {
         "client"
     } else if name.starts_with("tokio-r") {
         "server"

@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
 
-use super::stats;
-use crate::config::Limits;
-use crate::runtime::bindings::{WitCommand, WitEvent};
-use crate::runtime::{AggregateInstance, PluginCode, Runtime};
-use crate::store::now_us;
+use crate::stats;
+use kiln::config::Limits;
+use kiln::runtime::bindings::{WitCommand, WitEvent};
+use kiln::runtime::{AggregateInstance, PluginCode, Runtime};
+use kiln::store::now_us;
 
 const INSTANTIATIONS: usize = 2_000;
 const HANDLES: usize = 5_000;
@@ -100,76 +100,16 @@ pub async fn measure_with_cache(
         issued_at_ms: now_ms,
     };
 
-    let mut samples = Vec::with_capacity(HANDLES);
-    for _ in 0..INSTANTIATIONS {
-        let t0 = Instant::now();
-        let instance = new_instance().await?;
-        samples.push(t0.elapsed().as_secs_f64() * 1e6);
-        drop(instance);
-    }
-    let instantiate_us = median_us(&samples);
-
+    let instantiate_us = instantiate_us(&new_instance).await?;
     let mut instance = new_instance().await?;
     let open_state = instance
         .apply(&[], &opened)
         .await
         .map_err(|e| anyhow!("apply: {e}"))?;
-    samples.clear();
-    for _ in 0..HANDLES {
-        let t0 = Instant::now();
-        let decision = instance
-            .handle(&open_state, &deposit)
-            .await
-            .map_err(|e| anyhow!("handle: {e}"))?;
-        samples.push(t0.elapsed().as_secs_f64() * 1e6);
-        if decision.is_err() {
-            bail!("the plugin refused a deposit on an open account: {decision:?}");
-        }
-    }
-    let handle_us = median_us(&samples);
-
-    let batch: Vec<WitEvent> = (0..APPLY_BATCH as u64)
-        .map(|i| WitEvent {
-            version: 2 + i,
-            position: 2 + i,
-            ..deposited.clone()
-        })
-        .collect();
-    samples.clear();
-    for _ in 0..APPLIES {
-        let t0 = Instant::now();
-        let state = instance
-            .apply(&open_state, &batch)
-            .await
-            .map_err(|e| anyhow!("apply: {e}"))?;
-        samples.push(t0.elapsed().as_secs_f64() * 1e6 / APPLY_BATCH as f64);
-        if state.is_empty() {
-            bail!("apply returned no state");
-        }
-    }
-    let apply_per_event_us = median_us(&samples);
+    let handle_us = handle_us(&mut instance, &open_state, &deposit).await?;
+    let apply_per_event_us = apply_per_event_us(&mut instance, &open_state, &deposited).await?;
     drop(instance);
-
-    let pending = [deposited];
-    samples.clear();
-    for _ in 0..UNITS {
-        let t0 = Instant::now();
-        let mut instance = new_instance().await?;
-        let state = instance
-            .apply(&open_state, &pending)
-            .await
-            .map_err(|e| anyhow!("apply: {e}"))?;
-        let decision = instance
-            .handle(&state, &deposit)
-            .await
-            .map_err(|e| anyhow!("handle: {e}"))?;
-        drop(instance);
-        samples.push(t0.elapsed().as_secs_f64() * 1e6);
-        if decision.is_err() {
-            bail!("the plugin refused a deposit on an open account: {decision:?}");
-        }
-    }
-    let command_unit_us = median_us(&samples);
+    let command_unit_us = command_unit_us(&new_instance, &open_state, deposited, &deposit).await?;
 
     Ok(WasmCost {
         instantiate_us,
@@ -177,4 +117,101 @@ pub async fn measure_with_cache(
         apply_per_event_us,
         command_unit_us,
     })
+}
+
+/// A fresh sandboxed instance, [`INSTANTIATIONS`] times.
+async fn instantiate_us<F>(new_instance: &impl Fn() -> F) -> anyhow::Result<f64>
+where
+    F: Future<Output = anyhow::Result<AggregateInstance>>,
+{
+    let mut samples = Vec::with_capacity(HANDLES);
+    for _ in 0..INSTANTIATIONS {
+        let t0 = Instant::now();
+        let instance = new_instance().await?;
+        samples.push(t0.elapsed().as_secs_f64() * 1e6);
+        drop(instance);
+    }
+    Ok(median_us(&samples))
+}
+
+/// One deposit on an open account, on a warm instance, [`HANDLES`] times.
+async fn handle_us(
+    instance: &mut AggregateInstance,
+    open_state: &[u8],
+    deposit: &WitCommand,
+) -> anyhow::Result<f64> {
+    let mut samples = Vec::with_capacity(HANDLES);
+    for _ in 0..HANDLES {
+        let t0 = Instant::now();
+        let decision = instance
+            .handle(open_state, deposit)
+            .await
+            .map_err(|e| anyhow!("handle: {e}"))?;
+        samples.push(t0.elapsed().as_secs_f64() * 1e6);
+        if decision.is_err() {
+            bail!("the plugin refused a deposit on an open account: {decision:?}");
+        }
+    }
+    Ok(median_us(&samples))
+}
+
+/// `apply` of [`APPLY_BATCH`] deposits, per event, [`APPLIES`] times.
+async fn apply_per_event_us(
+    instance: &mut AggregateInstance,
+    open_state: &[u8],
+    deposited: &WitEvent,
+) -> anyhow::Result<f64> {
+    let batch: Vec<WitEvent> = (0..APPLY_BATCH as u64)
+        .map(|i| WitEvent {
+            version: 2 + i,
+            position: 2 + i,
+            ..deposited.clone()
+        })
+        .collect();
+    let mut samples = Vec::with_capacity(HANDLES);
+    for _ in 0..APPLIES {
+        let t0 = Instant::now();
+        let state = instance
+            .apply(open_state, &batch)
+            .await
+            .map_err(|e| anyhow!("apply: {e}"))?;
+        samples.push(t0.elapsed().as_secs_f64() * 1e6 / APPLY_BATCH as f64);
+        if state.is_empty() {
+            bail!("apply returned no state");
+        }
+    }
+    Ok(median_us(&samples))
+}
+
+/// A command's unit of work as the pipeline runs it (a new instance,
+/// `apply` of the one pending event, `handle`), [`UNITS`] times.
+async fn command_unit_us<F>(
+    new_instance: &impl Fn() -> F,
+    open_state: &[u8],
+    deposited: WitEvent,
+    deposit: &WitCommand,
+) -> anyhow::Result<f64>
+where
+    F: Future<Output = anyhow::Result<AggregateInstance>>,
+{
+    let pending = [deposited];
+    let mut samples = Vec::with_capacity(HANDLES);
+    for _ in 0..UNITS {
+        let t0 = Instant::now();
+        let mut instance = new_instance().await?;
+        let state = instance
+            .apply(open_state, &pending)
+            .await
+            .map_err(|e| anyhow!("apply: {e}"))?;
+        let decision = instance
+            .handle(&state, deposit)
+            .await
+            .map_err(|e| anyhow!("handle: {e}"))?;
+        drop(instance);
+        samples.push(t0.elapsed().as_secs_f64() * 1e6);
+        if decision.is_err() {
+            bail!("the plugin refused a deposit on an open account: {decision:?}");
+        }
+    }
+    Ok(median_us(&samples))
 }

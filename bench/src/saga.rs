@@ -1,4 +1,4 @@
-//! `kiln bench-saga`: transfers per second end to end (the client's request
+//! `kiln-bench bench-saga`: transfers per second end to end (the client's request
 //! to the saga instance completed), against the same four commands sent by
 //! the clients themselves (`Request`, `Withdraw`, `Deposit`, `Complete`)
 //! on a host without the saga, measured in the same run.
@@ -18,14 +18,14 @@ use clap::Args;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::stats;
-use crate::server::{self, HostConfig};
+use crate::stats;
+use kiln::server::{self, HostConfig};
 
 /// The issue's target: the saga machinery adds at most this over the plain
 /// commands it issues (time per transfer, saga / plain - 1).
 const TARGET_OVERHEAD: f64 = 0.5;
 
-/// Options of `kiln bench-saga`.
+/// Options of `kiln-bench bench-saga`.
 #[derive(Args, Debug, Clone)]
 pub struct SagaBenchArgs {
     /// Concurrent clients.
@@ -46,7 +46,7 @@ pub struct SagaBenchArgs {
     #[arg(long)]
     pub dir: Option<PathBuf>,
     #[command(flatten)]
-    pub tuning: crate::cli::Tuning,
+    pub tuning: kiln::cli::Tuning,
 }
 
 /// Completions of transfers, by transfer id, fed by the commit feed.
@@ -59,7 +59,7 @@ pub async fn run(args: SagaBenchArgs) -> anyhow::Result<()> {
     let plugins = args
         .plugins
         .clone()
-        .or_else(crate::default_plugins_dir)
+        .or_else(kiln::default_plugins_dir)
         .context("no plugins: pass --plugins DIR")?;
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let mut plain = Vec::new();
@@ -125,6 +125,44 @@ async fn phase(
     plugins: &Path,
     with_saga: bool,
 ) -> anyhow::Result<f64> {
+    let host = start_host(args, dir, plugins, with_saga).await?;
+    let base = format!("http://{}", host.addr);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    open_accounts(&client, &base, args.clients).await?;
+    let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
+    let watcher = watch_completions(&host, waiters.clone());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let (client, base, waiters) = (client.clone(), base.clone(), waiters.clone());
+        let transfers = args.transfers;
+        tasks.push(tokio::spawn(async move {
+            for t in 0..transfers {
+                transfer(&client, &base, &waiters, c, t, with_saga).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let elapsed = started.elapsed();
+    watcher.abort();
+    host.shutdown().await?;
+    Ok((args.clients * args.transfers) as f64 / elapsed.as_secs_f64())
+}
+
+/// A host on a fresh database in `dir`, loading `bank_account` and
+/// `transfer`, and `transfer_saga` when `with_saga`.
+async fn start_host(
+    args: &SagaBenchArgs,
+    dir: &Path,
+    plugins: &Path,
+    with_saga: bool,
+) -> anyhow::Result<server::Host> {
     let name = if with_saga { "saga" } else { "plain" };
     let plugin_dir = dir.join(format!("plugins-{name}"));
     std::fs::create_dir_all(&plugin_dir)?;
@@ -141,17 +179,16 @@ async fn phase(
     let mut config: HostConfig = args.tuning.host_config(&db, "127.0.0.1:0".parse()?);
     config.plugins_dir = Some(plugin_dir);
     config.watch_interval = None;
-    let host = server::start(config).await?;
-    let base = format!("http://{}", host.addr);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients)
-        .timeout(Duration::from_secs(60))
-        .build()?;
-    for c in 0..args.clients {
+    server::start(config).await
+}
+
+/// Each client's two accounts: `src{c}` holding 1,000,000, `dst{c}` empty.
+async fn open_accounts(client: &reqwest::Client, base: &str, clients: usize) -> anyhow::Result<()> {
+    for c in 0..clients {
         for (account, balance) in [(format!("src{c}"), 1_000_000), (format!("dst{c}"), 0)] {
             post(
-                &client,
-                &base,
+                client,
+                base,
                 "bank_account",
                 &account,
                 json!({"type": "Open", "data": {"owner": "bench"}}),
@@ -159,8 +196,8 @@ async fn phase(
             .await?;
             if balance > 0 {
                 post(
-                    &client,
-                    &base,
+                    client,
+                    base,
                     "bank_account",
                     &account,
                     json!({"type": "Deposit", "data": {"amount": balance}}),
@@ -169,55 +206,76 @@ async fn phase(
             }
         }
     }
-    let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
+    Ok(())
+}
+
+/// Wakes the waiter of each transfer whose `TransferCompleted` event the
+/// host's commit feed carries.
+fn watch_completions(host: &server::Host, waiters: Waiters) -> tokio::task::JoinHandle<()> {
     let mut feed = host.state.store.subscribe_commits();
-    let watcher = {
-        let waiters = waiters.clone();
-        tokio::spawn(async move {
-            while let Ok(batch) = feed.recv().await {
-                for e in batch.iter().filter(|e| e.event_type == "TransferCompleted") {
-                    let id = e.stream_id.trim_start_matches("transfer-");
-                    if let Some(tx) = waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
-                        let _ = tx.send(());
-                    }
+    tokio::spawn(async move {
+        while let Ok(batch) = feed.recv().await {
+            for e in batch.iter().filter(|e| e.event_type == "TransferCompleted") {
+                let id = e.stream_id.trim_start_matches("transfer-");
+                if let Some(tx) = waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
+                    let _ = tx.send(());
                 }
             }
-        })
-    };
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..args.clients {
-        let (client, base, waiters) = (client.clone(), base.clone(), waiters.clone());
-        let transfers = args.transfers;
-        tasks.push(tokio::spawn(async move {
-            for t in 0..transfers {
-                let id = format!("c{c}t{t}");
-                let request = json!({"type": "Request", "data": {"from": format!("src{c}"), "to": format!("dst{c}"), "amount": 1}});
-                if with_saga {
-                    let (tx, rx) = oneshot::channel();
-                    waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), tx);
-                    post(&client, &base, "transfer", &id, request).await?;
-                    tokio::time::timeout(Duration::from_secs(60), rx)
-                        .await
-                        .context("a transfer did not complete within 60 s")?
-                        .context("the commit feed stopped")?;
-                } else {
-                    post(&client, &base, "transfer", &id, request).await?;
-                    post(&client, &base, "bank_account", &format!("src{c}"), json!({"type": "Withdraw", "data": {"amount": 1}})).await?;
-                    post(&client, &base, "bank_account", &format!("dst{c}"), json!({"type": "Deposit", "data": {"amount": 1}})).await?;
-                    post(&client, &base, "transfer", &id, json!({"type": "Complete", "data": {}})).await?;
-                }
-            }
-            anyhow::Ok(())
-        }));
+        }
+    })
+}
+
+/// Client `c`'s transfer `t` from `src{c}` to `dst{c}`: through the saga
+/// (sent, then waited for), or as the four commands sent plainly.
+async fn transfer(
+    client: &reqwest::Client,
+    base: &str,
+    waiters: &Waiters,
+    c: usize,
+    t: usize,
+    with_saga: bool,
+) -> anyhow::Result<()> {
+    let id = format!("c{c}t{t}");
+    let request = json!({"type": "Request", "data": {"from": format!("src{c}"), "to": format!("dst{c}"), "amount": 1}});
+    if with_saga {
+        let (tx, rx) = oneshot::channel();
+        waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), tx);
+        post(client, base, "transfer", &id, request).await?;
+        tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .context("a transfer did not complete within 60 s")?
+            .context("the commit feed stopped")?;
+    } else {
+        post(client, base, "transfer", &id, request).await?;
+        post(
+            client,
+            base,
+            "bank_account",
+            &format!("src{c}"),
+            json!({"type": "Withdraw", "data": {"amount": 1}}),
+        )
+        .await?;
+        post(
+            client,
+            base,
+            "bank_account",
+            &format!("dst{c}"),
+            json!({"type": "Deposit", "data": {"amount": 1}}),
+        )
+        .await?;
+        post(
+            client,
+            base,
+            "transfer",
+            &id,
+            json!({"type": "Complete", "data": {}}),
+        )
+        .await?;
     }
-    for task in tasks {
-        task.await??;
-    }
-    let elapsed = started.elapsed();
-    watcher.abort();
-    host.shutdown().await?;
-    Ok((args.clients * args.transfers) as f64 / elapsed.as_secs_f64())
+    Ok(())
 }
 
 async fn post(

@@ -1,4 +1,4 @@
-//! `kiln bench-plugins`: the same plugins built in Rust, JavaScript and
+//! `kiln-bench bench-plugins`: the same plugins built in Rust, JavaScript and
 //! Python, measured in one run.
 //!
 //! For each language's build of `bank_account` (and of `account_balances`
@@ -17,21 +17,25 @@
 //! Every figure is reported per run and as the median; ratios are against
 //! the Rust build of the same run.
 
+mod report;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use serde_json::{Value, json};
 
-use super::{BenchArgs, TempDir, http, projection, stats, wasm};
-use crate::runtime::Runtime;
-use crate::server;
-use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::{EventLog, EventStore};
+use crate::args::BenchArgs;
+use crate::temp_dir::TempDir;
+use crate::{http, projection, wasm};
+use kiln::runtime::Runtime;
+use kiln::server;
+use kiln::store::sqlite::{SqliteOptions, SqliteStore};
+use kiln::store::{EventLog, EventStore};
+use report::Row;
 
-/// Options of `kiln bench-plugins`.
+/// Options of `kiln-bench bench-plugins`.
 #[derive(Args, Debug, Clone)]
 pub struct PluginsBenchArgs {
     /// Runs; every figure is reported per run and as the median.
@@ -65,7 +69,7 @@ pub struct PluginsBenchArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub tuning: crate::cli::Tuning,
+    pub tuning: kiln::cli::Tuning,
 }
 
 fn parse_build(text: &str) -> Result<(String, PathBuf), String> {
@@ -102,96 +106,17 @@ fn default_builds() -> Vec<(String, PathBuf)> {
     }
 }
 
-/// The figures of one build in one run.
-#[derive(Debug, Clone, Copy, Default)]
-struct Row {
-    instantiate_us: f64,
-    handle_us: f64,
-    apply_per_event_us: f64,
-    command_unit_us: f64,
-    commands_per_s: f64,
-    p99_ms: f64,
-    /// NaN when the build has no projection.
-    projection_events_per_s: f64,
-}
-
-const COLUMNS: [(&str, &str); 7] = [
-    ("instantiate_us", "instance, µs"),
-    ("handle_us", "warm handle, µs"),
-    ("apply_per_event_us", "apply/event, µs"),
-    ("command_unit_us", "command unit, µs"),
-    ("commands_per_s", "commands/s"),
-    ("p99_ms", "p99, ms"),
-    ("projection_events_per_s", "projection events/s"),
-];
-
-impl Row {
-    fn values(&self) -> [f64; 7] {
-        [
-            self.instantiate_us,
-            self.handle_us,
-            self.apply_per_event_us,
-            self.command_unit_us,
-            self.commands_per_s,
-            self.p99_ms,
-            self.projection_events_per_s,
-        ]
-    }
-}
-
 pub async fn run(args: PluginsBenchArgs) -> anyhow::Result<()> {
     if args.runs == 0 || args.accounts == 0 || args.commands == 0 || args.connections == 0 {
         bail!("--runs, --accounts, --commands and --connections must be at least 1");
     }
-    let builds = if args.builds.is_empty() {
-        default_builds()
-    } else {
-        args.builds.clone()
-    };
-    if builds.is_empty() {
-        bail!("no builds: pass --build language=DIR (a directory holding bank_account.wasm)");
-    }
-    for (name, dir) in &builds {
-        if !dir.join("bank_account.wasm").is_file() {
-            bail!("{name}: {} holds no bank_account.wasm", dir.display());
-        }
-    }
+    let builds = builds(&args)?;
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let dir = parent.join(format!("kiln-bench-plugins-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let _cleanup = TempDir(dir.clone());
     let cache = dir.join("compiled");
-
-    // 1. First compiles, into the cache every later phase loads from.
-    let config = args
-        .tuning
-        .host_config("sqlite::memory:", "127.0.0.1:0".parse()?);
-    let runtime =
-        Runtime::new(config.limits.clone(), config.pooling)?.with_compile_cache(&cache)?;
-    let mut compile_s: Vec<(String, String, f64)> = Vec::new();
-    for (name, build_dir) in &builds {
-        for component in ["bank_account", "account_balances"] {
-            let path = build_dir.join(format!("{component}.wasm"));
-            if !path.is_file() {
-                continue;
-            }
-            let bytes = std::fs::read(&path)?;
-            eprintln!(
-                "compiling {name} {component} ({:.1} MB)",
-                bytes.len() as f64 / 1e6
-            );
-            let runtime = runtime.clone();
-            let started = Instant::now();
-            tokio::task::spawn_blocking(move || runtime.compile(component, &bytes))
-                .await?
-                .map_err(|e| anyhow::anyhow!("compiling {}: {e}", path.display()))?;
-            compile_s.push((
-                name.clone(),
-                component.into(),
-                started.elapsed().as_secs_f64(),
-            ));
-        }
-    }
+    let compile_s = first_compiles(&args, &builds, &cache).await?;
 
     // The log the projections catch up on, written once.
     let projection_db = dir.join("projection.db");
@@ -223,7 +148,63 @@ pub async fn run(args: PluginsBenchArgs) -> anyhow::Result<()> {
         }
         runs.push(rows);
     }
-    report(&args, &builds, &compile_s, &runs, &parent)
+    report::print(&args, &builds, &compile_s, &runs, &parent)
+}
+
+/// The builds to measure, each checked to hold a `bank_account.wasm`.
+fn builds(args: &PluginsBenchArgs) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let builds = if args.builds.is_empty() {
+        default_builds()
+    } else {
+        args.builds.clone()
+    };
+    if builds.is_empty() {
+        bail!("no builds: pass --build language=DIR (a directory holding bank_account.wasm)");
+    }
+    for (name, dir) in &builds {
+        if !dir.join("bank_account.wasm").is_file() {
+            bail!("{name}: {} holds no bank_account.wasm", dir.display());
+        }
+    }
+    Ok(builds)
+}
+
+/// The first compile of each component of each build, into the cache every
+/// later phase loads from: (build, component, seconds).
+async fn first_compiles(
+    args: &PluginsBenchArgs,
+    builds: &[(String, PathBuf)],
+    cache: &Path,
+) -> anyhow::Result<Vec<(String, String, f64)>> {
+    let config = args
+        .tuning
+        .host_config("sqlite::memory:", "127.0.0.1:0".parse()?);
+    let runtime = Runtime::new(config.limits.clone(), config.pooling)?.with_compile_cache(cache)?;
+    let mut compile_s: Vec<(String, String, f64)> = Vec::new();
+    for (name, build_dir) in builds {
+        for component in ["bank_account", "account_balances"] {
+            let path = build_dir.join(format!("{component}.wasm"));
+            if !path.is_file() {
+                continue;
+            }
+            let bytes = std::fs::read(&path)?;
+            eprintln!(
+                "compiling {name} {component} ({:.1} MB)",
+                bytes.len() as f64 / 1e6
+            );
+            let runtime = runtime.clone();
+            let started = Instant::now();
+            tokio::task::spawn_blocking(move || runtime.compile(component, &bytes))
+                .await?
+                .map_err(|e| anyhow::anyhow!("compiling {}: {e}", path.display()))?;
+            compile_s.push((
+                name.clone(),
+                component.into(),
+                started.elapsed().as_secs_f64(),
+            ));
+        }
+    }
+    Ok(compile_s)
 }
 
 async fn measure_build(
@@ -346,97 +327,4 @@ async fn catch_up_rate(
     let rate = head as f64 / started.elapsed().as_secs_f64();
     host.shutdown().await?;
     Ok(rate)
-}
-
-fn report(
-    args: &PluginsBenchArgs,
-    builds: &[(String, PathBuf)],
-    compile_s: &[(String, String, f64)],
-    runs: &[Vec<Row>],
-    parent: &Path,
-) -> anyhow::Result<()> {
-    // medians[build][column]
-    let medians: Vec<[f64; 7]> = (0..builds.len())
-        .map(|b| {
-            std::array::from_fn(|c| {
-                let values: Vec<f64> = runs
-                    .iter()
-                    .map(|r| r[b].values()[c])
-                    .filter(|v| !v.is_nan())
-                    .collect();
-                if values.is_empty() {
-                    f64::NAN
-                } else {
-                    stats::median(&values)
-                }
-            })
-        })
-        .collect();
-    let (model, cpus, memory) = stats::machine();
-    if args.json {
-        let out = json!({
-            "machine": { "cpu": model, "cpus": cpus, "memory": memory },
-            "config": {
-                "runs": args.runs, "accounts": args.accounts, "commands": args.commands,
-                "warmup": args.warmup, "connections": args.connections, "events": args.events,
-            },
-            "compile_s": compile_s.iter().map(|(b, c, s)| json!({"build": b, "component": c, "seconds": s})).collect::<Vec<_>>(),
-            "median": builds.iter().zip(&medians).map(|((name, _), m)| {
-                (name.clone(), Value::Object(COLUMNS.iter().zip(m).map(|((k, _), v)| (k.to_string(), json!(v))).collect()))
-            }).collect::<serde_json::Map<_, _>>(),
-            "runs": runs.iter().map(|r| builds.iter().zip(r).map(|((name, _), row)| {
-                (name.clone(), Value::Object(COLUMNS.iter().zip(row.values()).map(|((k, _), v)| (k.to_string(), json!(v))).collect()))
-            }).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
-    }
-    println!();
-    println!(
-        "kiln bench-plugins: {} deposits ({} warm-up) over {} accounts from {} connections, {} projection events, {} run(s)",
-        args.commands, args.warmup, args.accounts, args.connections, args.events, args.runs
-    );
-    println!(
-        "machine: {model}, {cpus} CPUs, {memory}; databases in {}",
-        parent.display()
-    );
-    println!();
-    println!("first compile (Cranelift), s:");
-    for (build, component, seconds) in compile_s {
-        println!("  {build:<12} {component:<18} {seconds:>8.2}");
-    }
-    println!();
-    let width = COLUMNS
-        .iter()
-        .map(|(_, l)| l.chars().count())
-        .max()
-        .unwrap_or(0);
-    let mut header = format!("{:width$}", "median");
-    for (name, _) in builds {
-        header.push_str(&format!("  {name:>12}"));
-        if name != &builds[0].0 {
-            header.push_str(&format!("  {:>10}", format!("/{}", builds[0].0)));
-        }
-    }
-    println!("{header}");
-    for (c, (_, label)) in COLUMNS.iter().enumerate() {
-        let mut line = format!("{label:width$}");
-        for (b, (name, _)) in builds.iter().enumerate() {
-            let v = medians[b][c];
-            line.push_str(&format!("  {v:>12.2}"));
-            if name != &builds[0].0 {
-                line.push_str(&format!("  {:>10.2}", v / medians[0][c]));
-            }
-        }
-        println!("{line}");
-    }
-    println!();
-    println!("per run:");
-    for (i, run) in runs.iter().enumerate() {
-        for ((name, _), row) in builds.iter().zip(run) {
-            let values: Vec<String> = row.values().iter().map(|v| format!("{v:.2}")).collect();
-            println!("  run {} {name:<12} {}", i + 1, values.join("  "));
-        }
-    }
-    Ok(())
 }

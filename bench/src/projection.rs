@@ -1,10 +1,12 @@
-//! `kiln bench-projection`: catch-up of `account_balances` over a large log,
+//! `kiln-bench bench-projection`: catch-up of `account_balances` over a large log,
 //! against the raw read rate of the same events (the ceiling), and a hot
 //! swap of that projection with read latency before and during it.
 //!
 //! The log is written once, straight through the store; each run deploys
 //! the projection under a fresh name (so it starts from position 0), then
 //! swaps it for `fixture_balances_v2` (the same view with one more field).
+
+mod report;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,19 +15,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::stats;
-use crate::server::{self, HostConfig};
-use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::{AppendRequest, EventLog, EventStore, ExpectedVersion, GlobalQuery, NewEvent};
+use crate::stats;
+use crate::temp_dir::TempDir;
+use kiln::server::{self, HostConfig};
+use kiln::store::sqlite::{SqliteOptions, SqliteStore};
+use kiln::store::{AppendRequest, EventLog, EventStore, ExpectedVersion, GlobalQuery, NewEvent};
 
-/// Targets of the issue, checked on the medians.
-const TARGET_EVENTS_PER_S: f64 = 150_000.0;
-const TARGET_SHARE_OF_READ: f64 = 0.5;
-const TARGET_SWAP_P99_RATIO: f64 = 2.0;
-
-/// Options of `kiln bench-projection`.
+/// Options of `kiln-bench bench-projection`.
 #[derive(Args, Debug, Clone)]
 pub struct ProjectionBenchArgs {
     /// Events in the log.
@@ -56,7 +54,7 @@ pub struct ProjectionBenchArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub tuning: crate::cli::Tuning,
+    pub tuning: kiln::cli::Tuning,
 }
 
 fn default_component(name: &str) -> Option<PathBuf> {
@@ -241,6 +239,36 @@ pub async fn run(args: ProjectionBenchArgs) -> anyhow::Result<()> {
     if args.events == 0 || args.accounts == 0 || args.runs == 0 || args.readers == 0 {
         bail!("--events, --accounts, --runs and --readers must be at least 1");
     }
+    let (projection, new_version) = components(&args)?;
+    let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = parent.join(format!("kiln-bench-projection-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = TempDir(dir.clone());
+    let db = format!("sqlite://{}", dir.join("kiln.db").display());
+    {
+        let store: Arc<dyn EventStore> =
+            Arc::new(SqliteStore::open(&db, SqliteOptions::default()).await?);
+        fill(store.clone(), args.events, args.accounts).await?;
+        store.close().await;
+    }
+    let setup = Setup {
+        args: &args,
+        client: reqwest::Client::new(),
+        dir,
+        db,
+        projection,
+        new_version,
+    };
+    let mut rows: Vec<report::Row> = Vec::new();
+    for run_no in 1..=args.runs {
+        eprintln!("== run {run_no} of {}", args.runs);
+        rows.push(one_run(&setup, run_no).await?);
+    }
+    report::print(&args, &parent, &rows)
+}
+
+/// The bytes of the projection and of the version swapped in.
+fn components(args: &ProjectionBenchArgs) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     let projection = args
         .projection
         .clone()
@@ -255,182 +283,128 @@ pub async fn run(args: ProjectionBenchArgs) -> anyhow::Result<()> {
         std::fs::read(&projection).with_context(|| format!("reading {}", projection.display()))?;
     let new_bytes = std::fs::read(&new_version)
         .with_context(|| format!("reading {}", new_version.display()))?;
-    let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let dir = parent.join(format!("kiln-bench-projection-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let _cleanup = super::TempDir(dir.clone());
-    let db = format!("sqlite://{}", dir.join("kiln.db").display());
-    {
-        let store: Arc<dyn EventStore> =
-            Arc::new(SqliteStore::open(&db, SqliteOptions::default()).await?);
-        fill(store.clone(), args.events, args.accounts).await?;
-        store.close().await;
-    }
-    let token = "bench-admin-token";
-    let client = reqwest::Client::new();
-    let mut rows: Vec<[f64; 8]> = Vec::new();
-    for run_no in 1..=args.runs {
-        eprintln!("== run {run_no} of {}", args.runs);
-        let name = format!("balances_run{run_no}");
-        let plugins = dir.join(format!("plugins-{run_no}"));
-        std::fs::create_dir_all(&plugins)?;
-        let mut config: HostConfig = args.tuning.host_config(&db, "127.0.0.1:0".parse()?);
-        config.admin_token = Some(token.into());
-        config.watch_interval = None;
-        config.plugins_dir = Some(plugins.clone());
-        // The ceiling, on the same store the host will use.
-        let (raw_per_s, head) = {
-            let store = SqliteStore::open(&db, SqliteOptions::default()).await?;
-            let head = store.head_position().await?;
-            let rate = read_rate(&store, head, config.projections.batch_size).await?;
-            store.close().await;
-            (rate, head)
-        };
-        let host = server::start(config).await?;
-        let base = format!("http://{}", host.addr);
-        // Catch-up counts from the deployment (compiling included) to the
-        // projection's position reaching the head; the host's own start is
-        // not part of it.
-        let started = Instant::now();
-        deploy(&client, &base, token, &name, &projection_bytes).await?;
-        loop {
-            let s = status(&client, &base, &name).await?;
-            if s["position"].as_u64() >= Some(head) {
-                eprintln!("time split (ms): {}", s["time_ms"]);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let catch_up = started.elapsed();
-        let catch_up_per_s = head as f64 / catch_up.as_secs_f64();
+    Ok((projection_bytes, new_bytes))
+}
 
-        // Read latency, then the same during a hot swap.
-        let stop = Arc::new(AtomicBool::new(false));
-        let load = tokio::spawn(read_load(
-            client.clone(),
-            base.clone(),
-            name.clone(),
-            args.accounts,
-            args.readers,
-            stop.clone(),
-        ));
-        tokio::time::sleep(Duration::from_secs(args.baseline_secs)).await;
-        stop.store(true, Ordering::Relaxed);
-        let before = load.await??;
-        let stop = Arc::new(AtomicBool::new(false));
-        let load = tokio::spawn(read_load(
-            client.clone(),
-            base.clone(),
-            name.clone(),
-            args.accounts,
-            args.readers,
-            stop.clone(),
-        ));
-        let swap_started = Instant::now();
-        deploy(&client, &base, token, &name, &new_bytes).await?;
-        let generation = loop {
-            let s = status(&client, &base, &name).await?;
-            if s["generation"].as_u64() > Some(1) && s["rebuild"].is_null() {
-                break s["generation"].as_u64().unwrap_or(0);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
-        let swap = swap_started.elapsed();
-        stop.store(true, Ordering::Relaxed);
-        let during = load.await??;
-        host.shutdown().await?;
-        eprintln!(
-            "run {run_no}: caught up {head} events in {:.2} s; swapped to generation {generation} in {:.2} s",
-            catch_up.as_secs_f64(),
-            swap.as_secs_f64()
-        );
-        rows.push([
-            catch_up_per_s,
-            raw_per_s,
-            catch_up_per_s / raw_per_s,
-            swap.as_secs_f64(),
-            ms(&before, 0.5),
-            ms(&before, 0.99),
-            ms(&during, 0.5),
-            ms(&during, 0.99),
-        ]);
-    }
-    let labels = [
-        ("catch_up_events_per_s", "catch-up, events/s"),
-        (
-            "raw_read_events_per_s",
-            "raw store read, events/s (ceiling)",
-        ),
-        ("ratio_catch_up_raw_read", "catch-up / raw read"),
-        ("swap_s", "hot swap (rebuild + switch), s"),
-        ("read_p50_ms_before", "row read p50 before, ms"),
-        ("read_p99_ms_before", "row read p99 before, ms"),
-        ("read_p50_ms_during_swap", "row read p50 during swap, ms"),
-        ("read_p99_ms_during_swap", "row read p99 during swap, ms"),
-    ];
-    let medians: Vec<f64> = (0..labels.len())
-        .map(|i| stats::median(&rows.iter().map(|r| r[i]).collect::<Vec<_>>()))
-        .collect();
-    let p99_ratio = medians[7] / medians[5];
-    let targets = [
-        (
-            format!(">= {TARGET_EVENTS_PER_S:.0} events/s catch-up"),
-            medians[0],
-            medians[0] >= TARGET_EVENTS_PER_S,
-        ),
-        (
-            "catch-up >= 1/2 of the raw read rate".to_string(),
-            medians[2],
-            medians[2] >= TARGET_SHARE_OF_READ,
-        ),
-        (
-            "read p99 during swap <= 2x before".to_string(),
-            p99_ratio,
-            p99_ratio <= TARGET_SWAP_P99_RATIO,
-        ),
-    ];
-    let (model, cpus, memory) = stats::machine();
-    if args.json {
-        let out = json!({
-            "machine": { "cpu": model, "cpus": cpus, "memory": memory },
-            "config": { "events": args.events, "accounts": args.accounts, "runs": args.runs, "readers": args.readers, "batch": args.tuning.projection_batch },
-            "median": labels.iter().zip(&medians).map(|((k, _), m)| (k.to_string(), json!(m))).collect::<serde_json::Map<_, _>>(),
-            "runs": rows.iter().map(|r| labels.iter().zip(r).map(|((k, _), v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
-            "targets": targets.iter().map(|(what, value, met)| json!({"target": what, "value": value, "met": met})).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
-    }
-    println!();
-    println!(
-        "kiln bench-projection: {} events over {} accounts, batch {}, {} reader(s), {} run(s)",
-        args.events, args.accounts, args.tuning.projection_batch, args.readers, args.runs
+/// What every run shares: the log written once, the components, a client.
+struct Setup<'a> {
+    args: &'a ProjectionBenchArgs,
+    client: reqwest::Client,
+    dir: PathBuf,
+    db: String,
+    projection: Vec<u8>,
+    new_version: Vec<u8>,
+}
+
+const ADMIN_TOKEN: &str = "bench-admin-token";
+
+async fn one_run(setup: &Setup<'_>, run_no: usize) -> anyhow::Result<report::Row> {
+    let name = format!("balances_run{run_no}");
+    let plugins = setup.dir.join(format!("plugins-{run_no}"));
+    std::fs::create_dir_all(&plugins)?;
+    let mut config: HostConfig = setup
+        .args
+        .tuning
+        .host_config(&setup.db, "127.0.0.1:0".parse()?);
+    config.admin_token = Some(ADMIN_TOKEN.into());
+    config.watch_interval = None;
+    config.plugins_dir = Some(plugins.clone());
+    let (raw_per_s, head) = ceiling(&setup.db, config.projections.batch_size).await?;
+    let host = server::start(config).await?;
+    let base = format!("http://{}", host.addr);
+    let catch_up = catch_up(setup, &base, &name, head).await?;
+    let catch_up_per_s = head as f64 / catch_up.as_secs_f64();
+    // Read latency, then the same during a hot swap.
+    let before = read_while(setup, &base, &name, async {
+        tokio::time::sleep(Duration::from_secs(setup.args.baseline_secs)).await;
+        anyhow::Ok(())
+    })
+    .await?
+    .1;
+    let ((generation, swap), during) =
+        read_while(setup, &base, &name, hot_swap(setup, &base, &name)).await?;
+    host.shutdown().await?;
+    eprintln!(
+        "run {run_no}: caught up {head} events in {:.2} s; swapped to generation {generation} in {:.2} s",
+        catch_up.as_secs_f64(),
+        swap.as_secs_f64()
     );
-    println!(
-        "machine: {model}, {cpus} CPUs, {memory}; database in {}",
-        parent.display()
-    );
-    println!();
-    let width = labels.iter().map(|(_, l)| l.len()).max().unwrap_or(0);
-    let mut header = format!("{:width$}  {:>10}", "", "median");
-    for i in 1..=rows.len() {
-        header.push_str(&format!("  {:>10}", format!("run {i}")));
-    }
-    println!("{header}");
-    for (i, (_, label)) in labels.iter().enumerate() {
-        let mut line = format!("{label:width$}  {:>10.3}", medians[i]);
-        for r in &rows {
-            line.push_str(&format!("  {:>10.3}", r[i]));
+    Ok([
+        catch_up_per_s,
+        raw_per_s,
+        catch_up_per_s / raw_per_s,
+        swap.as_secs_f64(),
+        ms(&before, 0.5),
+        ms(&before, 0.99),
+        ms(&during, 0.5),
+        ms(&during, 0.99),
+    ])
+}
+
+/// The ceiling, on the same store the host will use: the raw read rate,
+/// and the head of the log.
+async fn ceiling(db: &str, page: u32) -> anyhow::Result<(f64, u64)> {
+    let store = SqliteStore::open(db, SqliteOptions::default()).await?;
+    let head = store.head_position().await?;
+    let rate = read_rate(&store, head, page).await?;
+    store.close().await;
+    Ok((rate, head))
+}
+
+/// Catch-up counts from the deployment (compiling included) to the
+/// projection's position reaching the head; the host's own start is not
+/// part of it.
+async fn catch_up(
+    setup: &Setup<'_>,
+    base: &str,
+    name: &str,
+    head: u64,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    deploy(&setup.client, base, ADMIN_TOKEN, name, &setup.projection).await?;
+    loop {
+        let s = status(&setup.client, base, name).await?;
+        if s["position"].as_u64() >= Some(head) {
+            eprintln!("time split (ms): {}", s["time_ms"]);
+            break;
         }
-        println!("{line}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    println!();
-    println!("targets (medians):");
-    for (what, value, met) in &targets {
-        println!(
-            "  {what:42} {value:>10.3}  {}",
-            if *met { "met" } else { "NOT met" }
-        );
+    Ok(started.elapsed())
+}
+
+/// Deploy the new version and wait until its rebuild has been switched
+/// in: the new generation, and how long that took.
+async fn hot_swap(setup: &Setup<'_>, base: &str, name: &str) -> anyhow::Result<(u64, Duration)> {
+    let started = Instant::now();
+    deploy(&setup.client, base, ADMIN_TOKEN, name, &setup.new_version).await?;
+    loop {
+        let s = status(&setup.client, base, name).await?;
+        if s["generation"].as_u64() > Some(1) && s["rebuild"].is_null() {
+            return Ok((s["generation"].as_u64().unwrap_or(0), started.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok(())
+}
+
+/// Read rows from `--readers` tasks while `during` runs: its result and
+/// the read latencies in µs.
+async fn read_while<T>(
+    setup: &Setup<'_>,
+    base: &str,
+    name: &str,
+    during: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, Vec<u32>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(read_load(
+        setup.client.clone(),
+        base.to_string(),
+        name.to_string(),
+        setup.args.accounts,
+        setup.args.readers,
+        stop.clone(),
+    ));
+    let result = during.await?;
+    stop.store(true, Ordering::Relaxed);
+    Ok((result, load.await??))
 }

@@ -16,11 +16,11 @@ use anyhow::{Context, bail};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, SqliteConnection};
 
-use super::BenchArgs;
-use super::http::account_id;
-use super::stats::{self, CpuSample, CpuUse};
-use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::{AppendOutcome, AppendRequest, EventStore, ExpectedVersion, NewEvent, now_us};
+use crate::args::BenchArgs;
+use crate::http::account_id;
+use crate::stats::{self, CpuSample, CpuUse};
+use kiln::store::sqlite::{SqliteOptions, SqliteStore};
+use kiln::store::{AppendOutcome, AppendRequest, EventStore, ExpectedVersion, NewEvent, now_us};
 
 const DEPOSITED: &str = r#"{"amount":1}"#;
 const OPENED: &str = r#"{"owner":"bench","overdraft_limit":0}"#;
