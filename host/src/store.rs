@@ -17,9 +17,12 @@
 mod catalog;
 mod error;
 pub mod hash_chain;
+mod jobs;
 mod leases;
 mod log;
 pub mod postgres;
+mod queries;
+mod rows;
 mod sagas;
 pub mod sqlite;
 mod views;

@@ -28,6 +28,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use super::queries::{self, int8};
 use super::{
     AppendOutcome, AppendRequest, CommittedBatch, DeadLetter, Deployment, EventLog, EventStore,
     GenerationRecord, GlobalQuery, IdempotencyEntry, LeaseRecord, LeaseStore, NewDeployment,
@@ -38,15 +39,19 @@ use super::{
 
 mod catalog;
 mod follower;
-mod jobs;
 mod sagas;
 mod scratch;
+mod statements;
 mod writer;
 
 pub use scratch::ScratchDatabase;
 
+use super::jobs::TypedJob;
 use follower::{Follower, Publisher, StreamVersions};
-use jobs::{JobFn, TypedJob};
+
+/// A write job run by the writer.
+type JobFn<T> = super::jobs::JobFn<T, PgConnection>;
+use statements::SQL;
 use writer::{WriteOp, Writer};
 
 /// Tuning of the PostgreSQL backend.
@@ -275,11 +280,6 @@ fn idempotency_from_row(row: &PgRow) -> Result<IdempotencyEntry, StoreError> {
     })
 }
 
-/// A position or version as PostgreSQL's `bigint`, saturating.
-fn int8(n: u64) -> i64 {
-    n.min(i64::MAX as u64) as i64
-}
-
 /// A slice of the global log; shared by the store and the follower.
 async fn read_global(
     readers: &PgPool,
@@ -450,16 +450,18 @@ impl ViewStore for PostgresStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        catalog::view_scan(&self.readers, view, prefix, after, limit).await
+        queries::view_scan(&SQL, &self.readers, view, prefix, after, limit).await
     }
 
     async fn generations(&self) -> Result<Vec<GenerationRecord>, StoreError> {
-        catalog::generations(&self.readers).await
+        queries::generations(&SQL, &self.readers).await
     }
 
     async fn save_generation(&self, record: GenerationRecord) -> Result<(), StoreError> {
         self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::save_generation(conn, record))
+            Box::pin(queries::save_generation::<sqlx::Postgres>(
+                &SQL, conn, record,
+            ))
         }))
         .await
     }
@@ -471,7 +473,9 @@ impl ViewStore for PostgresStore {
     ) -> Result<(), StoreError> {
         let projection = projection.to_string();
         self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::promote_generation(conn, projection, generation))
+            Box::pin(queries::promote_generation::<sqlx::Postgres>(
+                &SQL, conn, projection, generation,
+            ))
         }))
         .await
     }
@@ -480,15 +484,15 @@ impl ViewStore for PostgresStore {
         let projection = view.projection.to_string();
         let generation = view.generation;
         self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::drop_generation(
-                conn, projection, generation, limit,
+            Box::pin(queries::drop_generation::<sqlx::Postgres>(
+                &SQL, conn, projection, generation, limit,
             ))
         }))
         .await
     }
 
     async fn skips(&self, projection: &str) -> Result<Vec<(u64, SkipRecord)>, StoreError> {
-        catalog::skips(&self.readers, projection).await
+        queries::skips(&SQL, &self.readers, projection).await
     }
 }
 
@@ -496,17 +500,19 @@ impl ViewStore for PostgresStore {
 impl PluginCatalog for PostgresStore {
     async fn record_deployment(&self, deployment: NewDeployment) -> Result<Deployment, StoreError> {
         self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::record_deployment(conn, deployment))
+            Box::pin(queries::record_deployment::<sqlx::Postgres>(
+                &SQL, conn, deployment,
+            ))
         }))
         .await
     }
 
     async fn plugin_history(&self, name: &str) -> Result<Vec<Deployment>, StoreError> {
-        catalog::plugin_history(&self.readers, Some(name)).await
+        queries::plugin_history(&SQL, &self.readers, Some(name)).await
     }
 
     async fn current_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
-        catalog::plugin_history(&self.readers, None).await
+        queries::plugin_history(&SQL, &self.readers, None).await
     }
 
     async fn plugin_bytes(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -538,7 +544,14 @@ impl SagaStore for PostgresStore {
         limit: u32,
     ) -> Result<u64, StoreError> {
         self.run_job_with(
-            Box::new(move |conn| Box::pin(sagas::purge_history(conn, completed_before_us, limit))),
+            Box::new(move |conn| {
+                Box::pin(queries::purge_history::<sqlx::Postgres>(
+                    &SQL,
+                    conn,
+                    completed_before_us,
+                    limit,
+                ))
+            }),
             false,
         )
         .await
@@ -549,7 +562,7 @@ impl SagaStore for PostgresStore {
         saga: &str,
         instance: &str,
     ) -> Result<Option<SagaInstanceRecord>, StoreError> {
-        sagas::instance(&self.readers, saga, instance).await
+        queries::instance(&SQL, &self.readers, saga, instance).await
     }
 
     async fn saga_instances(
@@ -565,7 +578,7 @@ impl SagaStore for PostgresStore {
         saga: &str,
         instance: &str,
     ) -> Result<Vec<OutboxCommand>, StoreError> {
-        sagas::outbox(&self.readers, saga, instance).await
+        queries::outbox(&SQL, &self.readers, saga, instance).await
     }
 
     async fn saga_history(
@@ -574,19 +587,19 @@ impl SagaStore for PostgresStore {
         instance: &str,
         limit: u32,
     ) -> Result<Vec<SagaHistoryEntry>, StoreError> {
-        sagas::history(&self.readers, saga, instance, limit).await
+        queries::history(&SQL, &self.readers, saga, instance, limit).await
     }
 
     async fn saga_counts(&self, saga: &str) -> Result<SagaCounts, StoreError> {
-        sagas::counts(&self.readers, saga).await
+        queries::counts(&SQL, &self.readers, saga).await
     }
 
     async fn dead_letters(&self, after: u64, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
-        sagas::dead_letters(&self.readers, after, limit).await
+        queries::dead_letters(&SQL, &self.readers, after, limit).await
     }
 
     async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
-        sagas::dead_letter(&self.readers, id).await
+        queries::dead_letter(&SQL, &self.readers, id).await
     }
 }
 
@@ -605,13 +618,15 @@ impl LeaseStore for PostgresStore {
         let name = name.to_string();
         let holder = holder.to_string();
         self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::release_lease(conn, name, holder))
+            Box::pin(queries::release_lease::<sqlx::Postgres>(
+                &SQL, conn, name, holder,
+            ))
         }))
         .await
     }
 
     async fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
-        catalog::leases(&self.readers).await
+        queries::leases(&SQL, &self.readers).await
     }
 }
 
