@@ -24,6 +24,7 @@ pub mod postgres;
 mod queries;
 mod rows;
 mod sagas;
+mod sql_roles;
 pub mod sqlite;
 mod views;
 

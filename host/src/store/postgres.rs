@@ -28,13 +28,11 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use super::queries::{self, int8};
+use super::queries::{Sql, int8};
 use super::{
-    AppendOutcome, AppendRequest, CommittedBatch, DeadLetter, Deployment, EventLog, EventStore,
-    GenerationRecord, GlobalQuery, IdempotencyEntry, LeaseRecord, LeaseStore, NewDeployment,
-    OutboxCommand, PluginCatalog, Position, RecordedEvent, SagaCommit, SagaCounts,
-    SagaHistoryEntry, SagaInstanceRecord, SagaLoad, SagaStore, SkipRecord, Snapshot, StoreError,
-    StreamQuery, ViewCommit, ViewId, ViewStore,
+    AppendOutcome, AppendRequest, CommittedBatch, EventLog, EventStore, GlobalQuery,
+    IdempotencyEntry, Position, RecordedEvent, SagaCommit, SagaInstanceRecord, SagaLoad, Snapshot,
+    StoreError, StreamQuery, ViewCommit,
 };
 
 mod catalog;
@@ -191,12 +189,6 @@ impl PostgresStore {
             follower,
             versions,
         })
-    }
-
-    /// Run `job` in the writer's next transaction; its result is answered
-    /// once that transaction has committed.
-    async fn run_job<T: Send + 'static>(&self, job: JobFn<T>) -> Result<T, StoreError> {
-        self.run_job_with(job, true).await
     }
 
     /// With `durable` false the job is atomic but its commit need not be
@@ -422,8 +414,29 @@ impl EventLog for PostgresStore {
     }
 }
 
+/// The role traits (`ViewStore`, `PluginCatalog`, `LeaseStore`,
+/// `SagaStore`) are `store::sql_roles`, shared with SQLite; these are
+/// PostgreSQL's own parts.
 #[async_trait]
-impl ViewStore for PostgresStore {
+impl super::sql_roles::SqlBackend for PostgresStore {
+    type Db = sqlx::Postgres;
+
+    fn sql(&self) -> &'static Sql {
+        &SQL
+    }
+
+    fn readers(&self) -> &PgPool {
+        &self.readers
+    }
+
+    async fn run_job<T: Send + 'static>(
+        &self,
+        job: JobFn<T>,
+        durable: bool,
+    ) -> Result<T, StoreError> {
+        self.run_job_with(job, durable).await
+    }
+
     async fn commit_view(&self, commit: ViewCommit) -> Result<(), StoreError> {
         self.run_job_with(
             Box::new(move |conn| Box::pin(catalog::commit_view(conn, commit))),
@@ -432,137 +445,26 @@ impl ViewStore for PostgresStore {
         .await
     }
 
-    async fn view_get(&self, view: ViewId<'_>, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT value FROM view_rows WHERE projection = $1 AND generation = $2 AND key = $3",
+    async fn try_lease(&self, name: &str, holder: &str, ttl_us: i64) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        let holder = holder.to_string();
+        self.run_job_with(
+            Box::new(move |conn| Box::pin(catalog::try_lease(conn, name, holder, ttl_us))),
+            true,
         )
-        .bind(view.projection)
-        .bind(int8(view.generation))
-        .bind(key)
-        .fetch_optional(&self.readers)
-        .await?)
-    }
-
-    async fn view_scan(
-        &self,
-        view: ViewId<'_>,
-        prefix: &str,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        queries::view_scan(&SQL, &self.readers, view, prefix, after, limit).await
-    }
-
-    async fn generations(&self) -> Result<Vec<GenerationRecord>, StoreError> {
-        queries::generations(&SQL, &self.readers).await
-    }
-
-    async fn save_generation(&self, record: GenerationRecord) -> Result<(), StoreError> {
-        self.run_job(Box::new(move |conn| {
-            Box::pin(queries::save_generation::<sqlx::Postgres>(
-                &SQL, conn, record,
-            ))
-        }))
         .await
     }
 
-    async fn promote_generation(
-        &self,
-        projection: &str,
-        generation: u64,
-    ) -> Result<(), StoreError> {
-        let projection = projection.to_string();
-        self.run_job(Box::new(move |conn| {
-            Box::pin(queries::promote_generation::<sqlx::Postgres>(
-                &SQL, conn, projection, generation,
-            ))
-        }))
-        .await
-    }
-
-    async fn drop_generation(&self, view: ViewId<'_>, limit: u32) -> Result<u64, StoreError> {
-        let projection = view.projection.to_string();
-        let generation = view.generation;
-        self.run_job(Box::new(move |conn| {
-            Box::pin(queries::drop_generation::<sqlx::Postgres>(
-                &SQL, conn, projection, generation, limit,
-            ))
-        }))
-        .await
-    }
-
-    async fn skips(&self, projection: &str) -> Result<Vec<(u64, SkipRecord)>, StoreError> {
-        queries::skips(&SQL, &self.readers, projection).await
-    }
-}
-
-#[async_trait]
-impl PluginCatalog for PostgresStore {
-    async fn record_deployment(&self, deployment: NewDeployment) -> Result<Deployment, StoreError> {
-        self.run_job(Box::new(move |conn| {
-            Box::pin(queries::record_deployment::<sqlx::Postgres>(
-                &SQL, conn, deployment,
-            ))
-        }))
-        .await
-    }
-
-    async fn plugin_history(&self, name: &str) -> Result<Vec<Deployment>, StoreError> {
-        queries::plugin_history(&SQL, &self.readers, Some(name)).await
-    }
-
-    async fn current_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
-        queries::plugin_history(&SQL, &self.readers, None).await
-    }
-
-    async fn plugin_bytes(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT bytes FROM plugin_blobs WHERE hash = $1")
-                .bind(hash)
-                .fetch_optional(&self.readers)
-                .await?,
-        )
-    }
-}
-
-#[async_trait]
-impl SagaStore for PostgresStore {
     async fn saga_load(&self, saga: &str) -> Result<SagaLoad, StoreError> {
         sagas::load(&self.readers, saga).await
     }
 
     async fn commit_saga(&self, commit: SagaCommit) -> Result<(), StoreError> {
-        self.run_job(Box::new(move |conn| {
-            Box::pin(sagas::commit_saga(conn, commit))
-        }))
-        .await
-    }
-
-    async fn purge_saga_history(
-        &self,
-        completed_before_us: i64,
-        limit: u32,
-    ) -> Result<u64, StoreError> {
         self.run_job_with(
-            Box::new(move |conn| {
-                Box::pin(queries::purge_history::<sqlx::Postgres>(
-                    &SQL,
-                    conn,
-                    completed_before_us,
-                    limit,
-                ))
-            }),
-            false,
+            Box::new(move |conn| Box::pin(sagas::commit_saga(conn, commit))),
+            true,
         )
         .await
-    }
-
-    async fn saga_instance(
-        &self,
-        saga: &str,
-        instance: &str,
-    ) -> Result<Option<SagaInstanceRecord>, StoreError> {
-        queries::instance(&SQL, &self.readers, saga, instance).await
     }
 
     async fn saga_instances(
@@ -571,62 +473,6 @@ impl SagaStore for PostgresStore {
         instances: &[String],
     ) -> Result<Vec<SagaInstanceRecord>, StoreError> {
         sagas::instances(&self.readers, saga, instances).await
-    }
-
-    async fn saga_outbox(
-        &self,
-        saga: &str,
-        instance: &str,
-    ) -> Result<Vec<OutboxCommand>, StoreError> {
-        queries::outbox(&SQL, &self.readers, saga, instance).await
-    }
-
-    async fn saga_history(
-        &self,
-        saga: &str,
-        instance: &str,
-        limit: u32,
-    ) -> Result<Vec<SagaHistoryEntry>, StoreError> {
-        queries::history(&SQL, &self.readers, saga, instance, limit).await
-    }
-
-    async fn saga_counts(&self, saga: &str) -> Result<SagaCounts, StoreError> {
-        queries::counts(&SQL, &self.readers, saga).await
-    }
-
-    async fn dead_letters(&self, after: u64, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
-        queries::dead_letters(&SQL, &self.readers, after, limit).await
-    }
-
-    async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
-        queries::dead_letter(&SQL, &self.readers, id).await
-    }
-}
-
-#[async_trait]
-impl LeaseStore for PostgresStore {
-    async fn try_lease(&self, name: &str, holder: &str, ttl_us: i64) -> Result<bool, StoreError> {
-        let name = name.to_string();
-        let holder = holder.to_string();
-        self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::try_lease(conn, name, holder, ttl_us))
-        }))
-        .await
-    }
-
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        let name = name.to_string();
-        let holder = holder.to_string();
-        self.run_job(Box::new(move |conn| {
-            Box::pin(queries::release_lease::<sqlx::Postgres>(
-                &SQL, conn, name, holder,
-            ))
-        }))
-        .await
-    }
-
-    async fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
-        queries::leases(&SQL, &self.readers).await
     }
 }
 

@@ -23,6 +23,10 @@ use crate::store::{
 /// The SQL text of the statements in this module, per backend (`?` or
 /// `$n` placeholders, bound in the order each function documents).
 pub struct Sql {
+    /// A view row's value: projection, generation, key.
+    pub view_get: &'static str,
+    /// A stored component's bytes: hash.
+    pub plugin_bytes: &'static str,
     /// key, value of a view's rows: projection, generation, prefix, after,
     /// end (`after` and `end` may be NULL), limit.
     pub view_scan: &'static str,

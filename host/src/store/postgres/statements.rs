@@ -29,6 +29,8 @@ macro_rules! command_columns {
 pub(super) use command_columns;
 
 pub const SQL: Sql = Sql {
+    view_get: "SELECT value FROM view_rows WHERE projection = $1 AND generation = $2 AND key = $3",
+    plugin_bytes: "SELECT bytes FROM plugin_blobs WHERE hash = $1",
     view_scan: "SELECT key, value FROM view_rows WHERE projection = $1 AND generation = $2 \
          AND key >= $3 AND ($4::text IS NULL OR key > $4) AND ($5::text IS NULL OR key < $5) \
          ORDER BY key LIMIT $6",

@@ -20,6 +20,8 @@ macro_rules! command_columns {
 }
 
 pub const SQL: Sql = Sql {
+    view_get: "SELECT value FROM view_rows WHERE projection = ? AND generation = ? AND key = ?",
+    plugin_bytes: "SELECT bytes FROM plugin_blobs WHERE hash = ?",
     view_scan: "SELECT key, value FROM view_rows WHERE projection = ?1 AND generation = ?2 \
          AND key >= ?3 AND (?4 IS NULL OR key > ?4) AND (?5 IS NULL OR key < ?5) \
          ORDER BY key LIMIT ?6",

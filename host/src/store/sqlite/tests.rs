@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use crate::store::{
     ExpectedVersion, NewEvent, SagaCommit, SagaHistoryEntry, SagaInstanceRecord, SagaStatus,
+    SagaStore,
 };
 
 async fn open_store(dir: &tempfile::TempDir) -> Arc<SqliteStore> {
@@ -34,7 +35,7 @@ async fn hold_writer(
                     Ok(Ok(()))
                 })
             });
-            store.run_job(job).await
+            store.run_job_with(job, true).await
         })
     };
     entered.await.expect("the writer runs the blocking job");
@@ -204,7 +205,7 @@ async fn a_failed_batch_writes_nothing_and_the_writer_goes_on() {
                     Ok(Ok(()))
                 })
             });
-            store.run_job(job).await
+            store.run_job_with(job, true).await
         })
     };
     // A job through sqlx fails after the batch's direct statements ran:
@@ -225,14 +226,17 @@ async fn a_failed_batch_writes_nothing_and_the_writer_goes_on() {
     // A direct statement fails (its table is gone): the append queued
     // with it is rolled back too.
     store
-        .run_job(Box::new(|conn| {
-            Box::pin(async move {
-                sqlx::query("DROP TABLE saga_checkpoints")
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(Ok(()))
-            })
-        }))
+        .run_job_with(
+            Box::new(|conn| {
+                Box::pin(async move {
+                    sqlx::query("DROP TABLE saga_checkpoints")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(Ok(()))
+                })
+            }),
+            true,
+        )
         .await
         .expect("table dropped");
     let (release, blocker) = hold_writer(&store).await;
