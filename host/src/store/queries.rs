@@ -1,6 +1,8 @@
-//! The reads and writes both backends run alike: one function each, generic
-//! over the sqlx `Database`, given the backend's own SQL (`Sql`, kept next
-//! to each backend). Rows decode through `store::rows`.
+//! The statements both backends run alike, as writer jobs or as reads the
+//! backends call themselves: one function each, generic over the sqlx
+//! `Database`, given the backend's own SQL (`Sql`, kept next to each
+//! backend). Rows decode through `store::rows`; the other reads are in
+//! `store::sql_roles`.
 //!
 //! What really differs stays with the backend: the SQLite writer's direct
 //! statements (appends, saga commits), PostgreSQL's fencing by conditional
@@ -10,17 +12,12 @@
 
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
-use super::rows::{
-    self, DeadLetterRow, DeploymentRow, GenerationRow, HistoryRow, InstanceRow, LeaseRow, SkipRow,
-    StatusCountRow, TimerRow, ViewRow,
-};
+use super::rows::{self, DeploymentRow, InstanceRow, TimerRow};
 use crate::store::{
-    DeadLetter, Deployment, GenerationRecord, LeaseRecord, NewDeployment, OutboxCommand,
-    SagaCounts, SagaHistoryEntry, SagaInstanceRecord, SagaLoad, SagaStatus, SkipRecord, StoreError,
-    ViewId, now_us,
+    Deployment, GenerationRecord, NewDeployment, SagaLoad, SagaStatus, StoreError, now_us,
 };
 
-/// The SQL text of the statements in this module, per backend (`?` or
+/// The SQL text of the shared statements (here and in `sql_roles`), per backend (`?` or
 /// `$n` placeholders, bound in the order each function documents).
 pub struct Sql {
     /// A view row's value: projection, generation, key.
@@ -100,52 +97,6 @@ impl Affected for sqlx::postgres::PgQueryResult {
     fn rows_affected(&self) -> u64 {
         self.rows_affected()
     }
-}
-
-/// A view's rows with keys starting with `prefix`, after `after`.
-pub async fn view_scan<DB: Database>(
-    sql: &Sql,
-    readers: &Pool<DB>,
-    view: ViewId<'_>,
-    prefix: &str,
-    after: Option<&str>,
-    limit: u32,
-) -> Result<Vec<(String, Vec<u8>)>, StoreError>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    ViewRow: for<'r> FromRow<'r, DB::Row>,
-{
-    // A range on the primary key: the scan stops at the prefix's end.
-    let end = rows::prefix_end(prefix);
-    let rows = sqlx::query_as::<DB, ViewRow>(sql.view_scan)
-        .bind(view.projection)
-        .bind(view.generation.min(i64::MAX as u64) as i64)
-        .bind(prefix)
-        .bind(after)
-        .bind(end.as_deref())
-        .bind(i64::from(limit))
-        .fetch_all(readers)
-        .await?;
-    Ok(rows.into_iter().map(Into::into).collect())
-}
-
-pub async fn generations<DB: Database>(
-    sql: &Sql,
-    readers: &Pool<DB>,
-) -> Result<Vec<GenerationRecord>, StoreError>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    GenerationRow: for<'r> FromRow<'r, DB::Row>,
-{
-    let rows = sqlx::query_as::<DB, GenerationRow>(sql.generations)
-        .fetch_all(readers)
-        .await?;
-    rows::convert(rows)
 }
 
 pub async fn save_generation<DB: Database>(
@@ -236,24 +187,6 @@ where
             .await?;
     }
     Ok(Ok(deleted))
-}
-
-pub async fn skips<DB: Database>(
-    sql: &Sql,
-    readers: &Pool<DB>,
-    projection: &str,
-) -> Result<Vec<(u64, SkipRecord)>, StoreError>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    SkipRow: for<'r> FromRow<'r, DB::Row>,
-{
-    let rows = sqlx::query_as::<DB, SkipRow>(sql.skips)
-        .bind(projection)
-        .fetch_all(readers)
-        .await?;
-    Ok(rows.into_iter().map(Into::into).collect())
 }
 
 /// Store the component (once per hash) and record its deployment.
@@ -347,21 +280,6 @@ where
     Ok(Ok(()))
 }
 
-pub async fn leases<DB: Database>(
-    sql: &Sql,
-    readers: &Pool<DB>,
-) -> Result<Vec<LeaseRecord>, StoreError>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    LeaseRow: for<'r> FromRow<'r, DB::Row>,
-{
-    let rows = sqlx::query_as::<DB, LeaseRow>(sql.leases)
-        .fetch_all(readers)
-        .await?;
-    Ok(rows.into_iter().map(Into::into).collect())
-}
-
 /// Delete up to `limit` history entries of instances completed before
 /// `completed_before_us`.
 pub async fn purge_history<DB: Database>(
@@ -423,150 +341,6 @@ where
         outbox: rows::convert(outbox)?,
         timers: timers.into_iter().map(Into::into).collect(),
     })
-}
-
-pub async fn instance<DB: Database>(
-    sql: &Sql,
-    readers: &Pool<DB>,
-    saga: &str,
-    instance: &str,
-) -> Result<Option<SagaInstanceRecord>, StoreError>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    InstanceRow: for<'r> FromRow<'r, DB::Row>,
-{
-    sqlx::query_as::<DB, InstanceRow>(sql.instance)
-        .bind(saga)
-        .bind(instance)
-        .fetch_optional(readers)
-        .await?
-        .map(TryInto::try_into)
-        .transpose()
-}
-
-pub async fn outbox<DB: Database>(
-    sql: &Sql,
-    readers: &Pool<DB>,
-    saga: &str,
-    instance: &str,
-) -> Result<Vec<OutboxCommand>, StoreError>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    rows::CommandRow: for<'r> FromRow<'r, DB::Row>,
-{
-    let rows = sqlx::query_as::<DB, rows::CommandRow>(sql.instance_outbox)
-        .bind(saga)
-        .bind(instance)
-        .fetch_all(readers)
-        .await?;
-    rows::convert(rows)
-}
-
-/// An instance's last `limit` history entries, oldest first.
-pub async fn history<DB: Database>(
-    sql: &Sql,
-    readers: &Pool<DB>,
-    saga: &str,
-    instance: &str,
-    limit: u32,
-) -> Result<Vec<SagaHistoryEntry>, StoreError>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    HistoryRow: for<'r> FromRow<'r, DB::Row>,
-{
-    let rows = sqlx::query_as::<DB, HistoryRow>(sql.history)
-        .bind(saga)
-        .bind(instance)
-        .bind(i64::from(limit))
-        .fetch_all(readers)
-        .await?;
-    let mut entries = rows
-        .into_iter()
-        .map(|row| row.into_entry(instance))
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    entries.reverse();
-    Ok(entries)
-}
-
-pub async fn counts<DB: Database>(
-    sql: &Sql,
-    readers: &Pool<DB>,
-    saga: &str,
-) -> Result<SagaCounts, StoreError>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    (i64, i64): for<'r> FromRow<'r, DB::Row>,
-    StatusCountRow: for<'r> FromRow<'r, DB::Row>,
-{
-    let mut counts = SagaCounts::default();
-    let rows = sqlx::query_as::<DB, StatusCountRow>(sql.status_counts)
-        .bind(saga)
-        .fetch_all(readers)
-        .await?;
-    for row in rows {
-        let (status, n) = row.parse()?;
-        match status {
-            SagaStatus::Running => counts.running = n,
-            SagaStatus::Compensating => counts.compensating = n,
-            SagaStatus::Completed => counts.completed = n,
-            SagaStatus::Failed => counts.failed = n,
-        }
-    }
-    let (outbox, dead) = sqlx::query_as::<DB, (i64, i64)>(sql.pending_counts)
-        .bind(saga)
-        .fetch_one(readers)
-        .await?;
-    counts.outbox = outbox as u64;
-    counts.dead_letters = dead as u64;
-    Ok(counts)
-}
-
-pub async fn dead_letters<DB: Database>(
-    sql: &Sql,
-    readers: &Pool<DB>,
-    after: u64,
-    limit: u32,
-) -> Result<Vec<DeadLetter>, StoreError>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    DeadLetterRow: for<'r> FromRow<'r, DB::Row>,
-{
-    let rows = sqlx::query_as::<DB, DeadLetterRow>(sql.dead_letters)
-        .bind(int8(after))
-        .bind(i64::from(limit))
-        .fetch_all(readers)
-        .await?;
-    rows::convert(rows)
-}
-
-pub async fn dead_letter<DB: Database>(
-    sql: &Sql,
-    readers: &Pool<DB>,
-    id: u64,
-) -> Result<Option<DeadLetter>, StoreError>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    DeadLetterRow: for<'r> FromRow<'r, DB::Row>,
-{
-    sqlx::query_as::<DB, DeadLetterRow>(sql.dead_letter)
-        .bind(int8(id))
-        .fetch_optional(readers)
-        .await?
-        .map(TryInto::try_into)
-        .transpose()
 }
 
 /// A `u64` as a `BIGINT`/`INTEGER` parameter, saturating at `i64::MAX`.

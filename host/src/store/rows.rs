@@ -112,19 +112,6 @@ impl From<LeaseRow> for LeaseRecord {
     }
 }
 
-/// `view_rows`: key, value.
-#[derive(sqlx::FromRow)]
-pub struct ViewRow {
-    key: String,
-    value: Vec<u8>,
-}
-
-impl From<ViewRow> for (String, Vec<u8>) {
-    fn from(row: ViewRow) -> Self {
-        (row.key, row.value)
-    }
-}
-
 /// `saga_instances` (columns beyond these, such as SQLite's `seq`, are
 /// ignored).
 #[derive(sqlx::FromRow)]

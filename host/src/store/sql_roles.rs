@@ -13,13 +13,13 @@ use tokio::sync::oneshot;
 use super::jobs::JobFn;
 use super::queries::{self, Affected, Sql, int8};
 use super::rows::{
-    CommandRow, DeadLetterRow, DeploymentRow, GenerationRow, HistoryRow, InstanceRow, LeaseRow,
-    SkipRow, StatusCountRow, TimerRow, ViewRow,
+    self, CommandRow, DeadLetterRow, DeploymentRow, GenerationRow, HistoryRow, InstanceRow,
+    LeaseRow, SkipRow, StatusCountRow, TimerRow,
 };
 use crate::store::{
     DeadLetter, Deployment, GenerationRecord, LeaseRecord, LeaseStore, NewDeployment,
     OutboxCommand, PluginCatalog, SagaCommit, SagaCounts, SagaHistoryEntry, SagaInstanceRecord,
-    SagaLoad, SagaStore, SkipRecord, StoreError, ViewCommit, ViewId, ViewStore,
+    SagaLoad, SagaStatus, SagaStore, SkipRecord, StoreError, ViewCommit, ViewId, ViewStore,
 };
 
 /// The connection of a backend's database.
@@ -101,7 +101,7 @@ where
     for<'q> i64: Encode<'q, S::Db> + Type<S::Db>,
     (i64,): for<'r> FromRow<'r, <S::Db as Database>::Row>,
     (Vec<u8>,): for<'r> FromRow<'r, <S::Db as Database>::Row>,
-    ViewRow: for<'r> FromRow<'r, <S::Db as Database>::Row>,
+    (String, Vec<u8>): for<'r> FromRow<'r, <S::Db as Database>::Row>,
     GenerationRow: for<'r> FromRow<'r, <S::Db as Database>::Row>,
     SkipRow: for<'r> FromRow<'r, <S::Db as Database>::Row>,
     <S::Db as Database>::QueryResult: Affected,
@@ -127,11 +127,27 @@ where
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        queries::view_scan(self.sql(), self.readers(), view, prefix, after, limit).await
+        // A range on the primary key: the scan stops at the prefix's end.
+        let end = rows::prefix_end(prefix);
+        // Decoded by index (a tuple), as this read serves projections' scans.
+        Ok(
+            sqlx::query_as::<S::Db, (String, Vec<u8>)>(self.sql().view_scan)
+                .bind(view.projection)
+                .bind(view.generation.min(i64::MAX as u64) as i64)
+                .bind(prefix)
+                .bind(after)
+                .bind(end.as_deref())
+                .bind(i64::from(limit))
+                .fetch_all(self.readers())
+                .await?,
+        )
     }
 
     async fn generations(&self) -> Result<Vec<GenerationRecord>, StoreError> {
-        queries::generations(self.sql(), self.readers()).await
+        let rows = sqlx::query_as::<S::Db, GenerationRow>(self.sql().generations)
+            .fetch_all(self.readers())
+            .await?;
+        rows::convert(rows)
     }
 
     async fn save_generation(&self, record: GenerationRecord) -> Result<(), StoreError> {
@@ -167,7 +183,11 @@ where
     }
 
     async fn skips(&self, projection: &str) -> Result<Vec<(u64, SkipRecord)>, StoreError> {
-        queries::skips(self.sql(), self.readers(), projection).await
+        let rows = sqlx::query_as::<S::Db, SkipRow>(self.sql().skips)
+            .bind(projection)
+            .fetch_all(self.readers())
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 }
 
@@ -231,7 +251,10 @@ where
     }
 
     async fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
-        queries::leases(self.sql(), self.readers()).await
+        let rows = sqlx::query_as::<S::Db, LeaseRow>(self.sql().leases)
+            .fetch_all(self.readers())
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 }
 
@@ -294,7 +317,13 @@ where
         saga: &str,
         instance: &str,
     ) -> Result<Option<SagaInstanceRecord>, StoreError> {
-        queries::instance(self.sql(), self.readers(), saga, instance).await
+        sqlx::query_as::<S::Db, InstanceRow>(self.sql().instance)
+            .bind(saga)
+            .bind(instance)
+            .fetch_optional(self.readers())
+            .await?
+            .map(TryInto::try_into)
+            .transpose()
     }
 
     async fn saga_instances(
@@ -310,7 +339,12 @@ where
         saga: &str,
         instance: &str,
     ) -> Result<Vec<OutboxCommand>, StoreError> {
-        queries::outbox(self.sql(), self.readers(), saga, instance).await
+        let rows = sqlx::query_as::<S::Db, rows::CommandRow>(self.sql().instance_outbox)
+            .bind(saga)
+            .bind(instance)
+            .fetch_all(self.readers())
+            .await?;
+        rows::convert(rows)
     }
 
     async fn saga_history(
@@ -319,18 +353,59 @@ where
         instance: &str,
         limit: u32,
     ) -> Result<Vec<SagaHistoryEntry>, StoreError> {
-        queries::history(self.sql(), self.readers(), saga, instance, limit).await
+        let rows = sqlx::query_as::<S::Db, HistoryRow>(self.sql().history)
+            .bind(saga)
+            .bind(instance)
+            .bind(i64::from(limit))
+            .fetch_all(self.readers())
+            .await?;
+        let mut entries = rows
+            .into_iter()
+            .map(|row| row.into_entry(instance))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        entries.reverse();
+        Ok(entries)
     }
 
     async fn saga_counts(&self, saga: &str) -> Result<SagaCounts, StoreError> {
-        queries::counts(self.sql(), self.readers(), saga).await
+        let mut counts = SagaCounts::default();
+        let rows = sqlx::query_as::<S::Db, StatusCountRow>(self.sql().status_counts)
+            .bind(saga)
+            .fetch_all(self.readers())
+            .await?;
+        for row in rows {
+            let (status, n) = row.parse()?;
+            match status {
+                SagaStatus::Running => counts.running = n,
+                SagaStatus::Compensating => counts.compensating = n,
+                SagaStatus::Completed => counts.completed = n,
+                SagaStatus::Failed => counts.failed = n,
+            }
+        }
+        let (outbox, dead) = sqlx::query_as::<S::Db, (i64, i64)>(self.sql().pending_counts)
+            .bind(saga)
+            .fetch_one(self.readers())
+            .await?;
+        counts.outbox = outbox as u64;
+        counts.dead_letters = dead as u64;
+        Ok(counts)
     }
 
     async fn dead_letters(&self, after: u64, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
-        queries::dead_letters(self.sql(), self.readers(), after, limit).await
+        let rows = sqlx::query_as::<S::Db, DeadLetterRow>(self.sql().dead_letters)
+            .bind(int8(after))
+            .bind(i64::from(limit))
+            .fetch_all(self.readers())
+            .await?;
+        rows::convert(rows)
     }
 
     async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
-        queries::dead_letter(self.sql(), self.readers(), id).await
+        sqlx::query_as::<S::Db, DeadLetterRow>(self.sql().dead_letter)
+            .bind(int8(id))
+            .fetch_optional(self.readers())
+            .await?
+            .map(TryInto::try_into)
+            .transpose()
     }
 }
