@@ -18,10 +18,14 @@ mod catalog;
 pub mod db_error;
 mod error;
 pub mod hash_chain;
+mod jobs;
 mod leases;
 mod log;
 pub mod postgres;
+mod queries;
+mod rows;
 mod sagas;
+mod sql_roles;
 pub mod sqlite;
 mod views;
 

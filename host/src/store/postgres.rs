@@ -28,22 +28,25 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use super::queries::{Sql, int8};
 use super::{
-    AppendOutcome, AppendRequest, CommittedBatch, DeadLetter, Deployment, EventLog, EventStore,
-    GenerationRecord, GlobalQuery, IdempotencyEntry, LeaseRecord, LeaseStore, NewDeployment,
-    OutboxCommand, PluginCatalog, Position, RecordedEvent, SagaCommit, SagaCounts,
-    SagaHistoryEntry, SagaInstanceRecord, SagaLoad, SagaStore, SkipRecord, Snapshot, StoreError,
-    StreamQuery, ViewCommit, ViewId, ViewStore,
+    AppendOutcome, AppendRequest, CommittedBatch, EventLog, EventStore, GlobalQuery,
+    IdempotencyEntry, Position, RecordedEvent, SagaCommit, SagaInstanceRecord, SagaLoad, Snapshot,
+    StoreError, StreamQuery, ViewCommit,
 };
 
 mod catalog;
 mod follower;
-mod jobs;
 mod sagas;
+mod statements;
 mod writer;
 
+use super::jobs::TypedJob;
 use follower::{Follower, Publisher, StreamVersions};
-use jobs::{JobFn, TypedJob};
+
+/// A write job run by the writer.
+type JobFn<T> = super::jobs::JobFn<T, PgConnection>;
+use statements::SQL;
 use writer::{WriteOp, Writer};
 
 /// Tuning of the PostgreSQL backend.
@@ -185,12 +188,6 @@ impl PostgresStore {
         })
     }
 
-    /// Run `job` in the writer's next transaction; its result is answered
-    /// once that transaction has committed.
-    async fn run_job<T: Send + 'static>(&self, job: JobFn<T>) -> Result<T, StoreError> {
-        self.run_job_with(job, true).await
-    }
-
     /// With `durable` false the job is atomic but its commit need not be
     /// flushed before the answer (a projection batch: rebuildable, and
     /// atomic with its checkpoint).
@@ -270,11 +267,6 @@ fn idempotency_from_row(row: &PgRow) -> Result<IdempotencyEntry, StoreError> {
         event_count: row.try_get::<i64, _>(5)? as u32,
         created_at_us: row.try_get(6)?,
     })
-}
-
-/// A position or version as PostgreSQL's `bigint`, saturating.
-fn int8(n: u64) -> i64 {
-    n.min(i64::MAX as u64) as i64
 }
 
 /// A slice of the global log; shared by the store and the follower.
@@ -419,8 +411,29 @@ impl EventLog for PostgresStore {
     }
 }
 
+/// The role traits (`ViewStore`, `PluginCatalog`, `LeaseStore`,
+/// `SagaStore`) are `store::sql_roles`, shared with SQLite; these are
+/// PostgreSQL's own parts.
 #[async_trait]
-impl ViewStore for PostgresStore {
+impl super::sql_roles::SqlBackend for PostgresStore {
+    type Db = sqlx::Postgres;
+
+    fn sql(&self) -> &'static Sql {
+        &SQL
+    }
+
+    fn readers(&self) -> &PgPool {
+        &self.readers
+    }
+
+    async fn run_job<T: Send + 'static>(
+        &self,
+        job: JobFn<T>,
+        durable: bool,
+    ) -> Result<T, StoreError> {
+        self.run_job_with(job, durable).await
+    }
+
     async fn commit_view(&self, commit: ViewCommit) -> Result<(), StoreError> {
         self.run_job_with(
             Box::new(move |conn| Box::pin(catalog::commit_view(conn, commit))),
@@ -429,124 +442,26 @@ impl ViewStore for PostgresStore {
         .await
     }
 
-    async fn view_get(&self, view: ViewId<'_>, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT value FROM view_rows WHERE projection = $1 AND generation = $2 AND key = $3",
+    async fn try_lease(&self, name: &str, holder: &str, ttl_us: i64) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        let holder = holder.to_string();
+        self.run_job_with(
+            Box::new(move |conn| Box::pin(catalog::try_lease(conn, name, holder, ttl_us))),
+            true,
         )
-        .bind(view.projection)
-        .bind(int8(view.generation))
-        .bind(key)
-        .fetch_optional(&self.readers)
-        .await?)
-    }
-
-    async fn view_scan(
-        &self,
-        view: ViewId<'_>,
-        prefix: &str,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        catalog::view_scan(&self.readers, view, prefix, after, limit).await
-    }
-
-    async fn generations(&self) -> Result<Vec<GenerationRecord>, StoreError> {
-        catalog::generations(&self.readers).await
-    }
-
-    async fn save_generation(&self, record: GenerationRecord) -> Result<(), StoreError> {
-        self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::save_generation(conn, record))
-        }))
         .await
     }
 
-    async fn promote_generation(
-        &self,
-        projection: &str,
-        generation: u64,
-    ) -> Result<(), StoreError> {
-        let projection = projection.to_string();
-        self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::promote_generation(conn, projection, generation))
-        }))
-        .await
-    }
-
-    async fn drop_generation(&self, view: ViewId<'_>, limit: u32) -> Result<u64, StoreError> {
-        let projection = view.projection.to_string();
-        let generation = view.generation;
-        self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::drop_generation(
-                conn, projection, generation, limit,
-            ))
-        }))
-        .await
-    }
-
-    async fn skips(&self, projection: &str) -> Result<Vec<(u64, SkipRecord)>, StoreError> {
-        catalog::skips(&self.readers, projection).await
-    }
-}
-
-#[async_trait]
-impl PluginCatalog for PostgresStore {
-    async fn record_deployment(&self, deployment: NewDeployment) -> Result<Deployment, StoreError> {
-        self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::record_deployment(conn, deployment))
-        }))
-        .await
-    }
-
-    async fn plugin_history(&self, name: &str) -> Result<Vec<Deployment>, StoreError> {
-        catalog::plugin_history(&self.readers, Some(name)).await
-    }
-
-    async fn current_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
-        catalog::plugin_history(&self.readers, None).await
-    }
-
-    async fn plugin_bytes(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT bytes FROM plugin_blobs WHERE hash = $1")
-                .bind(hash)
-                .fetch_optional(&self.readers)
-                .await?,
-        )
-    }
-}
-
-#[async_trait]
-impl SagaStore for PostgresStore {
     async fn saga_load(&self, saga: &str) -> Result<SagaLoad, StoreError> {
         sagas::load(&self.readers, saga).await
     }
 
     async fn commit_saga(&self, commit: SagaCommit) -> Result<(), StoreError> {
-        self.run_job(Box::new(move |conn| {
-            Box::pin(sagas::commit_saga(conn, commit))
-        }))
-        .await
-    }
-
-    async fn purge_saga_history(
-        &self,
-        completed_before_us: i64,
-        limit: u32,
-    ) -> Result<u64, StoreError> {
         self.run_job_with(
-            Box::new(move |conn| Box::pin(sagas::purge_history(conn, completed_before_us, limit))),
-            false,
+            Box::new(move |conn| Box::pin(sagas::commit_saga(conn, commit))),
+            true,
         )
         .await
-    }
-
-    async fn saga_instance(
-        &self,
-        saga: &str,
-        instance: &str,
-    ) -> Result<Option<SagaInstanceRecord>, StoreError> {
-        sagas::instance(&self.readers, saga, instance).await
     }
 
     async fn saga_instances(
@@ -555,60 +470,6 @@ impl SagaStore for PostgresStore {
         instances: &[String],
     ) -> Result<Vec<SagaInstanceRecord>, StoreError> {
         sagas::instances(&self.readers, saga, instances).await
-    }
-
-    async fn saga_outbox(
-        &self,
-        saga: &str,
-        instance: &str,
-    ) -> Result<Vec<OutboxCommand>, StoreError> {
-        sagas::outbox(&self.readers, saga, instance).await
-    }
-
-    async fn saga_history(
-        &self,
-        saga: &str,
-        instance: &str,
-        limit: u32,
-    ) -> Result<Vec<SagaHistoryEntry>, StoreError> {
-        sagas::history(&self.readers, saga, instance, limit).await
-    }
-
-    async fn saga_counts(&self, saga: &str) -> Result<SagaCounts, StoreError> {
-        sagas::counts(&self.readers, saga).await
-    }
-
-    async fn dead_letters(&self, after: u64, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
-        sagas::dead_letters(&self.readers, after, limit).await
-    }
-
-    async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
-        sagas::dead_letter(&self.readers, id).await
-    }
-}
-
-#[async_trait]
-impl LeaseStore for PostgresStore {
-    async fn try_lease(&self, name: &str, holder: &str, ttl_us: i64) -> Result<bool, StoreError> {
-        let name = name.to_string();
-        let holder = holder.to_string();
-        self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::try_lease(conn, name, holder, ttl_us))
-        }))
-        .await
-    }
-
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        let name = name.to_string();
-        let holder = holder.to_string();
-        self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::release_lease(conn, name, holder))
-        }))
-        .await
-    }
-
-    async fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
-        catalog::leases(&self.readers).await
     }
 }
 

@@ -20,21 +20,24 @@ use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::hash_chain;
+use super::queries::{self, Sql};
 use super::{
-    AppendOutcome, AppendRequest, CommittedBatch, DeadLetter, Deployment, EventLog, EventStore,
-    GenerationRecord, GlobalQuery, IdempotencyEntry, LeaseRecord, LeaseStore, NewDeployment,
-    OutboxCommand, PluginCatalog, Position, RecordedEvent, SagaCommit, SagaCounts,
-    SagaHistoryEntry, SagaInstanceRecord, SagaLoad, SagaStore, SkipRecord, Snapshot, StoreError,
-    StreamQuery, ViewCommit, ViewId, ViewStore,
+    AppendOutcome, AppendRequest, CommittedBatch, EventLog, EventStore, GlobalQuery,
+    IdempotencyEntry, Position, RecordedEvent, SagaCommit, SagaInstanceRecord, SagaLoad, Snapshot,
+    StoreError, StreamQuery, ViewCommit,
 };
 
 mod catalog;
 mod direct;
-mod jobs;
 mod sagas;
+mod statements;
 mod writer;
 
-use jobs::{JobFn, TypedJob};
+use super::jobs::TypedJob;
+
+/// A write job run by the writer through sqlx.
+type JobFn<T> = super::jobs::JobFn<T, SqliteConnection>;
+use statements::SQL;
 use writer::{WriteOp, Writer};
 
 /// Tuning of the SQLite backend.
@@ -105,12 +108,6 @@ impl SqliteStore {
             head,
             commits,
         })
-    }
-
-    /// Run `job` in the writer's next transaction; its result is answered
-    /// once that transaction has committed.
-    async fn run_job<T: Send + 'static>(&self, job: JobFn<T>) -> Result<T, StoreError> {
-        self.run_job_with(job, true).await
     }
 
     /// With `fsync` false the job is atomic but need not be on disk before
@@ -403,8 +400,29 @@ impl EventLog for SqliteStore {
     }
 }
 
+/// The role traits (`ViewStore`, `PluginCatalog`, `LeaseStore`,
+/// `SagaStore`) are `store::sql_roles`, shared with PostgreSQL; these are
+/// SQLite's own parts.
 #[async_trait]
-impl ViewStore for SqliteStore {
+impl super::sql_roles::SqlBackend for SqliteStore {
+    type Db = sqlx::Sqlite;
+
+    fn sql(&self) -> &'static Sql {
+        &SQL
+    }
+
+    fn readers(&self) -> &SqlitePool {
+        &self.readers
+    }
+
+    async fn run_job<T: Send + 'static>(
+        &self,
+        job: JobFn<T>,
+        durable: bool,
+    ) -> Result<T, StoreError> {
+        self.run_job_with(job, durable).await
+    }
+
     async fn commit_view(&self, commit: ViewCommit) -> Result<(), StoreError> {
         self.run_job_with(
             Box::new(move |conn| Box::pin(catalog::commit_view(conn, commit))),
@@ -413,97 +431,19 @@ impl ViewStore for SqliteStore {
         .await
     }
 
-    async fn view_get(&self, view: ViewId<'_>, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT value FROM view_rows WHERE projection = ? AND generation = ? AND key = ?",
+    async fn try_lease(&self, name: &str, holder: &str, ttl_us: i64) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        let holder = holder.to_string();
+        self.run_job_with(
+            Box::new(move |conn| Box::pin(catalog::try_lease(conn, name, holder, ttl_us))),
+            true,
         )
-        .bind(view.projection)
-        .bind(view.generation as i64)
-        .bind(key)
-        .fetch_optional(&self.readers)
-        .await?)
-    }
-
-    async fn view_scan(
-        &self,
-        view: ViewId<'_>,
-        prefix: &str,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        catalog::view_scan(&self.readers, view, prefix, after, limit).await
-    }
-
-    async fn generations(&self) -> Result<Vec<GenerationRecord>, StoreError> {
-        catalog::generations(&self.readers).await
-    }
-
-    async fn save_generation(&self, record: GenerationRecord) -> Result<(), StoreError> {
-        self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::save_generation(conn, record))
-        }))
         .await
     }
 
-    async fn promote_generation(
-        &self,
-        projection: &str,
-        generation: u64,
-    ) -> Result<(), StoreError> {
-        let projection = projection.to_string();
-        self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::promote_generation(conn, projection, generation))
-        }))
-        .await
-    }
-
-    async fn drop_generation(&self, view: ViewId<'_>, limit: u32) -> Result<u64, StoreError> {
-        let projection = view.projection.to_string();
-        let generation = view.generation;
-        self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::drop_generation(
-                conn, projection, generation, limit,
-            ))
-        }))
-        .await
-    }
-
-    async fn skips(&self, projection: &str) -> Result<Vec<(u64, SkipRecord)>, StoreError> {
-        catalog::skips(&self.readers, projection).await
-    }
-}
-
-#[async_trait]
-impl PluginCatalog for SqliteStore {
-    async fn record_deployment(&self, deployment: NewDeployment) -> Result<Deployment, StoreError> {
-        self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::record_deployment(conn, deployment))
-        }))
-        .await
-    }
-
-    async fn plugin_history(&self, name: &str) -> Result<Vec<Deployment>, StoreError> {
-        catalog::plugin_history(&self.readers, Some(name)).await
-    }
-
-    async fn current_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
-        catalog::plugin_history(&self.readers, None).await
-    }
-
-    async fn plugin_bytes(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT bytes FROM plugin_blobs WHERE hash = ?")
-                .bind(hash)
-                .fetch_optional(&self.readers)
-                .await?,
-        )
-    }
-}
-
-#[async_trait]
-impl SagaStore for SqliteStore {
     async fn saga_load(&self, saga: &str) -> Result<SagaLoad, StoreError> {
-        sagas::load(&self.readers, saga).await
+        let mut conn = self.readers.acquire().await?;
+        queries::load::<sqlx::Sqlite>(&SQL, &mut conn, saga).await
     }
 
     async fn commit_saga(&self, commit: SagaCommit) -> Result<(), StoreError> {
@@ -540,86 +480,12 @@ impl SagaStore for SqliteStore {
         true
     }
 
-    async fn purge_saga_history(
-        &self,
-        completed_before_us: i64,
-        limit: u32,
-    ) -> Result<u64, StoreError> {
-        self.run_job_with(
-            Box::new(move |conn| Box::pin(sagas::purge_history(conn, completed_before_us, limit))),
-            false,
-        )
-        .await
-    }
-
-    async fn saga_instance(
-        &self,
-        saga: &str,
-        instance: &str,
-    ) -> Result<Option<SagaInstanceRecord>, StoreError> {
-        sagas::instance(&self.readers, saga, instance).await
-    }
-
     async fn saga_instances(
         &self,
         saga: &str,
         instances: &[String],
     ) -> Result<Vec<SagaInstanceRecord>, StoreError> {
         sagas::instances(&self.readers, saga, instances).await
-    }
-
-    async fn saga_outbox(
-        &self,
-        saga: &str,
-        instance: &str,
-    ) -> Result<Vec<OutboxCommand>, StoreError> {
-        sagas::outbox(&self.readers, saga, instance).await
-    }
-
-    async fn saga_history(
-        &self,
-        saga: &str,
-        instance: &str,
-        limit: u32,
-    ) -> Result<Vec<SagaHistoryEntry>, StoreError> {
-        sagas::history(&self.readers, saga, instance, limit).await
-    }
-
-    async fn saga_counts(&self, saga: &str) -> Result<SagaCounts, StoreError> {
-        sagas::counts(&self.readers, saga).await
-    }
-
-    async fn dead_letters(&self, after: u64, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
-        sagas::dead_letters(&self.readers, after, limit).await
-    }
-
-    async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
-        sagas::dead_letter(&self.readers, id).await
-    }
-}
-
-#[async_trait]
-impl LeaseStore for SqliteStore {
-    async fn try_lease(&self, name: &str, holder: &str, ttl_us: i64) -> Result<bool, StoreError> {
-        let name = name.to_string();
-        let holder = holder.to_string();
-        self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::try_lease(conn, name, holder, ttl_us))
-        }))
-        .await
-    }
-
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        let name = name.to_string();
-        let holder = holder.to_string();
-        self.run_job(Box::new(move |conn| {
-            Box::pin(catalog::release_lease(conn, name, holder))
-        }))
-        .await
-    }
-
-    async fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
-        catalog::leases(&self.readers).await
     }
 }
 
@@ -643,433 +509,4 @@ impl EventStore for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-
-    use crate::store::{
-        ExpectedVersion, NewEvent, SagaCommit, SagaHistoryEntry, SagaInstanceRecord, SagaStatus,
-    };
-
-    async fn open_store(dir: &tempfile::TempDir) -> Arc<SqliteStore> {
-        let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
-        Arc::new(
-            SqliteStore::open(&url, SqliteOptions::default())
-                .await
-                .expect("open"),
-        )
-    }
-
-    /// Hold the writer inside a job until `release` is sent, so that what is
-    /// queued meanwhile is written as one batch.
-    async fn hold_writer(
-        store: &Arc<SqliteStore>,
-    ) -> (
-        oneshot::Sender<()>,
-        tokio::task::JoinHandle<Result<(), StoreError>>,
-    ) {
-        let (release, held) = oneshot::channel::<()>();
-        let (entered_tx, entered) = oneshot::channel::<()>();
-        let blocker = {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let job: JobFn<()> = Box::new(move |_conn| {
-                    Box::pin(async move {
-                        let _ = entered_tx.send(());
-                        let _ = held.await;
-                        Ok(Ok(()))
-                    })
-                });
-                store.run_job(job).await
-            })
-        };
-        entered.await.expect("the writer runs the blocking job");
-        (release, blocker)
-    }
-
-    fn one_event_append(stream: &str) -> AppendRequest {
-        AppendRequest {
-            stream_id: stream.into(),
-            expected: ExpectedVersion::Any,
-            events: vec![NewEvent {
-                event_type: "E".into(),
-                schema: 1,
-                data: "{}".into(),
-                metadata: "{}".into(),
-            }],
-            idempotency: None,
-        }
-    }
-
-    /// A saga commit whose checkpoint moved is refused alone: the commits
-    /// and appends of its batch around it are written, and nothing of it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_stale_saga_commit_is_refused_alone_in_its_batch() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let store = open_store(&dir).await;
-        let (release, blocker) = hold_writer(&store).await;
-        let instance = |name: &str| SagaInstanceRecord {
-            saga: "s".into(),
-            instance: name.into(),
-            state: b"{}".to_vec(),
-            status: SagaStatus::Running,
-            done: false,
-            next_step: 1,
-            awaited_position: 0,
-            created_at_us: 1,
-            updated_at_us: 1,
-        };
-        let mut tasks = Vec::new();
-        for (from, to, name) in [(0, 1, "first"), (0, 2, "stale"), (1, 3, "third")] {
-            let store = store.clone();
-            let commit = SagaCommit {
-                saga: "s".into(),
-                checkpoint: Some((from, to)),
-                instances: vec![instance(name)],
-                ..SagaCommit::default()
-            };
-            let (ordered_tx, ordered) = oneshot::channel();
-            tasks.push(tokio::spawn(async move {
-                store.commit_saga_ordered(commit, ordered_tx).await
-            }));
-            ordered.await.expect("queued in order");
-        }
-        let append = {
-            let store = store.clone();
-            tokio::spawn(async move { store.append(one_event_append("a")).await })
-        };
-        let _ = release.send(());
-        blocker.await.expect("join").expect("blocking job");
-        let mut outcomes = Vec::new();
-        for task in tasks {
-            outcomes.push(task.await.expect("join"));
-        }
-        assert!(outcomes[0].is_ok(), "{outcomes:?}");
-        assert!(
-            matches!(
-                outcomes[1],
-                Err(StoreError::CheckpointMoved {
-                    expected: 0,
-                    actual: Some(1),
-                    ..
-                })
-            ),
-            "{outcomes:?}"
-        );
-        assert!(outcomes[2].is_ok(), "{outcomes:?}");
-        assert!(append.await.expect("join").is_ok());
-        let loaded = store.saga_load("s").await.expect("load");
-        assert_eq!(loaded.checkpoint, Some(3));
-        let mut names: Vec<_> = loaded
-            .instances
-            .iter()
-            .map(|i| i.instance.as_str())
-            .collect();
-        names.sort();
-        assert_eq!(names, vec!["first", "third"]);
-        assert_eq!(store.head_position().await.expect("head"), 1);
-        store.close().await;
-    }
-
-    /// A saga commit is reported ordered as soon as the writer has it queued,
-    /// before it is written; an append asked for afterwards is written with
-    /// it or after it, never before.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_saga_commit_is_ordered_once_queued_and_later_appends_follow_it() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let store = open_store(&dir).await;
-        assert!(store.orders_writes_as_queued());
-        let (release, blocker) = hold_writer(&store).await;
-        let (ordered_tx, ordered) = oneshot::channel();
-        let commit = {
-            let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .commit_saga_ordered(
-                        SagaCommit {
-                            saga: "s".into(),
-                            checkpoint: Some((0, 1)),
-                            ..SagaCommit::default()
-                        },
-                        ordered_tx,
-                    )
-                    .await
-            })
-        };
-        tokio::time::timeout(Duration::from_secs(5), ordered)
-            .await
-            .expect("ordered while the writer is still busy")
-            .expect("ordered is told");
-        assert!(!commit.is_finished(), "the commit cannot be written yet");
-        let append = {
-            let store = store.clone();
-            tokio::spawn(async move { store.append(one_event_append("a")).await })
-        };
-        let _ = release.send(());
-        blocker.await.expect("join").expect("blocking job");
-        let appended = append.await.expect("join");
-        // The append's answer comes after its batch committed: the saga
-        // commit queued before it is visible by then.
-        assert!(appended.is_ok(), "{appended:?}");
-        let loaded = store.saga_load("s").await.expect("load");
-        assert_eq!(loaded.checkpoint, Some(1));
-        commit.await.expect("join").expect("saga commit");
-        store.close().await;
-    }
-
-    /// A batch that fails — in the writer's direct statements or in a job
-    /// run through sqlx — writes nothing of any of its requests, answers
-    /// each with the failure, and the writer goes on from the same tail.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failed_batch_writes_nothing_and_the_writer_goes_on() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let store = open_store(&dir).await;
-        store
-            .append(one_event_append("a"))
-            .await
-            .expect("first append");
-        let saga_commit = |store: Arc<SqliteStore>| {
-            tokio::spawn(async move {
-                store
-                    .commit_saga(SagaCommit {
-                        saga: "s".into(),
-                        checkpoint: Some((0, 1)),
-                        ..SagaCommit::default()
-                    })
-                    .await
-            })
-        };
-        let append = |store: Arc<SqliteStore>, stream: &'static str| {
-            tokio::spawn(async move { store.append(one_event_append(stream)).await })
-        };
-        let failing_job = |store: Arc<SqliteStore>, sql: &'static str| {
-            tokio::spawn(async move {
-                let job: JobFn<()> = Box::new(move |conn| {
-                    Box::pin(async move {
-                        sqlx::query(sql).execute(&mut *conn).await?;
-                        Ok(Ok(()))
-                    })
-                });
-                store.run_job(job).await
-            })
-        };
-        // A job through sqlx fails after the batch's direct statements ran:
-        // the append and the saga commit before it are rolled back.
-        let (release, blocker) = hold_writer(&store).await;
-        let b = append(store.clone(), "b");
-        let commit = saga_commit(store.clone());
-        let job = failing_job(store.clone(), "INSERT INTO no_such_table VALUES (1)");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let _ = release.send(());
-        blocker.await.expect("join").expect("blocking job");
-        assert!(
-            b.await.expect("join").is_err(),
-            "the append failed with its batch"
-        );
-        assert!(commit.await.expect("join").is_err());
-        assert!(job.await.expect("join").is_err());
-        // A direct statement fails (its table is gone): the append queued
-        // with it is rolled back too.
-        store
-            .run_job(Box::new(|conn| {
-                Box::pin(async move {
-                    sqlx::query("DROP TABLE saga_checkpoints")
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(Ok(()))
-                })
-            }))
-            .await
-            .expect("table dropped");
-        let (release, blocker) = hold_writer(&store).await;
-        let c = append(store.clone(), "c");
-        let commit = saga_commit(store.clone());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let _ = release.send(());
-        blocker.await.expect("join").expect("blocking job");
-        let refused = c.await.expect("join");
-        assert!(
-            matches!(&refused, Err(e @ StoreError::Internal { .. }) if e.to_string().contains("saga_checkpoints")),
-            "{refused:?}"
-        );
-        assert!(commit.await.expect("join").is_err());
-        for stream in ["b", "c"] {
-            assert_eq!(store.stream_version(stream).await.expect("version"), 0);
-        }
-        // The writer goes on from the tail the failed batches left alone.
-        let Ok(AppendOutcome::Committed { events, .. }) = store.append(one_event_append("d")).await
-        else {
-            panic!("the next append commits");
-        };
-        assert_eq!(events[0].position, 2);
-        crate::store::conformance::assert_chain_intact(store.as_ref()).await;
-        store.close().await;
-    }
-
-    /// A batch that needs no fsync runs at `synchronous = NORMAL`; when it
-    /// fails, in a job through sqlx or in a direct statement, the next
-    /// durable batch still switches back to FULL.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_durable_batch_after_a_failed_one_is_synced_in_full() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let store = open_store(&dir).await;
-        let run_sql = |sql: &'static str, fsync| {
-            let job: JobFn<()> = Box::new(move |conn| {
-                Box::pin(async move {
-                    sqlx::query(sql).execute(&mut *conn).await?;
-                    Ok(Ok(()))
-                })
-            });
-            store.run_job_with(job, fsync)
-        };
-        assert!(
-            run_sql("INSERT INTO no_such_table VALUES (1)", false)
-                .await
-                .is_err()
-        );
-        // A saga commit that is not durable fails in its direct statements.
-        run_sql("DROP TABLE saga_checkpoints", true)
-            .await
-            .expect("table dropped");
-        let stale = store
-            .commit_saga(SagaCommit {
-                saga: "s".into(),
-                checkpoint: Some((0, 1)),
-                durable: false,
-                ..SagaCommit::default()
-            })
-            .await;
-        assert!(stale.is_err(), "{stale:?}");
-        let setting = |fsync| {
-            let job: JobFn<i64> = Box::new(|conn| {
-                Box::pin(async move {
-                    Ok(Ok(sqlx::query_scalar("PRAGMA synchronous")
-                        .fetch_one(&mut *conn)
-                        .await?))
-                })
-            });
-            store.run_job_with(job, fsync)
-        };
-        // SQLite's values: 1 is NORMAL, 2 is FULL.
-        assert_eq!(setting(true).await.expect("durable batch"), 2);
-        assert_eq!(setting(false).await.expect("batch without fsync"), 1);
-        assert_eq!(setting(true).await.expect("durable batch"), 2);
-        store.close().await;
-    }
-
-    /// A database whose saga rows were written before migration 0005 (rows
-    /// keyed by instance name) keeps its instances and their history, and
-    /// later steps add to that history; its saga commands keep the
-    /// idempotency key they were dispatched with (migration 0007).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn saga_rows_written_before_the_creation_order_layout_are_kept() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
-        let all = sqlx::migrate!("../migrations/sqlite");
-        let before = sqlx::migrate::Migrator {
-            migrations: all
-                .migrations
-                .iter()
-                .filter(|m| m.version < 5)
-                .cloned()
-                .collect::<Vec<_>>()
-                .into(),
-            ..sqlx::migrate::Migrator::DEFAULT
-        };
-        let mut conn = SqliteConnection::connect_with(&connect_options(&url).expect("options"))
-            .await
-            .expect("connect");
-        before.run(&mut conn).await.expect("migrations 1-4");
-        sqlx::raw_sql(
-            "INSERT INTO saga_instances VALUES \
-               ('s', 'late', x'7b7d', 'running', 0, 2, 0, 20, 21), \
-               ('s', 'early', x'7b7d', 'completed', 1, 3, 0, 10, 11); \
-             INSERT INTO saga_history (saga, instance, at, entry) VALUES \
-               ('s', 'early', 1, '{\"n\":1}'), ('s', 'late', 2, '{\"n\":2}'), \
-               ('s', 'early', 3, '{\"n\":3}'); \
-             INSERT INTO saga_outbox VALUES \
-               ('s', 'late', 2, 'bank_account', 'a', 'Deposit', '{}', '{}', 0, 0, '[]', 20); \
-             INSERT INTO saga_dead_letters VALUES \
-               (7, 's', 'early', 1, 'bank_account', 'b', 'Deposit', '{}', '{}', 1, 10, '[]', 10, 11);",
-        )
-        .execute(&mut conn)
-        .await
-        .expect("old rows");
-        conn.close().await.expect("close");
-
-        let store = SqliteStore::open(&url, SqliteOptions::default())
-            .await
-            .expect("open and migrate");
-        let early = store
-            .saga_instance("s", "early")
-            .await
-            .expect("read")
-            .expect("instance kept");
-        assert_eq!(
-            (early.status, early.next_step, early.created_at_us),
-            (SagaStatus::Completed, 3, 10)
-        );
-        let outbox = store.saga_outbox("s", "late").await.expect("outbox");
-        assert_eq!(
-            outbox
-                .iter()
-                .map(|c| c.idempotency_key.as_str())
-                .collect::<Vec<_>>(),
-            vec!["kiln-saga/s/late/2"]
-        );
-        let letter = store
-            .dead_letter(7)
-            .await
-            .expect("read")
-            .expect("dead letter kept");
-        assert_eq!(letter.command.idempotency_key, "kiln-saga/s/early/1");
-        let at =
-            |entries: Vec<SagaHistoryEntry>| entries.iter().map(|e| e.at_us).collect::<Vec<_>>();
-        assert_eq!(
-            at(store.saga_history("s", "early", 10).await.expect("history")),
-            vec![1, 3]
-        );
-        assert_eq!(
-            at(store.saga_history("s", "late", 10).await.expect("history")),
-            vec![2]
-        );
-        // Numbered in creation order.
-        let seqs: Vec<(String, i64)> =
-            sqlx::query_as("SELECT instance, seq FROM saga_instances ORDER BY seq")
-                .fetch_all(&store.readers)
-                .await
-                .expect("seq");
-        assert_eq!(
-            seqs.iter().map(|(i, _)| i.as_str()).collect::<Vec<_>>(),
-            vec!["early", "late"]
-        );
-        store
-            .commit_saga(SagaCommit {
-                saga: "s".into(),
-                instances: vec![SagaInstanceRecord {
-                    saga: "s".into(),
-                    instance: "late".into(),
-                    state: b"{}".to_vec(),
-                    status: SagaStatus::Completed,
-                    done: true,
-                    next_step: 3,
-                    awaited_position: 0,
-                    created_at_us: 20,
-                    updated_at_us: 30,
-                }],
-                history: vec![SagaHistoryEntry {
-                    instance: "late".into(),
-                    at_us: 4,
-                    entry: serde_json::json!({"n": 4}),
-                }],
-                ..SagaCommit::default()
-            })
-            .await
-            .expect("a later step");
-        assert_eq!(
-            at(store.saga_history("s", "late", 10).await.expect("history")),
-            vec![2, 4]
-        );
-        store.close().await;
-    }
-}
+mod tests;

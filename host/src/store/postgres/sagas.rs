@@ -1,19 +1,46 @@
 //! Saga checkpoints, instances, outbox, timers, history and dead letters:
 //! the PostgreSQL side of the saga manager.
 
-use sqlx::postgres::PgRow;
-use sqlx::{Connection, PgConnection, PgPool, Row};
+//!
+//! Reads are `store::queries`, shared with SQLite; what stays here is what
+//! differs: the commit (sqlx statements fenced by a conditional `UPDATE`,
+//! where SQLite's writer runs direct statements after a read), the load's
+//! snapshot transaction, and the instance list bound as an array.
+
+use sqlx::{Connection, PgConnection, PgPool};
 
 use super::int8;
-use crate::store::{
-    DeadLetter, OutboxCommand, SagaCommit, SagaCounts, SagaHistoryEntry, SagaInstanceRecord,
-    SagaLoad, SagaStatus, SagaTimerRecord, StoreError,
-};
+use super::statements::{SQL, command_columns, instance_columns};
+use crate::store::rows::{self, InstanceRow};
+use crate::store::{OutboxCommand, SagaCommit, SagaInstanceRecord, SagaLoad, StoreError, queries};
 
-const OUTBOX_COLUMNS: &str = "saga, instance, step, aggregate, aggregate_id, command_type, data, metadata, compensating, attempts, errors, created_at, idempotency_key";
+const INSERT_INSTANCE: &str = concat!(
+    "INSERT INTO saga_instances (",
+    instance_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+     ON CONFLICT (saga, instance) DO UPDATE SET state = excluded.state, \
+     status = excluded.status, done = excluded.done, next_step = excluded.next_step, \
+     awaited_position = excluded.awaited_position, created_at = excluded.created_at, \
+     updated_at = excluded.updated_at"
+);
 
-const INSTANCE_COLUMNS: &str =
-    "saga, instance, state, status, done, next_step, awaited_position, created_at, updated_at";
+const PUT_OUTBOX: &str = concat!(
+    "INSERT INTO saga_outbox (",
+    command_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+     ON CONFLICT (saga, instance, step) DO UPDATE SET aggregate = excluded.aggregate, \
+     aggregate_id = excluded.aggregate_id, command_type = excluded.command_type, \
+     data = excluded.data, metadata = excluded.metadata, \
+     compensating = excluded.compensating, attempts = excluded.attempts, \
+     errors = excluded.errors, created_at = excluded.created_at, \
+     idempotency_key = excluded.idempotency_key"
+);
+
+const INSERT_DEAD_LETTER: &str = concat!(
+    "INSERT INTO saga_dead_letters (",
+    command_columns!(),
+    ", dead_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+);
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<String, sqlx::Error> {
     serde_json::to_string(value).map_err(|e| sqlx::Error::Encode(Box::new(e)))
@@ -63,26 +90,6 @@ async fn move_checkpoint(
     }))
 }
 
-/// Delete up to `limit` history entries of instances completed before
-/// `completed_before_us`.
-pub async fn purge_history(
-    conn: &mut PgConnection,
-    completed_before_us: i64,
-    limit: u32,
-) -> Result<Result<u64, StoreError>, sqlx::Error> {
-    let done = sqlx::query(
-        "DELETE FROM saga_history WHERE id IN (\
-         SELECT h.id FROM saga_instances i \
-         JOIN saga_history h ON h.saga = i.saga AND h.instance = i.instance \
-         WHERE i.status = 'completed' AND i.updated_at < $1 LIMIT $2)",
-    )
-    .bind(completed_before_us)
-    .bind(i64::from(limit))
-    .execute(&mut *conn)
-    .await?;
-    Ok(Ok(done.rows_affected()))
-}
-
 /// Apply one saga batch, if the checkpoint is where it started.
 pub async fn commit_saga(
     conn: &mut PgConnection,
@@ -95,25 +102,7 @@ pub async fn commit_saga(
         return Ok(Err(refused));
     }
     for i in &commit.instances {
-        sqlx::query(&format!(
-            "INSERT INTO saga_instances ({INSTANCE_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (saga, instance) DO UPDATE SET state = excluded.state, \
-             status = excluded.status, done = excluded.done, next_step = excluded.next_step, \
-             awaited_position = excluded.awaited_position, created_at = excluded.created_at, \
-             updated_at = excluded.updated_at"
-        ))
-        .bind(&i.saga)
-        .bind(&i.instance)
-        .bind(&i.state)
-        .bind(i.status.as_str())
-        .bind(i.done)
-        .bind(int8(i.next_step))
-        .bind(int8(i.awaited_position))
-        .bind(i.created_at_us)
-        .bind(i.updated_at_us)
-        .execute(&mut *conn)
-        .await?;
+        put_instance(conn, i).await?;
     }
     for (instance, step) in &commit.outbox_delete {
         delete_outbox(conn, saga, instance, *step).await?;
@@ -166,6 +155,22 @@ pub async fn commit_saga(
     Ok(Ok(()))
 }
 
+async fn put_instance(conn: &mut PgConnection, i: &SagaInstanceRecord) -> Result<(), sqlx::Error> {
+    sqlx::query(INSERT_INSTANCE)
+        .bind(&i.saga)
+        .bind(&i.instance)
+        .bind(&i.state)
+        .bind(i.status.as_str())
+        .bind(i.done)
+        .bind(int8(i.next_step))
+        .bind(int8(i.awaited_position))
+        .bind(i.created_at_us)
+        .bind(i.updated_at_us)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 async fn delete_outbox(
     conn: &mut PgConnection,
     saga: &str,
@@ -182,28 +187,14 @@ async fn delete_outbox(
 }
 
 async fn put_outbox(conn: &mut PgConnection, c: &OutboxCommand) -> Result<(), sqlx::Error> {
-    let sql = format!(
-        "INSERT INTO saga_outbox ({OUTBOX_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-         ON CONFLICT (saga, instance, step) DO UPDATE SET aggregate = excluded.aggregate, \
-         aggregate_id = excluded.aggregate_id, command_type = excluded.command_type, \
-         data = excluded.data, metadata = excluded.metadata, \
-         compensating = excluded.compensating, attempts = excluded.attempts, \
-         errors = excluded.errors, created_at = excluded.created_at, \
-         idempotency_key = excluded.idempotency_key"
-    );
-    bind_command(sqlx::query(&sql), c)?
+    bind_command(sqlx::query(PUT_OUTBOX), c)?
         .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
 async fn insert_dead_letter(conn: &mut PgConnection, c: &OutboxCommand) -> Result<(), sqlx::Error> {
-    let sql = format!(
-        "INSERT INTO saga_dead_letters ({OUTBOX_COLUMNS}, dead_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-    );
-    bind_command(sqlx::query(&sql), c)?
+    bind_command(sqlx::query(INSERT_DEAD_LETTER), c)?
         .bind(crate::store::now_us())
         .execute(&mut *conn)
         .await?;
@@ -212,7 +203,7 @@ async fn insert_dead_letter(conn: &mut PgConnection, c: &OutboxCommand) -> Resul
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Bind a command's columns, in `OUTBOX_COLUMNS` order.
+/// Bind a command's columns, in `command_columns!` order.
 fn bind_command<'q>(query: PgQuery<'q>, c: &'q OutboxCommand) -> Result<PgQuery<'q>, sqlx::Error> {
     Ok(query
         .bind(&c.saga)
@@ -230,40 +221,6 @@ fn bind_command<'q>(query: PgQuery<'q>, c: &'q OutboxCommand) -> Result<PgQuery<
         .bind(&c.idempotency_key))
 }
 
-fn command_from_row(row: &PgRow) -> Result<OutboxCommand, StoreError> {
-    let errors: String = row.try_get("errors")?;
-    Ok(OutboxCommand {
-        saga: row.try_get("saga")?,
-        instance: row.try_get("instance")?,
-        step: row.try_get::<i64, _>("step")? as u64,
-        aggregate: row.try_get("aggregate")?,
-        aggregate_id: row.try_get("aggregate_id")?,
-        command_type: row.try_get("command_type")?,
-        data: row.try_get("data")?,
-        metadata: row.try_get("metadata")?,
-        compensating: row.try_get("compensating")?,
-        attempts: row.try_get::<i64, _>("attempts")? as u32,
-        errors: serde_json::from_str(&errors)
-            .map_err(|e| StoreError::Corrupt(format!("saga command errors: {e}")))?,
-        created_at_us: row.try_get("created_at")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-    })
-}
-
-fn instance_from_row(row: &PgRow) -> Result<SagaInstanceRecord, StoreError> {
-    Ok(SagaInstanceRecord {
-        saga: row.try_get("saga")?,
-        instance: row.try_get("instance")?,
-        state: row.try_get("state")?,
-        status: SagaStatus::parse(row.try_get("status")?)?,
-        done: row.try_get("done")?,
-        next_step: row.try_get::<i64, _>("next_step")? as u64,
-        awaited_position: row.try_get::<i64, _>("awaited_position")? as u64,
-        created_at_us: row.try_get("created_at")?,
-        updated_at_us: row.try_get("updated_at")?,
-    })
-}
-
 /// What a runner resumes from, read in one snapshot of the database (a
 /// host taking a saga over reads a state no commit is half way through).
 pub async fn load(readers: &PgPool, saga: &str) -> Result<SagaLoad, StoreError> {
@@ -272,53 +229,9 @@ pub async fn load(readers: &PgPool, saga: &str) -> Result<SagaLoad, StoreError> 
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let checkpoint: Option<i64> =
-        sqlx::query_scalar("SELECT position FROM saga_checkpoints WHERE saga = $1")
-            .bind(saga)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let instances = sqlx::query(&format!(
-        "SELECT {INSTANCE_COLUMNS} FROM saga_instances WHERE saga = $1 AND status <> $2 \
-         ORDER BY instance"
-    ))
-    .bind(saga)
-    .bind(SagaStatus::Completed.as_str())
-    .fetch_all(&mut *tx)
-    .await?
-    .iter()
-    .map(instance_from_row)
-    .collect::<Result<_, _>>()?;
-    let outbox = sqlx::query(&format!(
-        "SELECT {OUTBOX_COLUMNS} FROM saga_outbox WHERE saga = $1 ORDER BY instance, step"
-    ))
-    .bind(saga)
-    .fetch_all(&mut *tx)
-    .await?
-    .iter()
-    .map(command_from_row)
-    .collect::<Result<_, _>>()?;
-    let timers = sqlx::query(
-        "SELECT instance, name, fire_at FROM saga_timers WHERE saga = $1 ORDER BY instance, name",
-    )
-    .bind(saga)
-    .fetch_all(&mut *tx)
-    .await?
-    .iter()
-    .map(|row| {
-        Ok(SagaTimerRecord {
-            instance: row.try_get(0)?,
-            name: row.try_get(1)?,
-            fire_at_ms: row.try_get(2)?,
-        })
-    })
-    .collect::<Result<_, StoreError>>()?;
+    let load = queries::load::<sqlx::Postgres>(&SQL, &mut tx, saga).await?;
     tx.commit().await?;
-    Ok(SagaLoad {
-        checkpoint: checkpoint.map(|p| p as u64),
-        instances,
-        outbox,
-        timers,
-    })
+    Ok(load)
 }
 
 pub async fn instances(
@@ -326,145 +239,15 @@ pub async fn instances(
     saga: &str,
     instances: &[String],
 ) -> Result<Vec<SagaInstanceRecord>, StoreError> {
-    sqlx::query(&format!(
-        "SELECT {INSTANCE_COLUMNS} FROM saga_instances WHERE saga = $1 AND instance = ANY($2)"
-    ))
-    .bind(saga)
-    .bind(instances)
-    .fetch_all(readers)
-    .await?
-    .iter()
-    .map(instance_from_row)
-    .collect()
-}
-
-pub async fn instance(
-    readers: &PgPool,
-    saga: &str,
-    instance: &str,
-) -> Result<Option<SagaInstanceRecord>, StoreError> {
-    sqlx::query(&format!(
-        "SELECT {INSTANCE_COLUMNS} FROM saga_instances WHERE saga = $1 AND instance = $2"
-    ))
-    .bind(saga)
-    .bind(instance)
-    .fetch_optional(readers)
-    .await?
-    .as_ref()
-    .map(instance_from_row)
-    .transpose()
-}
-
-pub async fn outbox(
-    readers: &PgPool,
-    saga: &str,
-    instance: &str,
-) -> Result<Vec<OutboxCommand>, StoreError> {
-    sqlx::query(&format!(
-        "SELECT {OUTBOX_COLUMNS} FROM saga_outbox WHERE saga = $1 AND instance = $2 ORDER BY step"
-    ))
-    .bind(saga)
-    .bind(instance)
-    .fetch_all(readers)
-    .await?
-    .iter()
-    .map(command_from_row)
-    .collect()
-}
-
-pub async fn history(
-    readers: &PgPool,
-    saga: &str,
-    instance: &str,
-    limit: u32,
-) -> Result<Vec<SagaHistoryEntry>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT at, entry FROM saga_history WHERE saga = $1 AND instance = $2 \
-         ORDER BY id DESC LIMIT $3",
-    )
-    .bind(saga)
-    .bind(instance)
-    .bind(i64::from(limit))
-    .fetch_all(readers)
-    .await?;
-    let mut entries = rows
-        .iter()
-        .map(|row| {
-            let text: String = row.try_get(1)?;
-            Ok(SagaHistoryEntry {
-                instance: instance.to_string(),
-                at_us: row.try_get(0)?,
-                entry: serde_json::from_str(&text)
-                    .map_err(|e| StoreError::Corrupt(format!("saga history entry: {e}")))?,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    entries.reverse();
-    Ok(entries)
-}
-
-pub async fn counts(readers: &PgPool, saga: &str) -> Result<SagaCounts, StoreError> {
-    let mut counts = SagaCounts::default();
-    let rows =
-        sqlx::query("SELECT status, count(*) FROM saga_instances WHERE saga = $1 GROUP BY status")
-            .bind(saga)
-            .fetch_all(readers)
-            .await?;
-    for row in rows {
-        let n = row.try_get::<i64, _>(1)? as u64;
-        match SagaStatus::parse(row.try_get(0)?)? {
-            SagaStatus::Running => counts.running = n,
-            SagaStatus::Compensating => counts.compensating = n,
-            SagaStatus::Completed => counts.completed = n,
-            SagaStatus::Failed => counts.failed = n,
-        }
-    }
-    let (outbox, dead): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM saga_outbox WHERE saga = $1), \
-         (SELECT count(*) FROM saga_dead_letters WHERE saga = $1)",
-    )
-    .bind(saga)
-    .fetch_one(readers)
-    .await?;
-    counts.outbox = outbox as u64;
-    counts.dead_letters = dead as u64;
-    Ok(counts)
-}
-
-fn dead_letter_from_row(row: &PgRow) -> Result<DeadLetter, StoreError> {
-    Ok(DeadLetter {
-        id: row.try_get::<i64, _>("id")? as u64,
-        command: command_from_row(row)?,
-        dead_at_us: row.try_get("dead_at")?,
-    })
-}
-
-pub async fn dead_letters(
-    readers: &PgPool,
-    after: u64,
-    limit: u32,
-) -> Result<Vec<DeadLetter>, StoreError> {
-    sqlx::query(&format!(
-        "SELECT id, {OUTBOX_COLUMNS}, dead_at FROM saga_dead_letters WHERE id > $1 \
-         ORDER BY id LIMIT $2"
-    ))
-    .bind(int8(after))
-    .bind(i64::from(limit))
-    .fetch_all(readers)
-    .await?
-    .iter()
-    .map(dead_letter_from_row)
-    .collect()
-}
-
-pub async fn dead_letter(readers: &PgPool, id: u64) -> Result<Option<DeadLetter>, StoreError> {
-    sqlx::query(&format!(
-        "SELECT id, {OUTBOX_COLUMNS}, dead_at FROM saga_dead_letters WHERE id = $1"
-    ))
-    .bind(int8(id))
-    .fetch_optional(readers)
-    .await?
-    .as_ref()
-    .map(dead_letter_from_row)
-    .transpose()
+    const SELECT: &str = concat!(
+        "SELECT ",
+        instance_columns!(),
+        " FROM saga_instances WHERE saga = $1 AND instance = ANY($2)"
+    );
+    let rows = sqlx::query_as::<_, InstanceRow>(SELECT)
+        .bind(saga)
+        .bind(instances)
+        .fetch_all(readers)
+        .await?;
+    rows::convert(rows)
 }

@@ -13,16 +13,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Connection, PgConnection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::follower::{Publisher, StreamVersions};
-use super::jobs::Job;
 use super::{CHANNEL, hash_from, int8};
+use crate::store::jobs::Job as AnyJob;
 use crate::store::{
     AppendOutcome, AppendRequest, ExpectedVersion, IdempotencyEntry, Position, RecordedEvent,
     Snapshot, StoreError, now_us,
 };
+
+/// A sqlx write job of this backend.
+type Job = dyn AnyJob<PgConnection>;
 
 pub enum WriteOp {
     Append(
@@ -32,7 +35,7 @@ pub enum WriteOp {
     Snapshot(Snapshot, oneshot::Sender<Result<(), StoreError>>),
     Purge(i64, oneshot::Sender<Result<u64, StoreError>>),
     /// Any other write, run in the batch's transaction of non-append writes.
-    Job(Box<dyn Job>),
+    Job(Box<Job>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -123,7 +126,7 @@ struct Batch {
     snapshot_replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
     purges: Vec<i64>,
     purge_replies: Vec<oneshot::Sender<Result<u64, StoreError>>>,
-    jobs: Vec<Box<dyn Job>>,
+    jobs: Vec<Box<Job>>,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
@@ -454,9 +457,9 @@ async fn append(
 ) -> Result<(Vec<Result<AppendOutcome, StoreError>>, Position), sqlx::Error> {
     // Kept to the millisecond, the precision the API shows.
     let now = now_us() / 1000 * 1000;
-    let row = {
+    let answer: AppendAnswer = {
         let c = Columns::new(&requests);
-        sqlx::query(include_str!("sql/append.sql"))
+        sqlx::query_as(include_str!("sql/append.sql"))
             .bind(c.streams)
             .bind(c.expect_kinds)
             .bind(c.expects)
@@ -474,80 +477,109 @@ async fn append(
             .fetch_one(&mut *conn)
             .await?
     };
-    let decode = |e: StoreError| sqlx::Error::Decode(Box::new(e));
-    let outcomes: Vec<i16> = row.try_get("outcomes")?;
-    let versions: Vec<i64> = row.try_get("versions")?;
-    let first_positions: Vec<Option<i64>> = row.try_get("first_positions")?;
-    let hashes: Vec<Option<Vec<u8>>> = row.try_get("hashes")?;
-    let recorded_at: i64 = row.try_get("recorded_at")?;
-    let tail: i64 = row.try_get("tail_position")?;
-    let k_request_hash: Vec<Option<String>> = row.try_get("k_request_hash")?;
-    let k_stream_id: Vec<Option<String>> = row.try_get("k_stream_id")?;
-    let k_version: Vec<Option<i64>> = row.try_get("k_version")?;
-    let k_first_position: Vec<Option<i64>> = row.try_get("k_first_position")?;
-    let k_event_count: Vec<Option<i64>> = row.try_get("k_event_count")?;
-    let k_created_at: Vec<Option<i64>> = row.try_get("k_created_at")?;
-    if outcomes.len() != requests.len() {
-        return Err(decode(StoreError::Corrupt(format!(
-            "kiln_append answered {} of {} requests",
-            outcomes.len(),
-            requests.len()
-        ))));
+    answer.outcomes(requests)
+}
+
+/// The row `kiln_append` answers: per request its outcome (0 committed,
+/// 1 wrong expected version, else already applied), version and first
+/// position; per event its hash; per request the idempotency entry that
+/// answered it (`k_*`, NULL unless already applied).
+#[derive(sqlx::FromRow)]
+struct AppendAnswer {
+    outcomes: Vec<i16>,
+    versions: Vec<i64>,
+    first_positions: Vec<Option<i64>>,
+    hashes: Vec<Option<Vec<u8>>>,
+    recorded_at: i64,
+    tail_position: i64,
+    k_request_hash: Vec<Option<String>>,
+    k_stream_id: Vec<Option<String>>,
+    k_version: Vec<Option<i64>>,
+    k_first_position: Vec<Option<i64>>,
+    k_event_count: Vec<Option<i64>>,
+    k_created_at: Vec<Option<i64>>,
+}
+
+/// A row `kiln_append` should not have answered, as a decode error.
+fn corrupt(message: String) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(StoreError::Corrupt(message)))
+}
+
+impl AppendAnswer {
+    /// Each request's outcome, and the log's tail.
+    fn outcomes(
+        mut self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<(Vec<Result<AppendOutcome, StoreError>>, Position), sqlx::Error> {
+        if self.outcomes.len() != requests.len() {
+            return Err(corrupt(format!(
+                "kiln_append answered {} of {} requests",
+                self.outcomes.len(),
+                requests.len()
+            )));
+        }
+        let mut hashes = std::mem::take(&mut self.hashes).into_iter();
+        let mut answers = Vec::with_capacity(requests.len());
+        for (i, request) in requests.into_iter().enumerate() {
+            let mine: Vec<Option<Vec<u8>>> = hashes.by_ref().take(request.events.len()).collect();
+            let answer = match self.outcomes[i] {
+                0 => Ok(self.committed(i, request, mine)?),
+                1 => Err(StoreError::WrongExpectedVersion {
+                    stream_id: request.stream_id,
+                    expected: request.expected,
+                    actual: self.versions[i] as u64,
+                }),
+                _ => Ok(self.already_applied(i, request)),
+            };
+            answers.push(answer);
+        }
+        Ok((answers, self.tail_position as u64))
     }
-    let mut hashes = hashes.into_iter();
-    let mut answers = Vec::with_capacity(requests.len());
-    for (i, request) in requests.into_iter().enumerate() {
+
+    /// The events request `i` recorded, with their hashes.
+    fn committed(
+        &self,
+        i: usize,
+        request: AppendRequest,
+        hashes: Vec<Option<Vec<u8>>>,
+    ) -> Result<AppendOutcome, sqlx::Error> {
         let count = request.events.len();
-        let mine: Vec<Option<Vec<u8>>> = hashes.by_ref().take(count).collect();
-        let answer = match outcomes[i] {
-            0 => {
-                let version = versions[i] as u64;
-                let first = first_positions[i].unwrap_or(0) as u64;
-                let mut events = Vec::with_capacity(count);
-                for (j, (event, hash)) in request.events.into_iter().zip(mine).enumerate() {
-                    let hash = hash.ok_or_else(|| {
-                        decode(StoreError::Corrupt(
-                            "a committed event without its hash".into(),
-                        ))
-                    })?;
-                    events.push(RecordedEvent {
-                        position: first + j as u64,
-                        stream_id: request.stream_id.clone(),
-                        version: version - count as u64 + 1 + j as u64,
-                        event_type: event.event_type,
-                        schema: event.schema,
-                        data: event.data,
-                        metadata: event.metadata,
-                        recorded_at_us: recorded_at,
-                        hash: hash_from(hash).map_err(decode)?,
-                    });
-                }
-                Ok(AppendOutcome::Committed { version, events })
-            }
-            1 => Err(StoreError::WrongExpectedVersion {
-                stream_id: request.stream_id,
-                expected: request.expected,
-                actual: versions[i] as u64,
-            }),
-            _ => {
-                let key = request
-                    .idempotency
-                    .map(|claim| claim.key)
-                    .unwrap_or_default();
-                Ok(AppendOutcome::AlreadyApplied(IdempotencyEntry {
-                    key,
-                    request_hash: k_request_hash[i].clone().unwrap_or_default(),
-                    stream_id: k_stream_id[i].clone().unwrap_or_default(),
-                    version: k_version[i].unwrap_or(0) as u64,
-                    first_position: k_first_position[i].map(|p| p as u64),
-                    event_count: k_event_count[i].unwrap_or(0) as u32,
-                    created_at_us: k_created_at[i].unwrap_or(0),
-                }))
-            }
-        };
-        answers.push(answer);
+        let version = self.versions[i] as u64;
+        let first = self.first_positions[i].unwrap_or(0) as u64;
+        let mut events = Vec::with_capacity(count);
+        for (j, (event, hash)) in request.events.into_iter().zip(hashes).enumerate() {
+            let hash = hash.ok_or_else(|| corrupt("a committed event without its hash".into()))?;
+            events.push(RecordedEvent {
+                position: first + j as u64,
+                stream_id: request.stream_id.clone(),
+                version: version - count as u64 + 1 + j as u64,
+                event_type: event.event_type,
+                schema: event.schema,
+                data: event.data,
+                metadata: event.metadata,
+                recorded_at_us: self.recorded_at,
+                hash: hash_from(hash).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            });
+        }
+        Ok(AppendOutcome::Committed { version, events })
     }
-    Ok((answers, tail as u64))
+
+    /// The idempotency entry that answered request `i`.
+    fn already_applied(&self, i: usize, request: AppendRequest) -> AppendOutcome {
+        let key = request
+            .idempotency
+            .map(|claim| claim.key)
+            .unwrap_or_default();
+        AppendOutcome::AlreadyApplied(IdempotencyEntry {
+            key,
+            request_hash: self.k_request_hash[i].clone().unwrap_or_default(),
+            stream_id: self.k_stream_id[i].clone().unwrap_or_default(),
+            version: self.k_version[i].unwrap_or(0) as u64,
+            first_position: self.k_first_position[i].map(|p| p as u64),
+            event_count: self.k_event_count[i].unwrap_or(0) as u32,
+            created_at_us: self.k_created_at[i].unwrap_or(0),
+        })
+    }
 }
 
 /// Whether PostgreSQL can store the request's text: its `text` type cannot

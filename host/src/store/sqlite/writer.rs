@@ -22,13 +22,16 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::Tail;
 use super::direct::{Direct, Prepared, SqliteError, Value};
-use super::jobs::Job;
 use super::sagas::SagaJob;
 use crate::store::hash_chain::{self, HashInput};
+use crate::store::jobs::Job as AnyJob;
 use crate::store::{
-    AppendOutcome, AppendRequest, CommittedBatch, IdempotencyEntry, Position, RecordedEvent,
-    Snapshot, StoreError, now_us,
+    AppendOutcome, AppendRequest, CommittedBatch, IdempotencyEntry, NewEvent, Position,
+    RecordedEvent, Snapshot, StoreError, now_us,
 };
+
+/// A sqlx write job of this backend.
+type Job = dyn AnyJob<SqliteConnection>;
 
 /// A request to the writer.
 pub(super) enum WriteOp {
@@ -41,7 +44,7 @@ pub(super) enum WriteOp {
     /// A saga's commit, run on the connection directly.
     Saga(Box<SagaJob>),
     /// Any other write, run through sqlx inside the batch's transaction.
-    Job(Box<dyn Job>),
+    Job(Box<Job>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -267,14 +270,14 @@ fn refuse(op: WriteOp, error: &StoreError) {
 /// A write other than an append, snapshot or purge, in queue order.
 enum BatchJob {
     Saga(Box<SagaJob>),
-    Sqlx(Box<dyn Job>),
+    Sqlx(Box<Job>),
 }
 
 impl BatchJob {
     fn needs_fsync(&self) -> bool {
         match self {
             BatchJob::Saga(job) => job.needs_fsync(),
-            BatchJob::Sqlx(job) => job.needs_fsync(),
+            BatchJob::Sqlx(job) => job.durable(),
         }
     }
 
@@ -533,7 +536,19 @@ fn stage(
             &mut key_rows,
         ));
     }
-    for outcome in &outcomes {
+    insert_events(db, &outcomes)?;
+    insert_keys(db, &key_rows)?;
+    save_snapshots(db, snapshots)?;
+    let purged = purge_keys(db, purges)?;
+    Ok((outcomes, purged, versions))
+}
+
+/// Insert the events of the batch's committed appends.
+fn insert_events(
+    db: &mut Direct<'_>,
+    outcomes: &[Result<AppendOutcome, StoreError>],
+) -> Result<(), SqliteError> {
+    for outcome in outcomes {
         let Ok(AppendOutcome::Committed { events, .. }) = outcome else {
             continue;
         };
@@ -555,7 +570,12 @@ fn stage(
             )?;
         }
     }
-    for k in &key_rows {
+    Ok(())
+}
+
+/// Insert (or replace an expired) idempotency entry per keyed append.
+fn insert_keys(db: &mut Direct<'_>, key_rows: &[IdempotencyEntry]) -> Result<(), SqliteError> {
+    for k in key_rows {
         db.run(
             "INSERT OR REPLACE INTO idempotency_keys (key, request_hash, stream_id, version, first_position, event_count, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -570,6 +590,11 @@ fn stage(
             ],
         )?;
     }
+    Ok(())
+}
+
+/// Keep each snapshot unless a later one of the stream and plugin is kept.
+fn save_snapshots(db: &mut Direct<'_>, snapshots: &[Snapshot]) -> Result<(), SqliteError> {
     for s in snapshots {
         db.run(
             "INSERT INTO snapshots (stream_id, plugin_hash, version, state, taken_at) VALUES (?, ?, ?, ?, ?) \
@@ -584,6 +609,12 @@ fn stage(
             ],
         )?;
     }
+    Ok(())
+}
+
+/// Delete idempotency entries older than each purge's time; the number
+/// deleted per purge.
+fn purge_keys(db: &mut Direct<'_>, purges: &[i64]) -> Result<Vec<u64>, SqliteError> {
     let mut purged = Vec::with_capacity(purges.len());
     let prefix = super::super::SAGA_IDEMPOTENCY_PREFIX;
     for before_us in purges {
@@ -600,7 +631,7 @@ fn stage(
             ],
         )?);
     }
-    Ok((outcomes, purged, versions))
+    Ok(purged)
 }
 
 /// Stream versions and idempotency entries, by stream and by key.
@@ -691,40 +722,13 @@ fn stage_append(
     // millisecond, the precision the API shows, so a time a client read
     // back selects exactly the events it saw.
     let recorded_at_us = (now_us() / 1000 * 1000).max(tail.recorded_at_us);
-    let mut recorded = Vec::with_capacity(request.events.len());
-    for (i, event) in request.events.into_iter().enumerate() {
-        let position = tail.position + 1;
-        let version = actual + 1 + i as u64;
-        let hash = hash_chain::event_hash(
-            &tail.hash,
-            &HashInput {
-                position,
-                stream_id: &request.stream_id,
-                version,
-                event_type: &event.event_type,
-                schema: event.schema,
-                data: &event.data,
-                metadata: &event.metadata,
-                recorded_at_us,
-            },
-        );
-        *tail = Tail {
-            position,
-            hash,
-            recorded_at_us,
-        };
-        recorded.push(RecordedEvent {
-            position,
-            stream_id: request.stream_id.clone(),
-            version,
-            event_type: event.event_type,
-            schema: event.schema,
-            data: event.data,
-            metadata: event.metadata,
-            recorded_at_us,
-            hash,
-        });
-    }
+    let recorded = chain_events(
+        tail,
+        &request.stream_id,
+        actual,
+        request.events,
+        recorded_at_us,
+    );
     let version = actual + recorded.len() as u64;
     versions.insert(request.stream_id.clone(), version);
     if let Some(claim) = request.idempotency {
@@ -744,4 +748,50 @@ fn stage_append(
         version,
         events: recorded,
     })
+}
+
+/// Continue the log from `tail` with a stream's events, the first after
+/// version `actual`: their positions, versions and chained hashes.
+fn chain_events(
+    tail: &mut Tail,
+    stream_id: &str,
+    actual: u64,
+    events: Vec<NewEvent>,
+    recorded_at_us: i64,
+) -> Vec<RecordedEvent> {
+    let mut recorded = Vec::with_capacity(events.len());
+    for (i, event) in events.into_iter().enumerate() {
+        let position = tail.position + 1;
+        let version = actual + 1 + i as u64;
+        let hash = hash_chain::event_hash(
+            &tail.hash,
+            &HashInput {
+                position,
+                stream_id,
+                version,
+                event_type: &event.event_type,
+                schema: event.schema,
+                data: &event.data,
+                metadata: &event.metadata,
+                recorded_at_us,
+            },
+        );
+        *tail = Tail {
+            position,
+            hash,
+            recorded_at_us,
+        };
+        recorded.push(RecordedEvent {
+            position,
+            stream_id: stream_id.to_string(),
+            version,
+            event_type: event.event_type,
+            schema: event.schema,
+            data: event.data,
+            metadata: event.metadata,
+            recorded_at_us,
+            hash,
+        });
+    }
+    recorded
 }
