@@ -7,4 +7,5 @@ mod request;
 pub mod state_cache;
 
 pub use error::CommandError;
-pub use pipeline::{CommandOutcome, CommandRequest, Pipeline, StreamState};
+pub use pipeline::{CommandOutcome, Pipeline, StreamState};
+pub use request::CommandRequest;

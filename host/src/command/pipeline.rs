@@ -14,10 +14,10 @@
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
-
 use super::error::CommandError;
-pub use super::request::{EVENT_TYPE_BYTES_MAX, ID_CHARS_MAX, IDEMPOTENCY_KEY_CHARS_MAX};
+pub use super::request::{
+    CommandRequest, EVENT_TYPE_BYTES_MAX, ID_CHARS_MAX, IDEMPOTENCY_KEY_CHARS_MAX,
+};
 use super::request::{
     check_event_type, event_metadata, refusal, request_hash, validate_id, validate_idempotency_key,
 };
@@ -37,18 +37,6 @@ use crate::store::{
 /// Stripes of the per-stream lock. Two streams share a stripe with
 /// probability 1/STRIPES; they then wait for each other, nothing worse.
 const LOCK_STRIPES: usize = 4096;
-
-/// A command as the API received it.
-#[derive(Debug, Clone)]
-pub struct CommandRequest {
-    pub aggregate: String,
-    pub id: String,
-    pub command_type: String,
-    pub data: Value,
-    pub metadata: Map<String, Value>,
-    pub expected: ExpectedVersion,
-    pub idempotency_key: Option<String>,
-}
 
 /// A command's result.
 #[derive(Debug, Clone)]

@@ -6,8 +6,20 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::error::CommandError;
-use super::pipeline::CommandRequest;
 use crate::runtime::bindings::WitFailure;
+use crate::store::ExpectedVersion;
+
+/// A command as the API received it.
+#[derive(Debug, Clone)]
+pub struct CommandRequest {
+    pub aggregate: String,
+    pub id: String,
+    pub command_type: String,
+    pub data: Value,
+    pub metadata: Map<String, Value>,
+    pub expected: ExpectedVersion,
+    pub idempotency_key: Option<String>,
+}
 
 /// Longest aggregate id accepted.
 pub const ID_CHARS_MAX: usize = 200;
@@ -96,7 +108,6 @@ pub(super) fn validate_idempotency_key(key: &str) -> Result<(), CommandError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ExpectedVersion;
 
     #[test]
     fn event_types_are_names_without_control_characters() {

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 mod operator;
 mod outbox;
 mod reactions;
+mod records;
 
 use super::dispatch::{self, Outcome};
 use super::{SagaConfig, SagaError, SagaStores};
@@ -34,8 +35,8 @@ use crate::runtime::saga::SagaInstance;
 use crate::runtime::sandbox::PluginState;
 use crate::runtime::{Plugin, PluginCode, PluginError, Runtime};
 use crate::store::{
-    EventLog, GlobalQuery, OutboxCommand, Position, RecordedEvent, SagaCommit, SagaHistoryEntry,
-    SagaInstanceRecord, SagaStatus, SagaStore, SagaTimerRecord, StoreError, now_us,
+    EventLog, GlobalQuery, OutboxCommand, Position, RecordedEvent, SagaCommit, SagaInstanceRecord,
+    SagaStatus, SagaStore, SagaTimerRecord, StoreError, now_us,
 };
 use crate::time::rfc3339;
 

@@ -1,7 +1,7 @@
 //! What an operator asks of a saga runner: resume after a trap, retry a
 //! dead letter.
 
-use super::reactions::history;
+use super::records::history;
 use super::*;
 
 impl Runner {

@@ -1,7 +1,7 @@
 //! What a saga runner does with events: correlate each to an instance,
 //! react, and apply the reaction (state, commands, timers) to the batch.
 
-use super::outbox::drop_from_outbox;
+use super::records::{drop_from_outbox, history};
 use super::*;
 
 impl Runner {
@@ -365,23 +365,6 @@ fn outbox_command(
         errors: Vec::new(),
         created_at_us: now,
         idempotency_key: dispatch::idempotency_key(saga, id, step, now),
-    }
-}
-
-pub(super) fn history(instance: &str, entry: Value) -> SagaHistoryEntry {
-    SagaHistoryEntry {
-        instance: instance.to_string(),
-        at_us: now_us(),
-        entry,
-    }
-}
-
-pub(super) fn failure_json(failure: &WitFailure) -> Value {
-    match failure {
-        WitFailure::Rejected(r) => {
-            json!({"code": "rejected", "reason": r.code, "message": r.message})
-        }
-        WitFailure::Invalid(m) => json!({"code": "invalid_command", "message": m}),
     }
 }
 
