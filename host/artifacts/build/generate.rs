@@ -1,7 +1,6 @@
 //! The code `src/lib.rs` includes: paths, the polyglot plugin table and
 //! the `foreach_*!` macros.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::Layout;
