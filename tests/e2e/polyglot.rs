@@ -178,6 +178,9 @@ async fn the_python_projection_gives_the_same_rows_as_the_rust_one() {
 /// version keeps serving commands.
 #[tokio::test]
 async fn large_components_compile_in_the_background_while_the_host_serves() {
+    // Built (if need be) before the host starts, so that the build does not
+    // run inside the time the test watches.
+    let bank_account_py = artifacts::bank_account_py();
     // A compile cache of its own, so that both compiles really happen.
     let mut h = TestHost::start_with_plugins(
         &[
@@ -227,7 +230,7 @@ async fn large_components_compile_in_the_background_while_the_host_serves() {
         .wait_for_plugin("bank_account", Duration::from_secs(5))
         .await["hash"]
         .clone();
-    let bytes = std::fs::read(artifacts::bank_account_py()).expect("component");
+    let bytes = std::fs::read(bank_account_py).expect("component");
     let upload = h
         .client
         .put(h.url("/plugins/bank_account"))
