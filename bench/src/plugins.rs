@@ -85,20 +85,24 @@ fn parse_build(text: &str) -> Result<(String, PathBuf), String> {
 fn default_builds() -> Vec<(String, PathBuf)> {
     #[cfg(feature = "examples")]
     {
-        vec![
-            (
-                "rust".into(),
-                PathBuf::from(kiln_plugin_artifacts::EXAMPLES_DIR),
-            ),
-            (
-                "javascript".into(),
-                PathBuf::from(kiln_plugin_artifacts::JAVASCRIPT_DIR),
-            ),
-            (
-                "python".into(),
-                PathBuf::from(kiln_plugin_artifacts::PYTHON_DIR),
-            ),
-        ]
+        use kiln_plugin_artifacts::polyglot::{Language, build_examples};
+        let mut builds = vec![(
+            "rust".into(),
+            PathBuf::from(kiln_plugin_artifacts::EXAMPLES_DIR),
+        )];
+        // The JavaScript and Python examples are built on demand (node,
+        // npm and python3 needed); a language that cannot be built is left
+        // out with a warning.
+        for (name, language) in [
+            ("javascript", Language::JavaScript),
+            ("python", Language::Python),
+        ] {
+            match build_examples(language) {
+                Ok(dir) => builds.push((name.into(), PathBuf::from(dir))),
+                Err(error) => eprintln!("leaving out the {name} build: {error}"),
+            }
+        }
+        builds
     }
     #[cfg(not(feature = "examples"))]
     {

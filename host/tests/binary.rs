@@ -220,7 +220,7 @@ fn sigterm_does_not_wait_for_a_background_compile() {
     let plugins = dir.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
     std::fs::copy(
-        kiln_plugin_artifacts::BANK_ACCOUNT_JS,
+        kiln_plugin_artifacts::bank_account_js(),
         plugins.join("bank_account.wasm"),
     )
     .unwrap();

@@ -1,5 +1,5 @@
 """Component entry of the Python account balances: the `projection` world's
-exports. Built by sdk/python/build.py; natively, test account_balances.py."""
+exports. Built by kiln_sdk.build; natively, test account_balances.py."""
 
 from kiln_sdk.component import export_projection
 

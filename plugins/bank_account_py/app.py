@@ -1,5 +1,5 @@
 """Component entry of the Python bank account: the `aggregate` world's
-exports. Built by sdk/python/build.py; natively, test bank_account.py."""
+exports. Built by kiln_sdk.build; natively, test bank_account.py."""
 
 from kiln_sdk.component import export_aggregate
 

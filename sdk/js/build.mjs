@@ -1,26 +1,33 @@
 #!/usr/bin/env node
 // Build a JavaScript Kiln plugin into a WebAssembly component.
 //
-//   node sdk/js/build.mjs --node-modules <dir> --wit <wit dir> \
-//     --world aggregate|projection|saga --entry <entry.js> --out <file.wasm>
+//   kiln-js-build --world aggregate|projection|saga --entry <entry.js> --out <file.wasm> \
+//     [--wit <wit dir>] [--node-modules <dir>] [--quiet]
 //
-// --node-modules  the node_modules directory of `npm ci` run on this SDK's
-//                 package.json and package-lock.json (it need not be next to
-//                 this script)
-// --wit           the WIT directory (package kiln:plugin); bindings are
-//                 generated from it at build time
+// (`kiln-js-build` is this file, the `bin` of the kiln-sdk package; in this
+// repository also `node sdk/js/build.mjs ...`.)
+//
 // --world         the world the plugin implements
 // --entry         the plugin's component entry module, e.g. src/plugin.js
 // --out           where to write the component (written to a temporary file
 //                 beside it, then renamed)
+// --wit           the WIT directory (package kiln:plugin); bindings are
+//                 generated from it at build time. Default: the `wit/` of the
+//                 Kiln checkout this SDK sits in (../../wit from this file).
+// --node-modules  a node_modules directory holding componentize-js (this
+//                 SDK's dependencies). Default: the nearest node_modules
+//                 holding it, looking up from the current directory, then
+//                 from this file.
 // --quiet         print nothing on success
 //
 // The entry and the modules it imports are copied into a fresh staging
 // directory (keeping their layout relative to the deepest directory that
-// contains them all), and componentize-js builds from there, so relative
-// imports may reach anywhere on disk (e.g. into sdk/js/src) and nothing else
-// is visible to the build. Only relative imports and the world's WIT
-// interfaces may be imported; `kiln:plugin/log` is rewritten to the WIT
+// contains them all), and componentize-js builds from there, so imports may
+// reach anywhere on disk and nothing else is visible to the build. A module
+// may import relative modules ("./x.js"), packages by name ("kiln-sdk",
+// "kiln-sdk/aggregate", resolved like Node does, from node_modules, through
+// the package's `exports`; rewritten to relative paths in the staged copy)
+// and the world's WIT interfaces; `kiln:plugin/log` is rewritten to the WIT
 // package's version (`kiln:plugin/log@0.1.0`). Every WASI feature of the
 // JavaScript engine is disabled, so the component imports nothing but the
 // world's own interfaces; the build checks that when jco is available.
@@ -37,8 +44,9 @@ import { createHash } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { createRequire } from 'node:module';
 import { basename, dirname, join, relative, resolve, sep } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const WORLDS = ['aggregate', 'projection', 'saga'];
 const WASI_FEATURES = ['stdio', 'random', 'clocks', 'http', 'fetch-event'];
@@ -49,8 +57,8 @@ class UsageError extends Error {}
 
 function usage() {
   return (
-    'usage: node build.mjs --node-modules <dir> --wit <wit dir> ' +
-    '--world aggregate|projection|saga --entry <entry.js> --out <file.wasm> [--quiet]'
+    'usage: kiln-js-build --world aggregate|projection|saga --entry <entry.js> --out <file.wasm> ' +
+    '[--wit <wit dir>] [--node-modules <dir>] [--quiet]'
   );
 }
 
@@ -82,6 +90,8 @@ function parseArgs(argv) {
     }
     options[name] = value;
   }
+  options.wit ??= defaultWit();
+  options.nodeModules ??= defaultNodeModules();
   for (const [flag, name] of Object.entries(names)) {
     if (!options[name]) throw new UsageError(`missing ${flag}`);
   }
@@ -90,6 +100,30 @@ function parseArgs(argv) {
   }
   for (const name of ['nodeModules', 'wit', 'entry', 'out']) options[name] = resolve(options[name]);
   return options;
+}
+
+/** This file's directory (its real path, also when run through a link). */
+const SDK_DIR = dirname(fileURLToPath(import.meta.url));
+
+/** The `wit/` of the Kiln checkout this SDK sits in, if there is one. */
+function defaultWit() {
+  const wit = resolve(SDK_DIR, '..', '..', 'wit');
+  return existsSync(wit) ? wit : undefined;
+}
+
+/**
+ * The nearest node_modules holding componentize-js, looking up from the
+ * current directory, then from this file.
+ */
+function defaultNodeModules() {
+  for (const start of [process.cwd(), SDK_DIR]) {
+    for (let dir = resolve(start); ; dir = dirname(dir)) {
+      const candidate = join(dir, 'node_modules');
+      if (existsSync(join(candidate, '@bytecodealliance', 'componentize-js', 'package.json'))) return candidate;
+      if (dirname(dir) === dir) break;
+    }
+  }
+  return undefined;
 }
 
 /** The ES module entry point of package `name` in `nodeModules`. */
@@ -102,7 +136,7 @@ async function packageEntry(nodeModules, name) {
   } catch (error) {
     throw new BuildError(
       `cannot load ${name} from ${nodeModules} (${error.code ?? error.message}); ` +
-        'run `npm ci` on sdk/js/package.json and package-lock.json and pass its node_modules',
+        'run `npm install` where the plugin\'s package.json depends on kiln-sdk, or pass --node-modules',
     );
   }
   const exported = manifest.exports?.['.'] ?? manifest.exports;
@@ -176,14 +210,37 @@ async function collectModules(entry, lexer, pkg) {
         }
         continue;
       }
-      throw new BuildError(
-        `${file}: cannot import ${JSON.stringify(specifier)}: a component may import only relative modules ` +
-          `("./x.js") and the world's WIT interfaces ("${pkg.name}/log")`,
-      );
+      const target = resolvePackage(file, specifier);
+      pending.push(target);
+      let path = relative(dirname(file), target).split(sep).join('/');
+      if (!path.startsWith('.')) path = `./${path}`;
+      rewrites.push({ start: imp.s, end: imp.e, text: path });
     }
     modules.set(file, { source, rewrites });
   }
   return modules;
+}
+
+/**
+ * The file a package import (`kiln-sdk`, `kiln-sdk/testing`) names, resolved
+ * from `file` as Node resolves it (node_modules, the package's `exports`),
+ * with links followed.
+ */
+function resolvePackage(file, specifier) {
+  let target;
+  try {
+    target = createRequire(file).resolve(specifier);
+  } catch (error) {
+    throw new BuildError(
+      `${file}: cannot resolve import ${JSON.stringify(specifier)} (${error.code ?? error.message}); ` +
+        'a component may import relative modules ("./x.js"), installed packages ("kiln-sdk") ' +
+        'and the world\'s WIT interfaces ("kiln:plugin/log")',
+    );
+  }
+  if (!target.endsWith('.js') && !target.endsWith('.mjs')) {
+    throw new BuildError(`${file}: import ${JSON.stringify(specifier)} resolves to ${target}, not an ES module`);
+  }
+  return target;
 }
 
 /** The deepest directory containing every path. */

@@ -21,8 +21,8 @@ impl Build {
     pub fn component(self) -> &'static str {
         match self {
             Build::Rust => artifacts::BANK_ACCOUNT,
-            Build::JavaScript => artifacts::BANK_ACCOUNT_JS,
-            Build::Python => artifacts::BANK_ACCOUNT_PY,
+            Build::JavaScript => artifacts::bank_account_js(),
+            Build::Python => artifacts::bank_account_py(),
         }
     }
 

@@ -15,4 +15,5 @@ mod projections;
 mod sagas;
 mod sandbox;
 mod streams;
+mod templates;
 mod workflow;

@@ -56,12 +56,13 @@ async fn an_exception_fails_only_its_command(fixture: &str, expected: &str) {
 
 #[tokio::test]
 pub async fn a_javascript_plugin_that_throws_fails_only_its_command() {
-    an_exception_fails_only_its_command(artifacts::FIXTURE_THROW_JS, "boom from javascript").await;
+    an_exception_fails_only_its_command(artifacts::fixture_throw_js(), "boom from javascript")
+        .await;
 }
 
 #[tokio::test]
 pub async fn a_python_plugin_that_raises_fails_only_its_command() {
-    an_exception_fails_only_its_command(artifacts::FIXTURE_RAISE_PY, "boom from python").await;
+    an_exception_fails_only_its_command(artifacts::fixture_raise_py(), "boom from python").await;
 }
 
 /// Every row of a projection, by key.
@@ -112,7 +113,7 @@ async fn the_python_projection_gives_the_same_rows_as_the_rust_one() {
     let mut h = TestHost::start_polyglot(&[
         (artifacts::BANK_ACCOUNT, "bank_account"),
         (artifacts::ACCOUNT_BALANCES, "account_balances"),
-        (artifacts::ACCOUNT_BALANCES_PY, "account_balances_py"),
+        (artifacts::account_balances_py(), "account_balances_py"),
     ])
     .await;
     // Opens, deposits, withdrawals, a rejected withdrawal (no event), closes.
@@ -177,12 +178,15 @@ async fn the_python_projection_gives_the_same_rows_as_the_rust_one() {
 /// version keeps serving commands.
 #[tokio::test]
 async fn large_components_compile_in_the_background_while_the_host_serves() {
+    // Built (if need be) before the host starts, so that the build does not
+    // run inside the time the test watches.
+    let bank_account_py = artifacts::bank_account_py();
     // A compile cache of its own, so that both compiles really happen.
     let mut h = TestHost::start_with_plugins(
         &[
             (artifacts::BANK_ACCOUNT, "bank_account"),
-            (artifacts::BANK_ACCOUNT_JS, "bank_js"),
-            (artifacts::FIXTURE_RAISE_PY, "raiser"),
+            (artifacts::bank_account_js(), "bank_js"),
+            (artifacts::fixture_raise_py(), "raiser"),
         ],
         |_| {},
     )
@@ -226,7 +230,7 @@ async fn large_components_compile_in_the_background_while_the_host_serves() {
         .wait_for_plugin("bank_account", Duration::from_secs(5))
         .await["hash"]
         .clone();
-    let bytes = std::fs::read(artifacts::BANK_ACCOUNT_PY).expect("component");
+    let bytes = std::fs::read(bank_account_py).expect("component");
     let upload = h
         .client
         .put(h.url("/plugins/bank_account"))
@@ -274,12 +278,10 @@ async fn large_components_compile_in_the_background_while_the_host_serves() {
     h.stop().await;
 }
 
-/// Run a command of a language's toolchain from the repository root; fail
-/// with its output when it fails.
-fn run_native(mut command: Command, what: &str) {
-    command
-        .current_dir(workspace())
-        .env("PYTHONDONTWRITEBYTECODE", "1");
+/// Run a command of a language's toolchain in `dir`; fail with its output
+/// when it fails.
+fn run_native(mut command: Command, dir: &Path, what: &str) {
+    command.current_dir(dir).env("PYTHONDONTWRITEBYTECODE", "1");
     let output = command
         .output()
         .unwrap_or_else(|e| panic!("{what}: cannot run {command:?}: {e}"));
@@ -292,25 +294,46 @@ fn run_native(mut command: Command, what: &str) {
     );
 }
 
-/// The JavaScript SDK's and plugins' own tests, with node's test runner.
+/// The plugins of `plugins/` in `language`, from their manifests.
+fn plugins_of(language: artifacts::polyglot::Language) -> Vec<&'static Path> {
+    let dirs: Vec<&'static Path> = artifacts::POLYGLOT_PLUGINS
+        .iter()
+        .filter(|plugin| plugin.language == language)
+        .map(|plugin| Path::new(plugin.dir))
+        .collect();
+    assert!(!dirs.is_empty(), "no {language} plugin found");
+    dirs
+}
+
+/// The JavaScript SDK's and plugins' own tests, with node's test runner,
+/// each in its own folder as its author runs them (`npm test`). A plugin
+/// imports the SDK by its name, through `node_modules/kiln-sdk`.
 #[test]
 fn javascript_native_tests_pass() {
     let mut node = Command::new("node");
-    node.args([
-        "--test",
-        "sdk/js/test/",
-        "plugins/bank_account_js/test/",
-        "plugins/fixtures/fixture_throw_js/test/",
-    ]);
-    run_native(node, "node --test");
+    node.args(["--test", "test/"]);
+    run_native(node, &workspace().join("sdk/js"), "node --test (sdk/js)");
+    for dir in plugins_of(artifacts::polyglot::Language::JavaScript) {
+        artifacts::polyglot::link_js_sdk(dir).expect("link the SDK");
+        let mut node = Command::new("node");
+        node.args(["--test", "test/"]);
+        run_native(node, dir, &format!("node --test ({})", dir.display()));
+    }
 }
 
-/// The Python SDK's and plugins' own tests, with pytest from the build's
-/// virtualenv.
+/// The Python SDK's and plugins' own tests, with pytest from the
+/// toolchain's virtualenv, each in its own folder with its own
+/// `pyproject.toml`; the SDK on `PYTHONPATH` stands in for an editable
+/// install (`pip install -e sdk/python`).
 #[test]
 fn python_native_tests_pass() {
-    let mut pytest = Command::new(artifacts::PYTHON);
-    // The test paths are in the ini file.
-    pytest.args(["-m", "pytest", "-q", "-c", "sdk/python/pytest.ini"]);
-    run_native(pytest, "pytest");
+    let python = artifacts::polyglot::python().expect("the Python toolchain");
+    let sdk = workspace().join("sdk/python");
+    let mut dirs = vec![sdk.as_path()];
+    dirs.extend(plugins_of(artifacts::polyglot::Language::Python));
+    for dir in dirs {
+        let mut pytest = Command::new(python);
+        pytest.args(["-m", "pytest", "-q"]).env("PYTHONPATH", &sdk);
+        run_native(pytest, dir, &format!("pytest ({})", dir.display()));
+    }
 }

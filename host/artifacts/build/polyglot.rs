@@ -1,347 +1,191 @@
-//! Builds the JavaScript and Python plugins of `plugins/` into components,
-//! with the SDKs' own build commands (`sdk/js/build.mjs`,
-//! `sdk/python/build.py`).
+//! The JavaScript and Python plugins of `plugins/` and `plugins/fixtures/`,
+//! found by their own manifests (the build script only lists them; the
+//! library builds them on demand, see `src/polyglot.rs`).
 //!
-//! The toolchains are installed under the target directory, never in the
-//! repository: `npm ci` of `sdk/js/package-lock.json` into
-//! `<target>/polyglot/js/node_modules` (npm's cache in
-//! `<target>/polyglot/npm-cache`), and a virtualenv with
-//! `sdk/python/requirements.txt` in `<target>/polyglot/venv` (pip's cache in
-//! `<target>/polyglot/pip-cache`). Each install runs again only when its
-//! lock file changes; each component is rebuilt only when one of its inputs
-//! (its sources, the SDK, the WIT, the installed versions) changes: the
-//! inputs' hash is kept beside the component in `<file>.inputs`.
+//! A JavaScript plugin's `package.json`:
+//!
+//! ```json
+//! "kiln": { "kind": "example", "world": "aggregate", "entry": "src/plugin.js", "plugin": "bank_account" }
+//! ```
+//!
+//! A Python plugin's `pyproject.toml`:
+//!
+//! ```toml
+//! [tool.kiln]
+//! kind = "example"
+//! world = "aggregate"
+//! app = "app"              # the entry module
+//! plugin = "bank_account"
+//! ```
+//!
+//! `plugin` (the component's file stem, the name the host uses) defaults
+//! to the directory's name. The directory's name is the plugin's
+//! identifier in the generated code (`bank_account_js()`,
+//! `foreach_fixture!`), so it must be unique and a Rust identifier.
 
-use std::collections::hash_map::DefaultHasher;
 use std::fs;
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::thread;
+use std::path::Path;
 
-/// The language a plugin is written in.
-#[derive(Clone, Copy, PartialEq, Eq)]
+use crate::members::Kind;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Language {
     JavaScript,
     Python,
 }
 
-/// A plugin written in JavaScript or Python.
+impl Language {
+    /// The variant's name in the library's `polyglot::Language`.
+    pub fn variant(self) -> &'static str {
+        match self {
+            Language::JavaScript => "JavaScript",
+            Language::Python => "Python",
+        }
+    }
+
+    /// Where its examples go, under `<target>/plugins`.
+    pub fn examples_dir(self) -> &'static str {
+        match self {
+            Language::JavaScript => "javascript",
+            Language::Python => "python",
+        }
+    }
+}
+
+#[derive(Debug)]
 pub struct PolyglotPlugin {
-    /// The constant naming the component in the generated code.
-    pub constant: &'static str,
-    /// The component's file stem: the plugin name the host uses.
-    pub file_stem: &'static str,
+    /// The directory's name.
+    pub id: String,
     pub language: Language,
-    /// The WIT world it implements.
-    pub world: &'static str,
-    /// Its directory, relative to the workspace root.
-    pub dir: &'static str,
-    /// JavaScript: the entry module, relative to `dir`. Python: the module
-    /// name of the entry, found in `dir`.
-    pub entry: &'static str,
-    /// Where the component goes, relative to `<target>/plugins`.
-    pub dest_dir: &'static str,
-    /// A fixture (listed by `foreach_fixture!`) rather than an example.
-    pub fixture: bool,
+    pub kind: Kind,
+    pub world: String,
+    /// Relative to the workspace root.
+    pub dir: String,
+    /// JavaScript: the entry module, relative to `dir`. Python: the entry
+    /// module's name.
+    pub entry: String,
+    /// The component's file stem.
+    pub plugin: String,
 }
 
-/// Every JavaScript and Python plugin to build.
-pub const POLYGLOT_PLUGINS: &[PolyglotPlugin] = &[
-    PolyglotPlugin {
-        constant: "BANK_ACCOUNT_JS",
-        file_stem: "bank_account",
-        language: Language::JavaScript,
-        world: "aggregate",
-        dir: "plugins/bank_account_js",
-        entry: "src/plugin.js",
-        dest_dir: "javascript",
-        fixture: false,
-    },
-    PolyglotPlugin {
-        constant: "BANK_ACCOUNT_PY",
-        file_stem: "bank_account",
-        language: Language::Python,
-        world: "aggregate",
-        dir: "plugins/bank_account_py",
-        entry: "app",
-        dest_dir: "python",
-        fixture: false,
-    },
-    PolyglotPlugin {
-        constant: "ACCOUNT_BALANCES_PY",
-        file_stem: "account_balances",
-        language: Language::Python,
-        world: "projection",
-        dir: "plugins/account_balances_py",
-        entry: "app",
-        dest_dir: "python",
-        fixture: false,
-    },
-    PolyglotPlugin {
-        constant: "FIXTURE_THROW_JS",
-        file_stem: "fixture_throw_js",
-        language: Language::JavaScript,
-        world: "aggregate",
-        dir: "plugins/fixtures/fixture_throw_js",
-        entry: "src/plugin.js",
-        dest_dir: "fixtures",
-        fixture: true,
-    },
-    PolyglotPlugin {
-        constant: "FIXTURE_RAISE_PY",
-        file_stem: "fixture_raise_py",
-        language: Language::Python,
-        world: "aggregate",
-        dir: "plugins/fixtures/fixture_raise_py",
-        entry: "app",
-        dest_dir: "fixtures",
-        fixture: true,
-    },
-];
+const WORLDS: &[&str] = &["aggregate", "projection", "saga"];
 
-/// Where the toolchains live, under the target directory.
-pub struct Toolchains {
-    /// `<target>/polyglot/js/node_modules`.
-    pub node_modules: PathBuf,
-    /// The virtualenv's interpreter, `<target>/polyglot/venv/bin/python`.
-    pub python: PathBuf,
-}
-
-impl Toolchains {
-    pub fn new(target_dir: &Path) -> Self {
-        let root = target_dir.join("polyglot");
-        Self {
-            node_modules: root.join("js/node_modules"),
-            python: root.join("venv/bin/python"),
-        }
-    }
-}
-
-/// The component of `plugin`: `<target>/plugins/<dest_dir>/<file_stem>.wasm`.
-pub fn component_path(plugins_dir: &Path, plugin: &PolyglotPlugin) -> PathBuf {
-    plugins_dir
-        .join(plugin.dest_dir)
-        .join(format!("{}.wasm", plugin.file_stem))
-}
-
-/// Install both toolchains and build every plugin of
-/// [`POLYGLOT_PLUGINS`], JavaScript and Python side by side (the installs
-/// wait on the network, the builds on the CPU).
-pub fn build_all(workspace: &Path, target_dir: &Path, plugins_dir: &Path) {
-    let tools = Toolchains::new(target_dir);
-    thread::scope(|scope| {
-        let js = scope.spawn(|| {
-            install_node_modules(workspace, target_dir);
-            build_language(workspace, plugins_dir, &tools, Language::JavaScript);
-        });
-        let py = scope.spawn(|| {
-            install_python(workspace, target_dir, &tools.python);
-            build_language(workspace, plugins_dir, &tools, Language::Python);
-        });
-        for (language, handle) in [("JavaScript", js), ("Python", py)] {
-            if let Err(panic) = handle.join() {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                panic!("building the {language} plugins failed: {message}");
-            }
-        }
-    });
-}
-
-fn build_language(workspace: &Path, plugins_dir: &Path, tools: &Toolchains, language: Language) {
-    for plugin in POLYGLOT_PLUGINS.iter().filter(|p| p.language == language) {
-        let dest = component_path(plugins_dir, plugin);
-        let inputs = inputs_hash(workspace, plugin, tools);
-        let stamp = dest.with_extension("wasm.inputs");
-        if dest.is_file() && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == inputs) {
+/// Every JavaScript and Python plugin, sorted by identifier.
+pub fn plugins(workspace: &Path) -> Vec<PolyglotPlugin> {
+    let mut found = Vec::new();
+    for parent in ["plugins", "plugins/fixtures"] {
+        let Ok(entries) = fs::read_dir(workspace.join(parent)) else {
             continue;
-        }
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent)
-                .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
-        }
-        let mut command = match language {
-            Language::JavaScript => {
-                let mut command = Command::new("node");
-                command
-                    .arg(workspace.join("sdk/js/build.mjs"))
-                    .arg("--node-modules")
-                    .arg(&tools.node_modules)
-                    .arg("--entry")
-                    .arg(workspace.join(plugin.dir).join(plugin.entry));
-                command
-            }
-            Language::Python => {
-                let mut command = Command::new(&tools.python);
-                command
-                    .arg(workspace.join("sdk/python/build.py"))
-                    .arg("--app")
-                    .arg(plugin.entry)
-                    .arg("--path")
-                    .arg(workspace.join(plugin.dir));
-                command
-            }
         };
-        command
-            .current_dir(workspace)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .arg("--wit")
-            .arg(workspace.join("wit"))
-            .arg("--world")
-            .arg(plugin.world)
-            .arg("--out")
-            .arg(&dest);
-        run(&mut command, &format!("building {}", plugin.dir));
-        fs::write(&stamp, &inputs)
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", stamp.display()));
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let relative = format!("{parent}/{}", entry.file_name().to_string_lossy());
+            if let Some(plugin) = javascript(&dir, &relative) {
+                found.push(plugin);
+            }
+            if let Some(plugin) = python(&dir, &relative) {
+                found.push(plugin);
+            }
+        }
     }
-}
-
-/// `npm ci` of the JavaScript SDK's lock file, unless the installed one is
-/// from the same lock file.
-fn install_node_modules(workspace: &Path, target_dir: &Path) {
-    let root = target_dir.join("polyglot/js");
-    let sources = [
-        workspace.join("sdk/js/package.json"),
-        workspace.join("sdk/js/package-lock.json"),
-    ];
-    let wanted = hash_files(&sources);
-    let stamp = root.join(".installed");
-    if root.join("node_modules").is_dir()
-        && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == wanted)
-    {
-        return;
-    }
-    fs::create_dir_all(&root).unwrap_or_else(|e| panic!("cannot create {}: {e}", root.display()));
-    for source in &sources {
-        let name = source.file_name().expect("a file name");
-        fs::copy(source, root.join(name))
-            .unwrap_or_else(|e| panic!("cannot copy {}: {e}", source.display()));
-    }
-    let mut command = Command::new("npm");
-    command
-        .current_dir(&root)
-        .args([
-            "ci",
-            "--no-audit",
-            "--no-fund",
-            "--loglevel=error",
-            "--cache",
-        ])
-        .arg(target_dir.join("polyglot/npm-cache"));
-    run(
-        &mut command,
-        "installing the JavaScript toolchain (npm ci of sdk/js/package-lock.json)",
-    );
-    fs::write(&stamp, &wanted).unwrap_or_else(|e| panic!("cannot write {}: {e}", stamp.display()));
-}
-
-/// A virtualenv with `sdk/python/requirements.txt`, unless the installed
-/// one is from the same file.
-fn install_python(workspace: &Path, target_dir: &Path, python: &Path) {
-    let venv = target_dir.join("polyglot/venv");
-    let requirements = workspace.join("sdk/python/requirements.txt");
-    let wanted = hash_files(std::slice::from_ref(&requirements));
-    let stamp = venv.join(".installed");
-    if python.is_file() && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == wanted) {
-        return;
-    }
-    if !python.is_file() {
-        let mut command = Command::new("python3");
-        command.args(["-m", "venv"]).arg(&venv);
-        run(
-            &mut command,
-            "creating the Python virtualenv (python3 -m venv)",
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    for pair in found.windows(2) {
+        assert!(
+            pair[0].id != pair[1].id,
+            "two JavaScript or Python plugins are named {}",
+            pair[0].id
         );
     }
-    let mut command = Command::new(python);
-    command
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .arg("--cache-dir")
-        .arg(target_dir.join("polyglot/pip-cache"))
-        .arg("-r")
-        .arg(&requirements);
-    run(
-        &mut command,
-        "installing the Python toolchain (pip install -r sdk/python/requirements.txt)",
-    );
-    fs::write(&stamp, &wanted).unwrap_or_else(|e| panic!("cannot write {}: {e}", stamp.display()));
+    found
 }
 
-/// What a component is built from: its own files, its language's SDK, the
-/// WIT, and the installed toolchain (by its lock file).
-fn inputs_hash(workspace: &Path, plugin: &PolyglotPlugin, tools: &Toolchains) -> String {
-    let mut files = Vec::new();
-    collect_files(&workspace.join(plugin.dir), &mut files);
-    collect_files(&workspace.join("wit"), &mut files);
-    match plugin.language {
-        Language::JavaScript => {
-            collect_files(&workspace.join("sdk/js"), &mut files);
-        }
-        Language::Python => {
-            collect_files(&workspace.join("sdk/python"), &mut files);
-        }
-    }
-    files.sort();
-    let mut hash = hash_files(&files);
-    hash.push_str(plugin.world);
-    hash.push_str(&format!("{}", tools.python.display()));
-    hash
-}
-
-/// Source files under `dir`, skipping tests' caches and installs.
-fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
+fn javascript(dir: &Path, relative: &str) -> Option<PolyglotPlugin> {
+    let manifest = dir.join("package.json");
+    let text = fs::read_to_string(&manifest).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{}: not JSON: {e}", manifest.display()));
+    let kiln = json.get("kiln")?;
+    let field = |name: &str| -> Option<String> {
+        kiln.get(name).map(|value| {
+            value
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: kiln.{name} must be a string", manifest.display()))
+                .to_string()
+        })
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') || name == "node_modules" || name == "__pycache__" {
-            continue;
-        }
-        if path.is_dir() {
-            collect_files(&path, files);
-        } else {
-            files.push(path);
-        }
-    }
+    Some(plugin(
+        relative,
+        Language::JavaScript,
+        &manifest,
+        [
+            field("kind"),
+            field("world"),
+            field("entry"),
+            field("plugin"),
+        ],
+    ))
 }
 
-/// A hash of the paths and contents of `files`, as hex. Not a content
-/// address, only a stamp compared with itself on this machine.
-fn hash_files(files: &[PathBuf]) -> String {
-    let mut hasher = DefaultHasher::new();
-    for file in files {
-        file.hash(&mut hasher);
-        fs::read(file)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()))
-            .hash(&mut hasher);
-    }
-    format!("{:016x}", hasher.finish())
+fn python(dir: &Path, relative: &str) -> Option<PolyglotPlugin> {
+    let manifest = dir.join("pyproject.toml");
+    let text = fs::read_to_string(&manifest).ok()?;
+    let toml: toml::Table =
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{}: not TOML: {e}", manifest.display()));
+    let kiln = toml.get("tool")?.get("kiln")?;
+    let field = |name: &str| -> Option<String> {
+        kiln.get(name).map(|value| {
+            value
+                .as_str()
+                .unwrap_or_else(|| {
+                    panic!("{}: tool.kiln.{name} must be a string", manifest.display())
+                })
+                .to_string()
+        })
+    };
+    Some(plugin(
+        relative,
+        Language::Python,
+        &manifest,
+        [field("kind"), field("world"), field("app"), field("plugin")],
+    ))
 }
 
-fn run(command: &mut Command, what: &str) {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {command:?}: {e}"));
-    if !output.status.success() {
-        panic!(
-            "{what} failed ({status}).\ncommand: {command:?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-            status = output.status,
-            stdout = String::from_utf8_lossy(&output.stdout),
-            stderr = String::from_utf8_lossy(&output.stderr),
-        );
+fn plugin(
+    relative: &str,
+    language: Language,
+    manifest: &Path,
+    [kind, world, entry, plugin]: [Option<String>; 4],
+) -> PolyglotPlugin {
+    let whose = manifest.display().to_string();
+    let id = relative
+        .rsplit('/')
+        .next()
+        .expect("a relative path has a last part")
+        .to_string();
+    assert!(
+        !id.is_empty()
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !id.starts_with(|c: char| c.is_ascii_digit()),
+        "{whose}: the directory's name {id:?} must be a Rust identifier"
+    );
+    let kind = Kind::parse(
+        kind.as_deref()
+            .unwrap_or_else(|| panic!("{whose}: the kiln metadata needs a kind")),
+        &whose,
+    );
+    let world = world.unwrap_or_else(|| panic!("{whose}: the kiln metadata needs a world"));
+    assert!(
+        WORLDS.contains(&world.as_str()),
+        "{whose}: the world must be one of {WORLDS:?}, not {world:?}"
+    );
+    let entry = entry.unwrap_or_else(|| panic!("{whose}: the kiln metadata needs an entry"));
+    PolyglotPlugin {
+        plugin: plugin.unwrap_or_else(|| id.clone()),
+        id,
+        language,
+        kind,
+        world,
+        dir: relative.to_string(),
+        entry,
     }
 }

@@ -1,9 +1,10 @@
-//! Paths of the example and fixture plugins, built into wasm32-wasip2
-//! components by this crate's build script.
+//! Paths of the example and fixture plugins, and the builds that make them.
 //!
-//! Building this crate runs a nested `cargo build --profile plugin --target
-//! wasm32-wasip2` of the plugin crates in `plugins/` (adding the target with
-//! rustup if needed) and copies the components to:
+//! Building this crate needs Rust only. Its build script runs a nested
+//! `cargo build --profile plugin --target wasm32-wasip2` of the Rust plugin
+//! crates (the workspace members with `[package.metadata.kiln] kind =
+//! "example"` or `"fixture"`, adding the target with rustup if needed) and
+//! copies the components to:
 //!
 //! - [`EXAMPLES_DIR`] (`<target>/plugins/`): the aggregates
 //!   `bank_account.wasm`, `workflow_execution.wasm` and `transfer.wasm`, the
@@ -16,11 +17,21 @@
 //!   accounts trap (`fixture_flaky_bank`) and a saga that compensates
 //!   several steps (`fixture_three_steps`).
 //!
+//! The JavaScript and Python plugins (`plugins/*_js`, `plugins/*_py` and
+//! their fixtures) are built by the tests that use them, on the first call
+//! of their function ([`bank_account_js`], [`bank_account_py`],
+//! [`account_balances_py`], [`fixture_throw_js`], [`fixture_raise_py`]),
+//! which installs node's or Python's toolchain under `<target>/polyglot/`
+//! the first time (see [`polyglot`]). Their examples go to [`JAVASCRIPT_DIR`]
+//! and [`PYTHON_DIR`] under their usual names, so either directory can stand
+//! in for the Rust one.
+//!
 //! `<target>` is `$CARGO_TARGET_DIR` when set, else the workspace's `target/`.
 //! The file stem of each component is the plugin name the host uses.
 //!
 //! Every fixture must have a test. A test module enforces it with
-//! [`foreach_fixture!`], which calls a macro once per fixture crate name:
+//! [`foreach_fixture!`], which calls a macro once per fixture (its crate or
+//! directory name):
 //!
 //! ```
 //! macro_rules! assert_test_exists {
@@ -48,6 +59,8 @@
 //! #     assert!(std::path::Path::new(kiln_plugin_artifacts::FIXTURE_PANIC).is_file());
 //! # }
 //! ```
+
+pub mod polyglot;
 
 include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 
@@ -195,15 +208,15 @@ mod tests {
     /// The JavaScript and Python builds, and where they sit: each language
     /// has a directory of its own holding the examples under their usual
     /// names, so `kiln serve --plugins <dir>` runs them in place of the Rust
-    /// ones.
+    /// ones. Asking for a component builds it.
     #[test]
     fn javascript_and_python_components_are_components_in_their_directories() {
         for (path, dir) in [
-            (BANK_ACCOUNT_JS, JAVASCRIPT_DIR),
-            (BANK_ACCOUNT_PY, PYTHON_DIR),
-            (ACCOUNT_BALANCES_PY, PYTHON_DIR),
-            (FIXTURE_THROW_JS, FIXTURES_DIR),
-            (FIXTURE_RAISE_PY, FIXTURES_DIR),
+            (bank_account_js(), JAVASCRIPT_DIR),
+            (bank_account_py(), PYTHON_DIR),
+            (account_balances_py(), PYTHON_DIR),
+            (fixture_throw_js(), FIXTURES_DIR),
+            (fixture_raise_py(), FIXTURES_DIR),
         ] {
             assert_eq!(Path::new(path).parent(), Some(Path::new(dir)));
             let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -213,10 +226,36 @@ mod tests {
                 "{path} is not a component"
             );
         }
-        for path in [BANK_ACCOUNT_JS, BANK_ACCOUNT_PY] {
+        for path in [bank_account_js(), bank_account_py()] {
             assert!(path.ends_with("/bank_account.wasm"), "{path}");
         }
-        assert!(Path::new(PYTHON).is_file(), "{PYTHON}");
-        assert!(Path::new(NODE_MODULES).is_dir(), "{NODE_MODULES}");
+        assert!(polyglot::python().expect("python").is_file());
+        assert!(polyglot::node_modules().expect("node_modules").is_dir());
+    }
+
+    /// The plugin lists come from the workspace: every member with kiln
+    /// metadata, every `package.json`/`pyproject.toml` with a kiln table.
+    #[test]
+    fn the_plugin_lists_are_read_from_the_workspace() {
+        let mut ids: Vec<&str> = POLYGLOT_PLUGINS.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        assert_eq!(
+            ids,
+            [
+                "account_balances_py",
+                "bank_account_js",
+                "bank_account_py",
+                "fixture_raise_py",
+                "fixture_throw_js"
+            ]
+        );
+        let fixtures: Vec<&str> = POLYGLOT_PLUGINS
+            .iter()
+            .filter(|p| p.fixture)
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(fixtures, ["fixture_raise_py", "fixture_throw_js"]);
+        // Nothing built yet is needed to know where a component goes.
+        assert!(POLYGLOT_PLUGINS[0].component_path.ends_with(".wasm"));
     }
 }

@@ -159,14 +159,12 @@ impl Aggregate for BankAccount {
                 // goes below -overdraft_limit, so an accepted one fits in i64.
                 let after = i128::from(self.balance) - i128::from(amount);
                 if after < -i128::from(self.overdraft_limit) {
-                    return Err(Failure::rejected_with_code(
-                        INSUFFICIENT_FUNDS,
-                        format!(
-                            "insufficient funds: cannot withdraw {amount} from a balance of {} \
-                             with an overdraft limit of {}",
-                            self.balance, self.overdraft_limit
-                        ),
-                    ));
+                    return Err(Failure::rejected(format!(
+                        "insufficient funds: cannot withdraw {amount} from a balance of {} \
+                         with an overdraft limit of {}",
+                        self.balance, self.overdraft_limit
+                    ))
+                    .with_code(INSUFFICIENT_FUNDS));
                 }
                 Ok(vec![Event::Withdrawn { amount }])
             }

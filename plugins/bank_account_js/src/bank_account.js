@@ -22,7 +22,7 @@
 // Numbers while they are safe integers and as BigInt beyond that, so the
 // arithmetic below is done in BigInt and stored back with `compactInt`.
 
-import { I64_MAX, I64_MIN, Invalid, Rejected, compactInt, log, s } from '../../../sdk/js/src/kiln.js';
+import { I64_MAX, I64_MIN, Invalid, Rejected, compactInt, log, s } from 'kiln-sdk';
 
 /** The machine-readable code of a withdrawal beyond the overdraft limit. */
 export const INSUFFICIENT_FUNDS = 'insufficient_funds';
@@ -95,9 +95,9 @@ export const bankAccount = {
         const after = BigInt(state.balance) - BigInt(data.amount);
         if (after < -BigInt(state.overdraft_limit)) {
           throw new Rejected(
-            INSUFFICIENT_FUNDS,
             `insufficient funds: cannot withdraw ${data.amount} from a balance of ${state.balance} ` +
               `with an overdraft limit of ${state.overdraft_limit}`,
+            INSUFFICIENT_FUNDS,
           );
         }
         return [{ type: 'Withdrawn', data: { amount: data.amount } }];

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { aggregateTest } from '../../../sdk/js/src/testing.js';
+import { aggregateTest } from 'kiln-sdk/testing';
 import { INSUFFICIENT_FUNDS, bankAccount } from '../src/bank_account.js';
 
 const I64_MAX = 9223372036854775807n;

@@ -325,7 +325,7 @@ mod tests {
     }
 
     fn refunding() -> SagaTest<TransferSaga> {
-        withdrawn().when_rejected("", "account is not open (status: closed)")
+        withdrawn().when_rejected("account is not open (status: closed)", None)
     }
 
     fn withdraw_from_a() -> Expected {
@@ -414,9 +414,9 @@ mod tests {
     fn a_refused_withdrawal_fails_the_transfer_with_its_message() {
         requested()
             .when_rejected(
-                "insufficient_funds",
                 "insufficient funds: cannot withdraw 10 from a balance of 0 with an overdraft \
                  limit of 0",
+                Some("insufficient_funds"),
             )
             .then_expect_commands(vec![fail(
                 "insufficient funds: cannot withdraw 10 from a balance of 0 with an overdraft \
@@ -457,7 +457,7 @@ mod tests {
     #[test]
     fn a_refused_refund_fails_the_transfer_saying_so() {
         refunding()
-            .when_rejected("", "account is not open (status: closed)")
+            .when_rejected("account is not open (status: closed)", None)
             .then_expect_commands(vec![fail(
                 "deposit to b rejected: account is not open (status: closed); the refund to a \
                  failed: account is not open (status: closed)",
@@ -470,12 +470,12 @@ mod tests {
     fn a_refused_complete_or_fail_ends_the_instance() {
         withdrawn()
             .when_applied(vec![Event::Deposited { amount: 10 }])
-            .when_rejected("", "transfer is not requested (status: failed)")
+            .when_rejected("transfer is not requested (status: failed)", None)
             .then_expect_no_commands()
             .then_expect_done();
         requested()
-            .when_rejected("", "no")
-            .when_rejected("", "transfer is not requested (status: completed)")
+            .when_rejected("no", None)
+            .when_rejected("transfer is not requested (status: completed)", None)
             .then_expect_no_commands()
             .then_expect_done();
     }

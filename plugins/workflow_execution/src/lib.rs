@@ -154,13 +154,11 @@ impl Aggregate for WorkflowExecution {
             (S::Interrupted, C::Retry {}) => Event::Retried {},
             (S::Paused, C::Cancel {}) => Event::Cancelled {},
             (status, command) => {
-                return Err(Failure::rejected_with_code(
-                    "illegal_transition",
-                    format!(
-                        "cannot {} a workflow execution in status {status}",
-                        command.name()
-                    ),
-                ));
+                return Err(Failure::rejected(format!(
+                    "cannot {} a workflow execution in status {status}",
+                    command.name()
+                ))
+                .with_code("illegal_transition"));
             }
         };
         Ok(vec![event])

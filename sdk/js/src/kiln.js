@@ -50,16 +50,18 @@ const FAILURE = Symbol.for('kiln.sdk.failure');
  * A business rule refused the command: the host answers HTTP 422
  * `rejected` with `message`, shown to the client as is.
  *
- * `new Rejected(message)` or `new Rejected(code, message)`, where `code` is
- * a machine-readable reason such as `"insufficient_funds"`.
+ * `new Rejected(message)` or `new Rejected(message, code)`, where `code` is
+ * a machine-readable reason such as `"insufficient_funds"`: the message
+ * first, then the optional code, as in every SDK (Python
+ * `Rejected(message, code=...)`, Rust
+ * `Failure::rejected(message).with_code(code)`).
  */
 export class Rejected extends Error {
-  constructor(codeOrMessage, message) {
-    const withCode = message !== undefined;
-    super(String(withCode ? message : codeOrMessage));
+  constructor(message, code = null) {
+    super(String(message));
     this.name = 'Rejected';
     /** @type {string | null} */
-    this.code = withCode && codeOrMessage != null ? String(codeOrMessage) : null;
+    this.code = code == null ? null : String(code);
     this[FAILURE] = 'rejected';
   }
 }

@@ -21,7 +21,7 @@ const counter = {
     switch (command.type) {
       case 'Increment':
         if (command.data.by === 0) throw new Invalid('`by` must be positive');
-        if (state.value + command.data.by > 10) throw new Rejected('limit', 'the counter cannot exceed 10');
+        if (state.value + command.data.by > 10) throw new Rejected('the counter cannot exceed 10', 'limit');
         return [{ type: 'Incremented', data: { by: command.data.by } }];
       case 'Reset':
         if (state.value === 0) throw new Rejected('already zero');

@@ -21,7 +21,10 @@ class Rejected(Exception):
     """A business rule refused the command (HTTP 422 ``rejected``).
 
     ``message`` is shown to the client as is; ``code`` (e.g.
-    ``insufficient_funds``) lets a client react without parsing it.
+    ``insufficient_funds``) lets a client react without parsing it. The
+    message first, then the optional code, as in every SDK (JavaScript
+    ``new Rejected(message, code)``, Rust
+    ``Failure::rejected(message).with_code(code)``).
     """
 
     def __init__(self, message: str, code: Optional[str] = None) -> None:

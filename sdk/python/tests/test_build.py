@@ -6,7 +6,7 @@ from types import ModuleType
 
 import pytest
 
-BUILD_PY = Path(__file__).resolve().parents[1] / "build.py"
+BUILD_PY = Path(__file__).resolve().parents[1] / "kiln_sdk" / "build.py"
 WIT = Path(__file__).resolve().parents[3] / "wit"
 
 

@@ -86,7 +86,12 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// A business rule refused the command, without a machine-readable code.
+    /// A business rule refused the command. Add a machine-readable code
+    /// with [`Failure::with_code`]:
+    /// `Failure::rejected("insufficient funds").with_code("insufficient_funds")`
+    /// (the order of every SDK: the message, then the code —
+    /// `new Rejected(message, code)` in JavaScript,
+    /// `Rejected(message, code=...)` in Python).
     pub fn rejected(message: impl Into<String>) -> Self {
         Self::Rejected {
             code: None,
@@ -94,12 +99,17 @@ impl Failure {
         }
     }
 
-    /// A business rule refused the command; `code` (e.g.
-    /// `insufficient_funds`) lets a client react without parsing `message`.
-    pub fn rejected_with_code(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Rejected {
-            code: Some(code.into()),
-            message: message.into(),
+    /// This rejection with `code` (e.g. `insufficient_funds`), which lets a
+    /// client react without parsing the message. Only a rejection carries a
+    /// code: an [`Failure::Invalid`] is returned unchanged.
+    #[must_use]
+    pub fn with_code(self, code: impl Into<String>) -> Self {
+        match self {
+            Self::Rejected { message, .. } => Self::Rejected {
+                code: Some(code.into()),
+                message,
+            },
+            invalid @ Self::Invalid(_) => invalid,
         }
     }
 

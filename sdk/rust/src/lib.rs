@@ -76,7 +76,7 @@
 //!         match command {
 //!             Command::Increment { by: 0 } => Err(Failure::invalid("`by` must be positive")),
 //!             Command::Increment { by } if self.value.saturating_add(by) > 10 => {
-//!                 Err(Failure::rejected_with_code("limit", "the counter cannot exceed 10"))
+//!                 Err(Failure::rejected("the counter cannot exceed 10").with_code("limit"))
 //!             }
 //!             Command::Increment { by } => Ok(vec![Event::Incremented { by }]),
 //!             Command::Reset {} => Ok(vec![Event::Reset {}]),
@@ -305,7 +305,7 @@
 //!
 //! SagaTest::<Fulfilment>::new("fulfilment")
 //!     .given_event("order-8", &placed)
-//!     .when_rejected("out_of_stock", "only 1 tea left")
+//!     .when_rejected("only 1 tea left", Some("out_of_stock"))
 //!     .then_expect_commands(vec![("order", "8", "Cancel", json!({"reason": "only 1 tea left"}))])
 //!     .then_expect_done();
 //!

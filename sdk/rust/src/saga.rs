@@ -578,7 +578,7 @@ mod tests {
             "1",
             "Go",
             json!({"n": 4}),
-            Failure::rejected_with_code("busy", "try later"),
+            Failure::rejected("try later").with_code("busy"),
         );
         assert_eq!(failed.command::<Command>(), Ok(Command::Go { n: 4 }));
         assert_eq!(failed.code(), Some("busy"));

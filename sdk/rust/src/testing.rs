@@ -362,7 +362,7 @@ mod tests {
             match command {
                 Command::Add { n: 0 } => Err(Failure::invalid("n must be positive")),
                 Command::Add { n } if self.count + n > 3 => {
-                    Err(Failure::rejected_with_code("too_many", "at most 3"))
+                    Err(Failure::rejected("at most 3").with_code("too_many"))
                 }
                 Command::Add { n } => Ok(vec![Event::Added { n }]),
                 Command::Noop => Ok(vec![]),

@@ -247,13 +247,17 @@ impl<S: Saga> SagaTest<S> {
         self.apply_next(events)
     }
 
-    /// The next command of the instance was rejected with `code` and
-    /// `message`: `on_failure` runs.
+    /// The next command of the instance was rejected with `message` and,
+    /// if given, `code`: `on_failure` runs.
     ///
     /// # Panics
     /// When the instance has no pending command.
-    pub fn when_rejected(self, code: &str, message: &str) -> Self {
-        self.when_failed(Failure::rejected_with_code(code, message))
+    pub fn when_rejected(self, message: &str, code: Option<&str>) -> Self {
+        let failure = Failure::rejected(message);
+        self.when_failed(match code {
+            Some(code) => failure.with_code(code),
+            None => failure,
+        })
     }
 
     /// The next command of the instance failed with `failure`: `on_failure`
@@ -966,7 +970,7 @@ mod tests {
             .given_event("trip-t1", booked(3))
             .when_applied(vec![Event::Reserved {}])
             .at(7_000)
-            .when_rejected("full", "no room on night 2")
+            .when_rejected("no room on night 2", Some("full"))
             .then_expect_instance("t1")
             .then_expect_cancel_pending()
             .then_expect_compensating()
@@ -1197,7 +1201,7 @@ mod tests {
                 Box::new(|| {
                     drop(
                         started()
-                            .when_rejected("x", "y")
+                            .when_rejected("y", Some("x"))
                             .then_expect_not_compensating(),
                     );
                 }),

@@ -1,13 +1,15 @@
 """Build a Python Kiln plugin into a WebAssembly component.
 
-    <venv>/bin/python sdk/python/build.py --wit wit --world aggregate \\
-        --app app --path plugins/bank_account_py --out target/plugins/bank_account_py.wasm
+    python -m kiln_sdk.build --world aggregate --app app --path . --out my_plugin.wasm \\
+        [--wit <kiln>/wit]
 
-Run it with the Python of the venv that has the pinned componentize-py
-(``sdk/python/requirements.txt``): componentize-py is run from that same
+Run it with a Python that has componentize-py (the SDK's ``build`` extra,
+``pip install -e '<kiln>/sdk/python[build]'``, or the pinned
+``sdk/python/requirements.txt``): componentize-py is run from that same
 interpreter. The component is built with ``--stub-wasi`` (it imports only the
 world's ``kiln:plugin`` interfaces, no WASI) and with bindings generated from
-``--wit`` at build time.
+``--wit`` at build time; ``--wit`` defaults to the ``wit/`` of the Kiln
+checkout this SDK sits in.
 
 What it does:
 
@@ -42,7 +44,10 @@ import time
 from pathlib import Path
 from typing import Iterable, List, Sequence, Tuple
 
-SDK_DIR = Path(__file__).resolve().parent
+# The directory holding the ``kiln_sdk`` package (sdk/python in a checkout).
+SDK_DIR = Path(__file__).resolve().parent.parent
+# The Kiln checkout's WIT, the default of --wit.
+DEFAULT_WIT = SDK_DIR.parent.parent / "wit"
 SDK_PACKAGE = "kiln_sdk"
 # Module names the generated bindings take; an app module must not shadow them.
 RESERVED_MODULES = {"wit_world", "componentize_py_types", "componentize_py_runtime", "poll_loop"}
@@ -91,7 +96,11 @@ def stage(paths: Sequence[Path], into: Path) -> List[Tuple[Path, List[Path]]]:
     for index, source in enumerate([*paths, SDK_DIR]):
         target = into / f"{index}-{source.name}"
         if source == SDK_DIR:
-            files = [Path(SDK_PACKAGE) / f for f in python_sources(SDK_DIR / SDK_PACKAGE)]
+            files = [
+                Path(SDK_PACKAGE) / f
+                for f in python_sources(SDK_DIR / SDK_PACKAGE)
+                if f != Path("build.py")
+            ]
         else:
             files = python_sources(source)
         for relative in files:
@@ -114,7 +123,7 @@ def componentize_py_version() -> str:
     except Exception as error:  # PackageNotFoundError, or a broken install
         raise BuildError(
             f"componentize-py is not installed for {sys.executable} ({error}); run "
-            f"`{sys.executable} -m pip install -r {SDK_DIR / 'requirements.txt'}`"
+            f"`{sys.executable} -m pip install -e '{SDK_DIR}[build]'`"
         ) from None
 
 
@@ -215,10 +224,16 @@ def build(args: argparse.Namespace) -> None:
 
 def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="build.py",
+        prog="python -m kiln_sdk.build",
         description="Build a Python Kiln plugin into a WebAssembly component with componentize-py.",
     )
-    parser.add_argument("--wit", type=Path, required=True, help="the WIT directory (the repository's wit/)")
+    parser.add_argument(
+        "--wit",
+        type=Path,
+        default=DEFAULT_WIT if DEFAULT_WIT.is_dir() else None,
+        required=not DEFAULT_WIT.is_dir(),
+        help=f"the WIT directory (default: {DEFAULT_WIT})",
+    )
     parser.add_argument(
         "--world", required=True, help="the world to target: aggregate, projection or saga"
     )
