@@ -21,6 +21,7 @@ conformance! {
         idempotency_keys,
         filters_by_type_version_and_time,
         snapshots_are_keyed_by_plugin_hash,
+        the_head_moves_before_an_append_answers,
     ],
     databases: [
         concurrent_appends_are_ordered_without_gaps,
@@ -76,6 +77,25 @@ async fn append_and_read_back(store: &dyn EventStore) {
     );
     assert_eq!((version, events.len()), (2, 0));
     assert_chain_intact(store).await;
+}
+
+/// Read-your-writes for everything that follows the head watch (`/metrics`,
+/// `/readyz`, live feeds): once an append has answered, the watch shows it.
+async fn the_head_moves_before_an_append_answers(store: &dyn EventStore) {
+    let head = store.subscribe_head();
+    for n in 1..=200u64 {
+        let (_, events) = committed(
+            store
+                .append(append(
+                    &format!("head-{n}"),
+                    ExpectedVersion::NoStream,
+                    vec![event("Opened", "{}")],
+                ))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(*head.borrow(), events[0].position, "append {n}");
+    }
 }
 
 async fn expected_versions(store: &dyn EventStore) {

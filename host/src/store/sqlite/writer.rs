@@ -231,7 +231,6 @@ impl Writer {
                     "SQLite writer stopping"
                 );
             }
-            let _ = self.head_tx.send(self.tail.position);
             if let Some(done) = shutdown {
                 rx.close();
                 // Requests that raced the shutdown are refused, never dropped silently.
@@ -354,6 +353,9 @@ impl Writer {
         {
             Ok(written) => {
                 self.tail = written.tail;
+                // The head moves before anyone hears of the commit, so a
+                // client that got its answer never reads an older head.
+                let _ = self.head_tx.send(self.tail.position);
                 self.publish(&written.outcomes);
                 for job in batch.jobs {
                     job.finish(Ok(()));
