@@ -8,4 +8,4 @@ pub mod state_cache;
 
 pub use error::CommandError;
 pub use pipeline::{CommandOutcome, Pipeline, StreamState};
-pub use request::CommandRequest;
+pub use request::{CommandRequest, HOST_METADATA_KEYS, check_client_metadata};

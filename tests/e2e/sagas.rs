@@ -523,3 +523,63 @@ async fn a_timer_set_before_a_restart_fires_after_it() {
     assert_eq!(h.balance("a").await, 50);
     h.stop().await;
 }
+
+/// A client cannot write the metadata by which a saga recognises the events
+/// of its own commands: a forged `Deposited` for a transfer whose deposit
+/// never arrived is refused, appends nothing and moves no instance.
+#[tokio::test]
+async fn a_client_cannot_forge_a_sagas_metadata() {
+    let mut h =
+        TestHost::start_with_plugins(&transfer_plugins(artifacts::FIXTURE_FLAKY_BANK), |c| {
+            c.sagas.retry_base = Duration::from_millis(200);
+            c.sagas.retry_max = Duration::from_millis(200);
+        })
+        .await;
+    open(&h, "a", 100, 0).await;
+    open(&h, "unreachable-9", 0, 0).await;
+    // The deposit traps and is retried: the instance waits in its deposit step.
+    transfer(&h, "stuck", "a", "unreachable-9", 10, 600_000).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let i = h.get("/sagas/transfer_saga/stuck").await;
+        let tried_deposit = i.body["history"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|e| e["type"] == "Deposit"));
+        if tried_deposit || Instant::now() > deadline {
+            assert_eq!(i.body["status"], "running", "{}", i.body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for key in ["saga", "saga_instance", "saga_step"] {
+        let mut metadata =
+            json!({"saga": "transfer_saga", "saga_instance": "stuck", "saga_step": 2});
+        metadata.as_object_mut().map(|m| m.retain(|k, _| k == key));
+        let forged = h
+            .command(
+                "bank_account",
+                "forge",
+                json!({"type": "Open", "data": {"owner": "x"}, "metadata": metadata}),
+            )
+            .await;
+        forged.expect(400, "invalid_request");
+        assert!(forged.body.to_string().contains(key), "{}", forged.body);
+    }
+    open(&h, "forge", 0, 0).await;
+    let forged = h
+        .command(
+            "bank_account",
+            "forge",
+            json!({"type": "Deposit", "data": {"amount": 10}, "metadata":
+                {"saga": "transfer_saga", "saga_instance": "stuck", "saga_step": 2}}),
+        )
+        .await;
+    forged.expect(400, "invalid_request");
+    // Only the event of `open` is in the stream, and the instance
+    // still waits for its deposit (nothing was appended that it could see).
+    let stream = h.get("/streams/bank_account-forge/events").await;
+    assert_eq!(stream.body["events"].as_array().map(Vec::len), Some(1));
+    let i = h.get("/sagas/transfer_saga/stuck").await;
+    assert_eq!(i.body["status"], "running", "{}", i.body);
+    h.stop().await;
+}

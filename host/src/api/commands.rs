@@ -136,6 +136,7 @@ async fn run(
             ));
         }
     };
+    crate::command::check_client_metadata(&metadata)?;
     let idempotency_key = match headers.get("Idempotency-Key") {
         None => None,
         Some(v) => Some(

@@ -63,6 +63,23 @@ pub(super) fn refusal(failure: WitFailure) -> CommandError {
     }
 }
 
+/// Metadata keys only the host writes: the saga manager's marks on the
+/// commands it dispatches, by which a saga recognises the events of its own
+/// commands. A client's copy would let it move saga instances.
+pub const HOST_METADATA_KEYS: [&str; 3] = ["saga", "saga_instance", "saga_step"];
+
+/// A client's metadata may not carry the keys the host gives meaning to.
+/// (`correlation_id` and `causation_id` stay the client's to set: they
+/// join a command to a flow the client follows, and give a saga nothing.)
+pub fn check_client_metadata(fields: &Map<String, Value>) -> Result<(), CommandError> {
+    match HOST_METADATA_KEYS.iter().find(|k| fields.contains_key(**k)) {
+        Some(key) => Err(CommandError::InvalidRequest(format!(
+            "metadata key {key:?} is reserved: only the host's saga manager sets it"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Metadata of the command's events: the caller's fields plus correlation
 /// and causation ids (the caller's, or the command's own id).
 pub(super) fn event_metadata(mut fields: Map<String, Value>, command_id: &str) -> String {
@@ -108,6 +125,20 @@ pub(super) fn validate_idempotency_key(key: &str) -> Result<(), CommandError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_cannot_write_the_saga_managers_metadata() {
+        let mut fields = Map::new();
+        fields.insert("user".into(), "ann".into());
+        fields.insert("correlation_id".into(), "flow-1".into());
+        assert!(check_client_metadata(&fields).is_ok());
+        for key in HOST_METADATA_KEYS {
+            let mut forged = fields.clone();
+            forged.insert(key.into(), "transfer_saga".into());
+            let err = check_client_metadata(&forged).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
 
     #[test]
     fn event_types_are_names_without_control_characters() {
