@@ -133,18 +133,16 @@ impl Deployer {
             && current.kind != plugin.kind
         {
             return Err(LoadError::Invalid(format!(
-                "plugin {name} is {} {}; a {} cannot replace it under the same name",
-                article(current.kind),
-                current.kind.as_str(),
-                plugin.kind.as_str()
+                "plugin {name} is {}; {} cannot replace it under the same name",
+                current.kind.with_article(),
+                plugin.kind.with_article()
             ))
             .into());
         }
         if mode == DeployMode::Shadow && plugin.kind != PluginKind::Projection {
             return Err(LoadError::Invalid(format!(
-                "only a projection can be deployed as a shadow; this is {} {}",
-                article(plugin.kind),
-                plugin.kind.as_str()
+                "only a projection can be deployed as a shadow; this is {}",
+                plugin.kind.with_article()
             ))
             .into());
         }
@@ -533,12 +531,5 @@ impl Deployer {
             loaded.push(deployment.name);
         }
         Ok(loaded)
-    }
-}
-
-fn article(kind: PluginKind) -> &'static str {
-    match kind {
-        PluginKind::Aggregate => "an",
-        _ => "a",
     }
 }

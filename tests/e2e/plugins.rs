@@ -192,3 +192,25 @@ async fn readyz_is_503_without_plugins() {
     h.get("/readyz").await.expect(503, "unavailable");
     h.stop().await;
 }
+
+/// Messages name a plugin's kind with the right article ("an aggregate").
+#[tokio::test]
+async fn messages_name_kinds_in_plain_english() {
+    let mut h = TestHost::start().await;
+    let bank = std::fs::read(artifacts::BANK_ACCOUNT).unwrap();
+    let r = h.deploy("account_balances", bank).await;
+    r.expect(422, "invalid_plugin");
+    assert_eq!(
+        r.message(),
+        "plugin account_balances is a projection; an aggregate cannot replace it under the same name"
+    );
+    let r = h
+        .command("account_balances", "x", cmd("Open", json!({})))
+        .await;
+    r.expect(404, "not_found");
+    assert_eq!(
+        r.message(),
+        "plugin account_balances is a projection, not an aggregate"
+    );
+    h.stop().await;
+}

@@ -102,10 +102,10 @@ pub struct ErrorDetail {
     pub message: String,
     /// More, by code: e.g. `expected` and `actual` for
     /// `wrong_expected_version`, `limit` for `too_large`, `error_id` for
-    /// `internal`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub details: Option<Value>,
+    /// `internal`. Always present: an empty object when there is nothing
+    /// more to say.
+    #[schema(value_type = Object)]
+    pub details: Value,
 }
 
 impl IntoResponse for ApiError {
@@ -114,7 +114,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code,
                 message: self.message,
-                details: self.details,
+                details: self.details.unwrap_or_else(|| json!({})),
             },
         };
         (self.status, axum::Json(body)).into_response()
@@ -280,5 +280,22 @@ mod tests {
             let described = error.to_string();
             assert_eq!(ApiError::from(error).code, code, "{described}");
         }
+    }
+
+    /// Every error body has `details`: an empty object when there is
+    /// nothing more (a rejection without a code, for one).
+    #[tokio::test]
+    async fn every_error_body_has_details() {
+        let rejected = CommandError::Rejected {
+            code: None,
+            message: "insufficient funds".into(),
+        };
+        let response = ApiError::from(rejected).into_response();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        assert_eq!(body["error"]["details"], json!({}), "{body}");
+        assert_eq!(body["error"]["code"], "rejected");
     }
 }

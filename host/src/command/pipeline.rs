@@ -399,8 +399,8 @@ impl Pipeline {
         match self.registry.get(name) {
             Some(p) if matches!(p.code, PluginCode::Aggregate(_)) => Ok(p),
             Some(p) => Err(CommandError::NotFound(format!(
-                "plugin {name} is a {}, not an aggregate",
-                p.kind.as_str()
+                "plugin {name} is {}, not an aggregate",
+                p.kind.with_article()
             ))),
             None => Err(CommandError::NotFound(format!("unknown aggregate {name}"))),
         }

@@ -45,6 +45,15 @@ impl PluginKind {
             PluginKind::Saga => "saga",
         }
     }
+
+    /// The kind with its article, for messages: "an aggregate", "a saga".
+    pub fn with_article(self) -> &'static str {
+        match self {
+            PluginKind::Aggregate => "an aggregate",
+            PluginKind::Projection => "a projection",
+            PluginKind::Saga => "a saga",
+        }
+    }
 }
 
 const KINDS: [PluginKind; 3] = [

@@ -116,7 +116,19 @@ impl PluginState {
 
 fn tail_text(bytes: &[u8], max: usize) -> String {
     let start = bytes.len().saturating_sub(max);
-    String::from_utf8_lossy(&bytes[start..]).trim().to_string()
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    text.lines()
+        .filter(|line| !is_backtrace_hint(line))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim()
+        .to_string()
+}
+
+/// Rust's panic handler ends with advice to set `RUST_BACKTRACE`, which a
+/// sandboxed plugin cannot act on: the host leaves it out of messages.
+fn is_backtrace_hint(line: &str) -> bool {
+    line.starts_with("note: run with `RUST_BACKTRACE=")
 }
 
 impl WasiView for PluginState {
@@ -246,5 +258,13 @@ mod tests {
         let kept = state.last_error_log().unwrap();
         assert!(kept.starts_with('é') && kept.ends_with('…'));
         assert!(kept.len() <= LAST_ERROR_LOG_BYTES_MAX + '…'.len_utf8());
+    }
+
+    #[test]
+    fn messages_leave_out_advice_a_plugin_cannot_follow() {
+        let stderr = "thread '<unnamed>' panicked at src/lib.rs:9:5:\nboom\n\
+                      note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        let tail = tail_text(stderr.as_bytes(), 2048);
+        assert_eq!(tail, "thread '<unnamed>' panicked at src/lib.rs:9:5:\nboom");
     }
 }
