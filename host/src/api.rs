@@ -10,8 +10,10 @@ pub mod json;
 pub mod live;
 pub mod openapi;
 pub mod ops;
+pub mod plain_errors;
 pub mod plugins;
 pub mod projections;
+pub mod query_params;
 pub mod sagas;
 pub mod streams;
 
@@ -19,6 +21,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -95,9 +98,13 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 pub fn app(state: Arc<AppState>) -> Router {
     let (router, _) = routes().split_for_parts();
     router
+        // Every route refuses the query parameters its operation does not list.
+        .route_layer(middleware::from_fn(query_params::refuse_unknown))
         .fallback(ops::not_found)
         // Bodies are read with our own limit so that the 413 has our shape.
         .layer(DefaultBodyLimit::disable())
+        // What axum answers by itself (405, extractor rejections) in our shape.
+        .layer(middleware::from_fn(plain_errors::json_bodies))
         .with_state(state)
 }
 
