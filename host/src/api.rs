@@ -97,15 +97,19 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 /// The router, separate from serving it, so tests can call it directly.
 pub fn app(state: Arc<AppState>) -> Router {
     let (router, _) = routes().split_for_parts();
-    router
+    let api = router
         // Every route refuses the query parameters its operation does not list.
         .route_layer(middleware::from_fn(query_params::refuse_unknown))
         .fallback(ops::not_found)
         // Bodies are read with our own limit so that the 413 has our shape.
         .layer(DefaultBodyLimit::disable())
-        // What axum answers by itself (405, extractor rejections) in our shape.
+        .with_state(state);
+    // What axum answers by itself (405, extractor rejections) in our shape.
+    // Around the whole router, so that it sees a 405 with its `Allow`
+    // header, which the router adds last.
+    Router::new()
+        .fallback_service(api)
         .layer(middleware::from_fn(plain_errors::json_bodies))
-        .with_state(state)
 }
 
 #[cfg(test)]

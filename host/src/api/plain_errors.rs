@@ -67,13 +67,24 @@ fn api_error(
     text: String,
 ) -> ApiError {
     let path = uri.path();
-    let or = |default: String| if text.is_empty() { default } else { text.clone() };
+    let or = |default: String| {
+        if text.is_empty() {
+            default
+        } else {
+            text.clone()
+        }
+    };
     match status {
         StatusCode::METHOD_NOT_ALLOWED => {
             let allowed: Vec<&str> = headers
                 .get(header::ALLOW)
                 .and_then(|v| v.to_str().ok())
-                .map(|v| v.split(',').map(str::trim).filter(|m| !m.is_empty()).collect())
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|m| !m.is_empty())
+                        .collect()
+                })
                 .unwrap_or_default();
             ApiError::new(
                 status,
@@ -86,13 +97,19 @@ fn api_error(
             .with_details(json!({ "allowed": allowed }))
         }
         StatusCode::NOT_FOUND => ApiError::not_found(or(format!("no route for {path}"))),
-        StatusCode::UNAUTHORIZED => ApiError::new(status, "unauthorized", or("unauthorized".into())),
-        StatusCode::REQUEST_TIMEOUT => {
-            ApiError::new(status, "request_timeout", or("the request took too long".into()))
+        StatusCode::UNAUTHORIZED => {
+            ApiError::new(status, "unauthorized", or("unauthorized".into()))
         }
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(status, "too_large", or("the request body is too large".into()))
-        }
+        StatusCode::REQUEST_TIMEOUT => ApiError::new(
+            status,
+            "request_timeout",
+            or("the request took too long".into()),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            status,
+            "too_large",
+            or("the request body is too large".into()),
+        ),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
             status,
             "unsupported_media_type",
@@ -125,17 +142,41 @@ mod tests {
             String::new(),
         );
         assert_eq!(e.code, "method_not_allowed");
-        assert_eq!(e.message, "DELETE is not allowed on /commands/a/1; it takes GET, HEAD");
+        assert_eq!(
+            e.message,
+            "DELETE is not allowed on /commands/a/1; it takes GET, HEAD"
+        );
         assert_eq!(e.details, Some(json!({"allowed": ["GET", "HEAD"]})));
         let plain = |status, text: &str| {
-            api_error(status, &Method::GET, &uri, &HeaderMap::new(), text.to_string())
+            api_error(
+                status,
+                &Method::GET,
+                &uri,
+                &HeaderMap::new(),
+                text.to_string(),
+            )
         };
-        let e = plain(StatusCode::BAD_REQUEST, "Invalid URL: Invalid UTF-8 in `id`");
-        assert_eq!((e.code, e.message.as_str()), ("invalid_request", "Invalid URL: Invalid UTF-8 in `id`"));
-        assert_eq!(plain(StatusCode::NOT_FOUND, "").message, "no route for /commands/a/1");
+        let e = plain(
+            StatusCode::BAD_REQUEST,
+            "Invalid URL: Invalid UTF-8 in `id`",
+        );
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            ("invalid_request", "Invalid URL: Invalid UTF-8 in `id`")
+        );
+        assert_eq!(
+            plain(StatusCode::NOT_FOUND, "").message,
+            "no route for /commands/a/1"
+        );
         assert_eq!(plain(StatusCode::PAYLOAD_TOO_LARGE, "").code, "too_large");
-        assert_eq!(plain(StatusCode::UNSUPPORTED_MEDIA_TYPE, "").code, "unsupported_media_type");
-        assert_eq!(plain(StatusCode::REQUEST_TIMEOUT, "").code, "request_timeout");
+        assert_eq!(
+            plain(StatusCode::UNSUPPORTED_MEDIA_TYPE, "").code,
+            "unsupported_media_type"
+        );
+        assert_eq!(
+            plain(StatusCode::REQUEST_TIMEOUT, "").code,
+            "request_timeout"
+        );
         let e = plain(StatusCode::BAD_GATEWAY, "");
         assert_eq!((e.status, e.code), (StatusCode::BAD_GATEWAY, "internal"));
         assert!(e.details.is_some_and(|d| d["error_id"].is_string()));

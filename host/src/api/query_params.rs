@@ -138,7 +138,12 @@ mod tests {
 
     #[test]
     fn a_refusal_names_what_is_unknown_and_what_is_taken() {
-        let e = refusal("GET", "/x", &["min_postion".into()], &["min_position".into()]);
+        let e = refusal(
+            "GET",
+            "/x",
+            &["min_postion".into()],
+            &["min_position".into()],
+        );
         assert_eq!(e.code, "invalid_request");
         assert_eq!(
             e.message,

@@ -338,12 +338,18 @@ impl<'a, 'de, V: Visitor<'de>> Visitor<'de> for KeyVisitor<'a, 'de, V> {
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
-        record(self.seen, Cow::Owned(String::from_utf8_lossy(v).into_owned()))?;
+        record(
+            self.seen,
+            Cow::Owned(String::from_utf8_lossy(v).into_owned()),
+        )?;
         self.inner.visit_bytes(v)
     }
 
     fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
-        record(self.seen, Cow::Owned(String::from_utf8_lossy(&v).into_owned()))?;
+        record(
+            self.seen,
+            Cow::Owned(String::from_utf8_lossy(&v).into_owned()),
+        )?;
         self.inner.visit_byte_buf(v)
     }
 
@@ -453,8 +459,10 @@ mod tests {
         .expect("accepted");
         assert_eq!(ok.kind, "T");
         assert!(error::<Body>(r#"{"type":"T","type":"U"}"#).contains("duplicate key \"type\""));
-        assert!(error::<Body>(r#"{"type":"T","list":[{"1":true,"1":false}]}"#)
-            .contains("duplicate key \"1\""));
+        assert!(
+            error::<Body>(r#"{"type":"T","list":[{"1":true,"1":false}]}"#)
+                .contains("duplicate key \"1\"")
+        );
         assert!(
             error::<Body>(r#"{"type":"T","tagged":{"Pair":{"left":{"q":1,"q":2},"right":1}}}"#)
                 .contains("duplicate key \"q\"")
