@@ -13,9 +13,9 @@ pub mod ops;
 pub mod plain_errors;
 pub mod plugins;
 pub mod projections;
-pub mod query_params;
 pub mod sagas;
 pub mod streams;
+pub mod undocumented;
 
 use std::sync::Arc;
 
@@ -98,8 +98,9 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 pub fn app(state: Arc<AppState>) -> Router {
     let (router, _) = routes().split_for_parts();
     let api = router
-        // Every route refuses the query parameters its operation does not list.
-        .route_layer(middleware::from_fn(query_params::refuse_unknown))
+        // Every route refuses query parameters (and a body) its operation
+        // does not list.
+        .route_layer(middleware::from_fn(undocumented::refuse_undocumented))
         .fallback(ops::not_found)
         // Bodies are read with our own limit so that the 413 has our shape.
         .layer(DefaultBodyLimit::disable())

@@ -216,6 +216,38 @@ async fn admin_bodies_refuse_unknown_fields_and_duplicate_keys() {
             &format!("{uri} {body}"),
         );
     }
+    // A route that takes no body refuses one that says something.
+    for (uri, body, needle) in [
+        (
+            "/dead-letters/7/retry",
+            r#"{"reset_attempts":false}"#,
+            "unknown field `reset_attempts`",
+        ),
+        (
+            "/projections/p/rebuild",
+            r#"{"from":0}"#,
+            "unknown field `from`",
+        ),
+        ("/projections/p/promote", "[1]", "takes no body"),
+    ] {
+        let answer = raw(&host, Method::POST, uri, Some("application/json"), body).await;
+        assert_error(
+            &answer,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            needle,
+            &format!("{uri} {body}"),
+        );
+    }
+    for body in ["", " {} "] {
+        let answer = raw(&host, Method::POST, "/dead-letters/7/retry", None, body).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::NOT_FOUND,
+            "{body:?}: {}",
+            answer.body
+        );
+    }
     // An empty body is still the default, and the known fields pass to the
     // next check (there is no such projection).
     for body in ["", r#"{"skip":true}"#] {
