@@ -436,7 +436,7 @@ mod tests {
     }
 
     #[derive(Debug, Deserialize)]
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "read only through Debug")]
     struct Body {
         #[serde(rename = "type")]
         kind: String,
@@ -446,7 +446,7 @@ mod tests {
     }
 
     #[derive(Debug, Deserialize)]
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "read only through Debug")]
     enum Tagged {
         Pair { left: Value, right: Value },
     }
