@@ -30,8 +30,43 @@ pub fn from_slice<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> serde_json::Res
     Ok(value)
 }
 
-/// The keys an object has had so far.
-type Seen<'de> = HashSet<Cow<'de, str>>;
+/// The keys an object has had so far: a list while it is short (most
+/// objects are, and a list beats hashing them), a set past
+/// [`FEW_KEYS_MAX`] (so a wide object costs O(n), not O(n²)).
+enum Seen<'de> {
+    Few(Vec<Cow<'de, str>>),
+    Many(HashSet<Cow<'de, str>>),
+}
+
+const FEW_KEYS_MAX: usize = 16;
+
+impl<'de> Seen<'de> {
+    fn new() -> Self {
+        Seen::Few(Vec::new())
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        match self {
+            Seen::Few(keys) => keys.iter().any(|k| k == key),
+            Seen::Many(set) => set.contains(key),
+        }
+    }
+
+    /// Record `key`, which is not in yet.
+    fn add(&mut self, key: Cow<'de, str>) {
+        match self {
+            Seen::Few(keys) if keys.len() < FEW_KEYS_MAX => keys.push(key),
+            Seen::Few(keys) => {
+                let mut set: HashSet<_> = keys.drain(..).collect();
+                set.insert(key);
+                *self = Seen::Many(set);
+            }
+            Seen::Many(set) => {
+                set.insert(key);
+            }
+        }
+    }
+}
 
 /// A deserializer whose objects refuse duplicate keys.
 struct UniqueKeys<D>(D);
@@ -179,7 +214,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Checked<V> {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         self.0.visit_map(CheckedMap {
             inner: map,
-            seen: HashSet::new(),
+            seen: Seen::new(),
         })
     }
 
@@ -286,7 +321,7 @@ fn record<'de, E: de::Error>(seen: &mut Seen<'de>, key: Cow<'de, str>) -> Result
     if seen.contains(&key) {
         return Err(E::custom(format_args!("duplicate key {:?}", &*key)));
     }
-    seen.insert(key);
+    seen.add(key);
     Ok(())
 }
 
@@ -383,7 +418,7 @@ impl<'a, 'de, V: Visitor<'de>> Visitor<'de> for KeyVisitor<'a, 'de, V> {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         self.inner.visit_map(CheckedMap {
             inner: map,
-            seen: HashSet::new(),
+            seen: Seen::new(),
         })
     }
 
@@ -424,6 +459,24 @@ mod tests {
                 "{text}: {message}"
             );
             assert!(message.contains("line 1 column"), "{message}");
+        }
+    }
+
+    #[test]
+    fn wide_objects_are_checked_past_the_short_list() {
+        for width in [super::FEW_KEYS_MAX, super::FEW_KEYS_MAX + 1, 1000] {
+            let keys: Vec<String> = (0..width).map(|i| format!("\"k{i}\":{i}")).collect();
+            let text = format!("{{{}}}", keys.join(","));
+            let value: Value = from_slice(text.as_bytes()).expect("distinct keys");
+            assert_eq!(value.as_object().map(|m| m.len()), Some(width));
+            for again in [0, width - 1] {
+                let text = format!("{{{},\"k{again}\":0}}", keys.join(","));
+                let message = error::<Value>(&text);
+                assert!(
+                    message.contains(&format!("duplicate key \"k{again}\"")),
+                    "{message}"
+                );
+            }
         }
     }
 
