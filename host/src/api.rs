@@ -10,15 +10,18 @@ pub mod json;
 pub mod live;
 pub mod openapi;
 pub mod ops;
+pub mod plain_errors;
 pub mod plugins;
 pub mod projections;
 pub mod sagas;
 pub mod streams;
+pub mod undocumented;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -94,11 +97,20 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 /// The router, separate from serving it, so tests can call it directly.
 pub fn app(state: Arc<AppState>) -> Router {
     let (router, _) = routes().split_for_parts();
-    router
+    let api = router
+        // Every route refuses query parameters (and a body) its operation
+        // does not list.
+        .route_layer(middleware::from_fn(undocumented::refuse_undocumented))
         .fallback(ops::not_found)
         // Bodies are read with our own limit so that the 413 has our shape.
         .layer(DefaultBodyLimit::disable())
-        .with_state(state)
+        .with_state(state);
+    // What axum answers by itself (405, extractor rejections) in our shape.
+    // Around the whole router, so that it sees a 405 with its `Allow`
+    // header, which the router adds last.
+    Router::new()
+        .fallback_service(api)
+        .layer(middleware::from_fn(plain_errors::json_bodies))
 }
 
 #[cfg(test)]

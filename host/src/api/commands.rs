@@ -13,13 +13,14 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::error::ErrorBody;
-use super::json::{EventJson, event_json, read_json_body};
+use super::json::{EventJson, event_json, parse_json, read_json_body};
 use super::{ApiError, AppState};
 use crate::command::{CommandOutcome, CommandRequest};
 use crate::store::ExpectedVersion;
 
 /// The request body.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"type": "Deposit", "data": {"amount": 50}, "metadata": {"user": "ann"}, "expected_version": 3}))]
 pub struct CommandBody {
     /// The command's type, as the aggregate plugin knows it; not empty.
@@ -122,7 +123,7 @@ async fn run(
 ) -> Result<CommandOutcome, ApiError> {
     let limit = app.pipeline.limits().body_bytes_max;
     let bytes = read_json_body(headers, body, limit).await?;
-    let body: CommandBody = serde_json::from_slice(&bytes)
+    let body: CommandBody = parse_json(&bytes)
         .map_err(|e| ApiError::invalid_request(format!("invalid command body: {e}")))?;
     if body.command_type.is_empty() {
         return Err(ApiError::invalid_request("the command `type` is empty"));

@@ -1,5 +1,7 @@
 //! JSON shapes shared by the handlers, and reading request bodies.
 
+pub mod unique_keys;
+
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
@@ -62,6 +64,7 @@ pub fn format_time_us(us: i64) -> String {
 
 /// How to resume a failed projection or saga.
 #[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ResumeBody {
     /// Skip the event (or unit of work) it failed on instead of retrying it.
     #[serde(default)]
@@ -120,5 +123,13 @@ pub async fn read_optional_json<T: serde::de::DeserializeOwned + Default>(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_request(format!("bad body: {e}")))
+    parse_json(&bytes).map_err(|e| ApiError::invalid_request(format!("bad body: {e}")))
+}
+
+/// A request body's JSON as `T`: what every body goes through. A key given
+/// twice in one object, at any depth, is an error naming it
+/// ([`unique_keys`]); a field `T` does not know is one too where `T` says
+/// `#[serde(deny_unknown_fields)]`, as every body type does.
+pub fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> serde_json::Result<T> {
+    unique_keys::from_slice(bytes)
 }

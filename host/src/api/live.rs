@@ -97,6 +97,7 @@ impl LiveFeeds {
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct GlobalLiveQuery {
     /// The first position to send (0 counts as 1); by default only what
     /// commits from now on. `Last-Event-ID` wins over it.
@@ -105,6 +106,7 @@ pub struct GlobalLiveQuery {
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct StreamLiveQuery {
     /// The first version to send (default 1; 0 counts as 1).
     /// `Last-Event-ID` wins over it.

@@ -92,6 +92,7 @@ pub const PLUGIN_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct DeployQuery {
     /// `live` (default): serve the new version now (a projection rebuilds
     /// into a new generation); `shadow`: a projection builds a shadow
@@ -183,6 +184,7 @@ pub async fn history(
 }
 
 #[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RollbackBody {
     /// The version to deploy again; by default the newest one that differs
     /// from the current one.

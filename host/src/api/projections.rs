@@ -50,6 +50,7 @@ impl From<ProjectionError> for ApiError {
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct WaitQuery {
     /// Read-your-writes: answer once the projection has processed this
     /// global position (e.g. a command's `position`).
@@ -61,6 +62,7 @@ pub struct WaitQuery {
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct RowsQuery {
     /// Only keys that start with this (default: all).
     prefix: Option<String>,
@@ -78,6 +80,7 @@ pub struct RowsQuery {
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct DiffQuery {
     /// Keys named per kind of difference (default 10; more than 1000
     /// counts as 1000).

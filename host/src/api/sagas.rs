@@ -188,6 +188,7 @@ pub async fn resume(
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct DeadLettersQuery {
     /// Only dead letters after this id (the previous page's `next`).
     after: Option<u64>,

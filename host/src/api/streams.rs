@@ -22,6 +22,7 @@ pub const PAGE_EVENTS_MAX: u32 = 1000;
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct StreamEventsQuery {
     /// The first version to return (default 1; 0 counts as 1).
     from_version: Option<u64>,
@@ -32,6 +33,7 @@ pub struct StreamEventsQuery {
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct StateQuery {
     /// The state after this version (not with `at_time`).
     #[param(minimum = 1)]
@@ -43,6 +45,7 @@ pub struct StateQuery {
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct GlobalEventsQuery {
     /// The first position to return (default 1; 0 counts as 1).
     from_position: Option<u64>,

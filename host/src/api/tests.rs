@@ -15,6 +15,8 @@ use tower::ServiceExt;
 use super::{app, openapi};
 use crate::server::{self, Host, HostConfig};
 
+mod strict;
+
 /// A host on a fresh SQLite file, with the plugins given (copied from the
 /// built examples), no admin token and no directory watch.
 async fn host(dir: &tempfile::TempDir, plugins: &[(&str, &str)]) -> (Host, String) {
