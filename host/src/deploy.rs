@@ -17,7 +17,9 @@ use crate::projection::{ProjectionError, Projections};
 use crate::registry::{Registry, RegistryError, validate_name};
 use crate::runtime::{LoadError, Plugin, PluginKind, Runtime};
 use crate::saga::Sagas;
-use crate::store::{DeployMode, Deployment, NewDeployment, PluginCatalog, StoreError, ViewStore};
+use crate::store::{
+    DeployMode, Deployment, GenerationRecord, NewDeployment, PluginCatalog, StoreError, ViewStore,
+};
 
 /// Why a deployment failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,7 @@ pub struct DeferredPlugin {
 /// Where a deployment came from.
 pub const SOURCE_UPLOAD: &str = "upload";
 pub const SOURCE_DIRECTORY: &str = "directory";
+pub const SOURCE_UNDEPLOY: &str = "undeploy";
 
 /// Deploys plugin versions.
 pub struct Deployer {
@@ -129,13 +132,14 @@ impl Deployer {
     ) -> Result<Arc<Plugin>, DeployError> {
         let bytes = Arc::new(bytes);
         let plugin = self.compile(name, bytes.clone()).await?;
-        if let Some(current) = self.registry.get(name)
-            && current.kind != plugin.kind
+        // A removed name keeps its kind.
+        if let Some(kind) = self.registry.kind_of(name)
+            && kind != plugin.kind
         {
             return Err(LoadError::Invalid(format!(
                 "plugin {name} is {} {}; a {} cannot replace it under the same name",
-                article(current.kind),
-                current.kind.as_str(),
+                article(kind),
+                kind.as_str(),
                 plugin.kind.as_str()
             ))
             .into());
@@ -161,11 +165,51 @@ impl Deployer {
         let plugin = self.registry.insert(plugin);
         tracing::info!(plugin = %plugin.name, kind = plugin.kind.as_str(), hash = %plugin.hash, mode = mode.as_str(), source, "plugin deployed");
         match plugin.kind {
+            PluginKind::Projection if self.projections.cancel_removal(name).await => {
+                self.resume_projection(plugin.clone(), mode).await?
+            }
             PluginKind::Projection => self.projections.deploy(plugin.clone(), mode).await?,
             PluginKind::Saga => self.sagas.deploy(plugin.clone()).await,
             PluginKind::Aggregate => {}
         }
         Ok(plugin)
+    }
+
+    /// `DELETE /plugins/{name}`: record the removal and stop what runs of
+    /// the plugin (see [`Deployer::unload`]). The removal's history entry.
+    pub async fn undeploy(&self, name: &str) -> Result<Deployment, DeployError> {
+        let Some(removal) = self.store.record_removal(name, SOURCE_UNDEPLOY).await? else {
+            let known = !self.store.plugin_history(name).await?.is_empty();
+            return Err(DeployError::NotFound(if known {
+                format!("plugin {name:?} was removed already")
+            } else {
+                format!("no plugin named {name}")
+            }));
+        };
+        self.unload(&removal).await;
+        tracing::info!(plugin = name, kind = %removal.kind, hash = %removal.hash, "plugin removed");
+        Ok(removal)
+    }
+
+    /// Stop serving a removed plugin: an aggregate takes no more commands
+    /// (its events stay), a projection stops and its rows go after the
+    /// grace period, a saga stops dispatching (its outbox and instances
+    /// stay for a new deployment).
+    async fn unload(&self, removal: &Deployment) {
+        let Some(kind) = parse_kind(&removal.kind) else {
+            tracing::error!(plugin = %removal.name, kind = %removal.kind, "removed plugin of an unknown kind");
+            return;
+        };
+        self.registry.remove(&removal.name, kind);
+        match kind {
+            PluginKind::Projection => {
+                self.projections
+                    .undeploy(&removal.name, removal.deployed_at_us)
+                    .await
+            }
+            PluginKind::Saga => self.sagas.undeploy(&removal.name).await,
+            PluginKind::Aggregate => {}
+        }
     }
 
     /// Deploy an earlier version again: `hash`, or the newest one that
@@ -175,11 +219,19 @@ impl Deployer {
         name: &str,
         hash: Option<&str>,
     ) -> Result<Arc<Plugin>, DeployError> {
-        let history = self.store.plugin_history(name).await?;
-        let current = history.first().ok_or_else(|| {
+        let mut history = self.store.plugin_history(name).await?;
+        let current = history.first().cloned().ok_or_else(|| {
             DeployError::NotFound(format!("plugin {name} has no stored versions"))
         })?;
+        // A removal is no version: rolling back after one deploys the
+        // version that was removed, by default.
+        history.retain(|d| d.mode != DeployMode::Removed);
         let target = match hash {
+            None if current.mode == DeployMode::Removed => {
+                history.iter().find(|d| d.hash == current.hash).ok_or_else(|| {
+                    DeployError::NotFound(format!("plugin {name} has no version to deploy again"))
+                })?
+            }
             Some(hash) => history.iter().find(|d| d.hash == hash).ok_or_else(|| {
                 DeployError::NotFound(format!("plugin {name} has no version {hash}"))
             })?,
@@ -256,6 +308,15 @@ impl Deployer {
             }
         }
         self.resume_projections(&modes).await?;
+        for removal in self.store.current_deployments().await? {
+            if removal.mode == DeployMode::Removed
+                && self.registry.removed(&removal.name) == Some(PluginKind::Projection)
+            {
+                self.projections
+                    .restore_removed(&removal.name, removal.deployed_at_us)
+                    .await;
+            }
+        }
         Ok(deferred)
     }
 
@@ -264,6 +325,12 @@ impl Deployer {
     async fn load_stored(&self) -> Result<HashMap<String, DeployMode>, DeployError> {
         let mut modes = HashMap::new();
         for deployment in self.store.current_deployments().await? {
+            if deployment.mode == DeployMode::Removed {
+                if let Some(kind) = parse_kind(&deployment.kind) {
+                    self.registry.remove(&deployment.name, kind);
+                }
+                continue;
+            }
             let Some(bytes) = self.store.plugin_bytes(&deployment.hash).await? else {
                 tracing::error!(plugin = %deployment.name, hash = %deployment.hash, "stored plugin bytes missing; skipped");
                 continue;
@@ -301,6 +368,10 @@ impl Deployer {
             if self.registry.get(&name).is_some_and(|p| p.hash == hash) {
                 continue;
             }
+            if self.registry.removed(&name).is_some() {
+                warn_removed_file(&name, &path);
+                continue;
+            }
             if bytes.len() > BACKGROUND_COMPILE_BYTES && !self.runtime.is_compiled(&bytes) {
                 tracing::info!(plugin = %name, bytes = bytes.len(), "large plugin not in the compile cache; compiling it in the background");
                 deferred.push(DeferredPlugin { name, bytes });
@@ -330,30 +401,53 @@ impl Deployer {
             if plugin.kind != PluginKind::Projection {
                 continue;
             }
-            let mine: Vec<_> = records
-                .iter()
-                .filter(|r| *r.name == *plugin.name)
-                .cloned()
-                .collect();
-            let mut versions = HashMap::new();
-            for record in &mine {
-                if record.plugin_hash == plugin.hash || versions.contains_key(&record.plugin_hash) {
-                    continue;
-                }
-                if let Some(bytes) = self.store.plugin_bytes(&record.plugin_hash).await?
-                    && let Ok(version) = self.compile(&plugin.name, Arc::new(bytes)).await
-                {
-                    versions.insert(record.plugin_hash.clone(), Arc::new(version));
-                }
-            }
             let mode = modes
                 .get(&*plugin.name)
                 .copied()
                 .unwrap_or(DeployMode::Live);
-            self.projections
-                .restore(plugin, mode, &mine, &versions)
-                .await?;
+            self.resume_from(plugin, mode, &records).await?;
         }
+        Ok(())
+    }
+
+    /// A removed projection deployed again: resume its stored generations
+    /// (kept during the undeploy grace), or build from the start.
+    async fn resume_projection(
+        &self,
+        plugin: Arc<Plugin>,
+        mode: DeployMode,
+    ) -> Result<(), DeployError> {
+        let records = self.views.generations().await?;
+        self.resume_from(plugin, mode, &records).await
+    }
+
+    /// Resume `plugin`'s projection from its generations among `records`,
+    /// with the versions those generations were built by.
+    async fn resume_from(
+        &self,
+        plugin: Arc<Plugin>,
+        mode: DeployMode,
+        records: &[GenerationRecord],
+    ) -> Result<(), DeployError> {
+        let mine: Vec<_> = records
+            .iter()
+            .filter(|r| *r.name == *plugin.name)
+            .cloned()
+            .collect();
+        let mut versions = HashMap::new();
+        for record in &mine {
+            if record.plugin_hash == plugin.hash || versions.contains_key(&record.plugin_hash) {
+                continue;
+            }
+            if let Some(bytes) = self.store.plugin_bytes(&record.plugin_hash).await?
+                && let Ok(version) = self.compile(&plugin.name, Arc::new(bytes)).await
+            {
+                versions.insert(record.plugin_hash.clone(), Arc::new(version));
+            }
+        }
+        self.projections
+            .restore(plugin, mode, &mine, &versions)
+            .await?;
         Ok(())
     }
 
@@ -444,6 +538,10 @@ impl Deployer {
                 {
                     continue;
                 }
+                if deployer.registry.removed(&change.name).is_some() {
+                    warn_removed_file(&change.name, &change.path);
+                    continue;
+                }
                 match deployer
                     .deploy(
                         &change.name,
@@ -492,6 +590,14 @@ impl Deployer {
     pub async fn load_newer_deployments(&self) -> Result<Vec<String>, DeployError> {
         let mut loaded = Vec::new();
         for deployment in self.store.current_deployments().await? {
+            if deployment.mode == DeployMode::Removed {
+                if self.registry.get(&deployment.name).is_some() {
+                    self.unload(&deployment).await;
+                    tracing::info!(plugin = %deployment.name, "removed through another host");
+                    loaded.push(deployment.name);
+                }
+                continue;
+            }
             if self
                 .registry
                 .get(&deployment.name)
@@ -534,6 +640,22 @@ impl Deployer {
         }
         Ok(loaded)
     }
+}
+
+/// The plugin directory does not bring back a removed plugin: only a
+/// deployment through the API does (see docs/api.md, "Undeploy").
+fn warn_removed_file(name: &str, path: &Path) {
+    tracing::warn!(plugin = name, file = %path.display(), "plugin file ignored: the plugin was removed (DELETE /plugins/{{name}}); deploy it with PUT /plugins/{{name}} to bring it back, or delete the file");
+}
+
+fn parse_kind(kind: &str) -> Option<PluginKind> {
+    [
+        PluginKind::Aggregate,
+        PluginKind::Projection,
+        PluginKind::Saga,
+    ]
+    .into_iter()
+    .find(|k| k.as_str() == kind)
 }
 
 fn article(kind: PluginKind) -> &'static str {
