@@ -227,11 +227,12 @@ impl Deployer {
         // version that was removed, by default.
         history.retain(|d| d.mode != DeployMode::Removed);
         let target = match hash {
-            None if current.mode == DeployMode::Removed => {
-                history.iter().find(|d| d.hash == current.hash).ok_or_else(|| {
+            None if current.mode == DeployMode::Removed => history
+                .iter()
+                .find(|d| d.hash == current.hash)
+                .ok_or_else(|| {
                     DeployError::NotFound(format!("plugin {name} has no version to deploy again"))
-                })?
-            }
+                })?,
             Some(hash) => history.iter().find(|d| d.hash == hash).ok_or_else(|| {
                 DeployError::NotFound(format!("plugin {name} has no version {hash}"))
             })?,

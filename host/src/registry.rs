@@ -110,7 +110,9 @@ impl Registry {
     /// The kind a new version of `name` must have: the loaded version's, or
     /// the removed one's.
     pub fn kind_of(&self, name: &str) -> Option<PluginKind> {
-        self.get(name).map(|p| p.kind).or_else(|| self.removed(name))
+        self.get(name)
+            .map(|p| p.kind)
+            .or_else(|| self.removed(name))
     }
 
     fn removed_map(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, PluginKind>> {

@@ -231,7 +231,10 @@ impl Sagas {
         self.removed_names().insert(name.to_string());
         self.stop_runner(name).await;
         self.leases.forget(&format!("{SAGA_PREFIX}{name}")).await;
-        tracing::info!(saga = name, "saga removed; its outbox and instances are kept");
+        tracing::info!(
+            saga = name,
+            "saga removed; its outbox and instances are kept"
+        );
     }
 
     fn removed_names(&self) -> std::sync::RwLockWriteGuard<'_, HashSet<String>> {

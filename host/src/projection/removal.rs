@@ -55,7 +55,11 @@ impl Projections {
         self.leases
             .forget(&format!("{PROJECTION_PREFIX}{name}"))
             .await;
-        tracing::info!(projection = name, grace_s = self.ctx.config.undeploy_grace.as_secs(), "projection removed; its rows are dropped after the grace period");
+        tracing::info!(
+            projection = name,
+            grace_s = self.ctx.config.undeploy_grace.as_secs(),
+            "projection removed; its rows are dropped after the grace period"
+        );
         self.schedule_drop(name, removed_at_us).await;
     }
 

@@ -75,7 +75,10 @@ async fn plugin_removals(store: &dyn EventStore) {
         source: "upload".into(),
         bytes: Arc::new(bytes.to_vec()),
     };
-    assert_eq!(store.record_removal("audit", "undeploy").await.unwrap(), None);
+    assert_eq!(
+        store.record_removal("audit", "undeploy").await.unwrap(),
+        None
+    );
     store.record_deployment(deploy(b"v1")).await.unwrap();
     let live = store.record_deployment(deploy(b"v22")).await.unwrap();
     let removed = store
@@ -93,7 +96,10 @@ async fn plugin_removals(store: &dyn EventStore) {
         (DeployMode::Removed, "undeploy")
     );
     // Removed already: nothing more is recorded.
-    assert_eq!(store.record_removal("audit", "undeploy").await.unwrap(), None);
+    assert_eq!(
+        store.record_removal("audit", "undeploy").await.unwrap(),
+        None
+    );
     let history = store.plugin_history("audit").await.unwrap();
     assert_eq!(history.len(), 3);
     assert_eq!(history[0], removed);
