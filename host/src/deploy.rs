@@ -30,6 +30,10 @@ pub enum DeployError {
     /// Handling: 404 `not_found`.
     #[error("{0}")]
     NotFound(String),
+    /// A directory file of a removed plugin. Handling: log it (the file is
+    /// ignored); 404 `not_found` if ever answered.
+    #[error("plugin {0:?} was removed; its file in the plugin directory is ignored")]
+    Removed(String),
     /// Handling: per [`StoreError`].
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -132,6 +136,11 @@ impl Deployer {
     ) -> Result<Arc<Plugin>, DeployError> {
         let bytes = Arc::new(bytes);
         let plugin = self.compile(name, bytes.clone()).await?;
+        // Only the API brings a removed plugin back (checked again after
+        // the compile: it may have been removed meanwhile).
+        if source == SOURCE_DIRECTORY && self.registry.removed(name).is_some() {
+            return Err(DeployError::Removed(name.to_string()));
+        }
         // A removed name keeps its kind.
         if let Some(kind) = self.registry.kind_of(name)
             && kind != plugin.kind

@@ -107,6 +107,13 @@ async fn an_undeployed_aggregate_takes_no_commands_keeps_its_events_and_stays_re
         again.body
     );
 
+    // The name keeps its kind.
+    let projection = std::fs::read(artifacts::ACCOUNT_BALANCES).expect("projection");
+    h.deploy("bank_account", projection)
+        .await
+        .expect(422, "invalid_plugin");
+    assert!(!listed(&h.get("/plugins").await, "bank_account"));
+
     // Its file is still in the plugin directory: the removal wins, at a
     // restart and when the file changes.
     let file = h.plugins_dir().join("bank_account.wasm");
@@ -121,14 +128,25 @@ async fn an_undeployed_aggregate_takes_no_commands_keeps_its_events_and_stays_re
     h.wait_for_plugin("probe", Duration::from_secs(20)).await;
     assert_bank_removed(&h).await;
 
-    // Deployed again: its streams are served where they were.
-    let bytes = std::fs::read(artifacts::BANK_ACCOUNT).expect("bank");
-    h.deploy("bank_account", bytes).await.expect(200, "");
+    // Rolled back: the removed version serves again, its streams where
+    // they were.
+    let back = h
+        .send(
+            h.client
+                .post(h.url("/plugins/bank_account/rollback"))
+                .bearer_auth(ADMIN_TOKEN),
+        )
+        .await;
+    back.expect(200, "");
+    assert_eq!(back.body["hash"], r.body["hash"]);
     assert_eq!(h.balance("u1").await, 5);
     let d = command(&h, "u1", "Deposit", json!({"amount": 1})).await;
     d.expect(200, "");
     assert_eq!(d.body["version"], 3);
-    assert_eq!(modes(&h, "bank_account").await, ["live", "removed", "live"]);
+    assert_eq!(
+        modes(&h, "bank_account").await,
+        ["rollback", "removed", "live"]
+    );
     h.stop().await;
 }
 

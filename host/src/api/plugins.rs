@@ -252,6 +252,7 @@ impl From<DeployError> for ApiError {
         match e {
             DeployError::Registry(e) => e.into(),
             DeployError::NotFound(m) => ApiError::not_found(m),
+            removed @ DeployError::Removed(_) => ApiError::not_found(removed.to_string()),
             DeployError::Store(e) => e.into(),
             DeployError::Projection(e) => e.into(),
         }
