@@ -379,3 +379,76 @@ async fn an_undeployed_saga_stops_dispatching_and_resumes_its_outbox_when_deploy
     );
     h.stop().await;
 }
+
+/// Poll `path` on `h` until it answers `status` (at most 20 s); the answer.
+async fn wait_answer(h: &TestHost, path: &str, status: u16) -> Answer {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = h.get(path).await;
+        if a.status.as_u16() == status {
+            return a;
+        }
+        assert!(Instant::now() < deadline, "{path}: {} {}", a.status, a.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Hosts sharing a PostgreSQL database follow a removal made through
+/// another host, and a deployment after it.
+#[tokio::test]
+async fn hosts_sharing_a_database_follow_a_removal_and_a_new_deployment() {
+    let Some(db) = kiln_testkit::ScratchDatabase::for_test("undeploy_follows").await else {
+        return;
+    };
+    let plugins = [
+        (artifacts::BANK_ACCOUNT, "bank_account"),
+        (artifacts::ACCOUNT_BALANCES, BALANCES),
+    ];
+    let tune = |url: String| {
+        move |c: &mut kiln::server::HostConfig| {
+            c.db = url;
+            c.lease_ttl = Duration::from_millis(1_000);
+            c.deployment_poll = Duration::from_millis(100);
+        }
+    };
+    let mut a = TestHost::start_with_plugins(&plugins, tune(db.url().to_string())).await;
+    let mut b = TestHost::start_with_plugins(&plugins, tune(db.url().to_string())).await;
+    let p = position(&command(&a, "u5", "Open", json!({"owner": "e"})).await);
+    assert_eq!(balance_row(&b, "u5", p).await, 0);
+
+    undeploy(&a, BALANCES, Some(ADMIN_TOKEN))
+        .await
+        .expect(200, "");
+    undeploy(&a, "bank_account", Some(ADMIN_TOKEN))
+        .await
+        .expect(200, "");
+    let row = format!("/projections/{BALANCES}/rows/account-u5");
+    for h in [&a, &b] {
+        let read = wait_answer(h, &row, 404).await;
+        assert!(read.message().contains("was removed"), "{}", read.body);
+        wait_answer(h, "/streams/bank_account-u5/state", 404).await;
+    }
+    // Nobody holds the removed projection's lease.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let cluster = b.get("/cluster").await;
+        let held = cluster.body["leases"]
+            .as_array()
+            .expect("leases")
+            .iter()
+            .any(|l| l["name"] == "projection:account_balances" && l["expired"] == false);
+        if !held {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", cluster.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let bank = std::fs::read(artifacts::BANK_ACCOUNT).expect("bank");
+    b.deploy("bank_account", bank).await.expect(200, "");
+    let state = wait_answer(&a, "/streams/bank_account-u5/state", 200).await;
+    assert_eq!(state.body["version"], 1);
+    a.stop().await;
+    b.stop().await;
+    db.remove().await.expect("drop the scratch database");
+}
