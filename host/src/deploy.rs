@@ -174,10 +174,7 @@ impl Deployer {
         let plugin = self.registry.insert(plugin);
         tracing::info!(plugin = %plugin.name, kind = plugin.kind.as_str(), hash = %plugin.hash, mode = mode.as_str(), source, "plugin deployed");
         match plugin.kind {
-            PluginKind::Projection if self.projections.cancel_removal(name).await => {
-                self.resume_projection(plugin.clone(), mode).await?
-            }
-            PluginKind::Projection => self.projections.deploy(plugin.clone(), mode).await?,
+            PluginKind::Projection => self.start_projection(plugin.clone(), mode).await?,
             PluginKind::Saga => self.sagas.deploy(plugin.clone()).await,
             PluginKind::Aggregate => {}
         }
@@ -420,13 +417,17 @@ impl Deployer {
         Ok(())
     }
 
-    /// A removed projection deployed again: resume its stored generations
-    /// (kept during the undeploy grace), or build from the start.
-    async fn resume_projection(
+    /// Start a projection's new version. A removed projection deployed
+    /// again resumes its stored generations (kept during the undeploy
+    /// grace), or builds from the start.
+    async fn start_projection(
         &self,
         plugin: Arc<Plugin>,
         mode: DeployMode,
     ) -> Result<(), DeployError> {
+        if !self.projections.cancel_removal(&plugin.name).await {
+            return Ok(self.projections.deploy(plugin, mode).await?);
+        }
         let records = self.views.generations().await?;
         self.resume_from(plugin, mode, &records).await
     }
@@ -640,7 +641,7 @@ impl Deployer {
                 // generation (a hot swap, or a shadow); the others only
                 // record the version they would run if they took it over.
                 PluginKind::Projection => {
-                    if let Err(e) = self.projections.deploy(plugin, deployment.mode).await {
+                    if let Err(e) = self.start_projection(plugin, deployment.mode).await {
                         tracing::error!(plugin = %deployment.name, error = %e, "could not start a projection version deployed through another host");
                     }
                 }

@@ -293,6 +293,22 @@ async fn a_projection_deployed_again_within_the_grace_resumes_its_generation() {
     h.stop().await;
 }
 
+/// Wait until transfer `id` has a command being retried.
+async fn wait_for_a_retry(h: &TestHost, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let i = h.get(&format!("/sagas/transfer_saga/{id}")).await;
+        let retried = i.body["history"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|e| e["outcome"] == "retry"));
+        if retried {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{}", i.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn an_undeployed_saga_stops_dispatching_and_resumes_its_outbox_when_deployed_again() {
     let mut h = TestHost::start_with_plugins(
@@ -329,18 +345,7 @@ async fn an_undeployed_saga_stops_dispatching_and_resumes_its_outbox_when_deploy
     )
     .await
     .expect(200, "");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let i = h.get("/sagas/transfer_saga/t4").await;
-        let retried = i.body["history"]
-            .as_array()
-            .is_some_and(|h| h.iter().any(|e| e["outcome"] == "retry"));
-        if retried {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{}", i.body);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_a_retry(&h, "t4").await;
 
     let r = undeploy(&h, "transfer_saga", Some(ADMIN_TOKEN)).await;
     r.expect(200, "");

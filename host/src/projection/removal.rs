@@ -12,7 +12,10 @@ use std::time::Duration;
 use super::runner::Control;
 use super::{ProjectionError, Projections};
 use crate::lease::PROJECTION_PREFIX;
-use crate::store::{GenerationRecord, GenerationRole, StoreError, ViewId, ViewStore, now_us};
+use crate::store::{
+    DeployMode, GenerationRecord, GenerationRole, PluginCatalog, StoreError, ViewId, ViewStore,
+    now_us,
+};
 
 /// The projections undeployed and not deployed since.
 #[derive(Default)]
@@ -96,6 +99,7 @@ impl Projections {
         let elapsed = Duration::from_micros(now_us().saturating_sub(removed_at_us).max(0) as u64);
         let wait = self.ctx.config.undeploy_grace.saturating_sub(elapsed);
         let pending = self.removed.pending.clone();
+        let catalog = self.catalog.clone();
         let views = self.views().clone();
         let chunk = self.ctx.config.drop_chunk;
         let name = name.to_string();
@@ -109,6 +113,15 @@ impl Projections {
                     return;
                 }
                 pending.remove(&name);
+                // Deployed again through another host meanwhile?
+                match still_removed(catalog.as_ref(), &name).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => {
+                        tracing::warn!(projection = %name, error = %e, "could not check a removed projection's catalog entry; its rows are dropped at the next start");
+                        return;
+                    }
+                }
                 match retire_all(views.as_ref(), &name).await {
                     Ok(generations) => generations,
                     Err(e) => {
@@ -130,6 +143,15 @@ impl Projections {
             tracing::info!(projection = %name, rows, "removed projection's rows dropped");
         });
     }
+}
+
+/// Whether the latest deployment of `name` is a removal.
+async fn still_removed(catalog: &dyn PluginCatalog, name: &str) -> Result<bool, StoreError> {
+    Ok(catalog
+        .plugin_history(name)
+        .await?
+        .first()
+        .is_some_and(|d| d.mode == DeployMode::Removed))
 }
 
 /// Mark every generation of `name` retired; their numbers.
