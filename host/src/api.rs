@@ -69,6 +69,7 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(live::stream_live))
         .routes(routes!(plugins::list_plugins))
         .routes(routes!(plugins::put_plugin))
+        .routes(routes!(plugins::undeploy))
         .routes(routes!(plugins::history))
         .routes(routes!(plugins::rollback))
         .routes(routes!(projections::list))

@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// of this, and another host takes over a dead host's work within it.
     #[arg(long, env = "KILN_LEASE_TTL_MS", default_value_t = crate::lease::LEASE_TTL_MS_DEFAULT)]
     pub lease_ttl_ms: u64,
+    /// How long an undeployed projection's rows are kept, in seconds:
+    /// deployed again within it, it resumes from its checkpoints; after it,
+    /// its rows are dropped.
+    #[arg(long, env = "KILN_UNDEPLOY_GRACE_SECS", default_value_t = crate::projection::UNDEPLOY_GRACE_SECS_DEFAULT)]
+    pub undeploy_grace_secs: u64,
     #[command(flatten)]
     pub tuning: Tuning,
 }
@@ -132,6 +137,7 @@ impl ServeArgs {
         config.watch_interval =
             (self.watch_interval_ms > 0).then(|| Duration::from_millis(self.watch_interval_ms));
         config.lease_ttl = Duration::from_millis(self.lease_ttl_ms);
+        config.projections.undeploy_grace = Duration::from_secs(self.undeploy_grace_secs);
         config
     }
 }

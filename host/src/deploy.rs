@@ -17,7 +17,9 @@ use crate::projection::{ProjectionError, Projections};
 use crate::registry::{Registry, RegistryError, validate_name};
 use crate::runtime::{LoadError, Plugin, PluginKind, Runtime};
 use crate::saga::Sagas;
-use crate::store::{DeployMode, Deployment, NewDeployment, PluginCatalog, StoreError, ViewStore};
+use crate::store::{
+    DeployMode, Deployment, GenerationRecord, NewDeployment, PluginCatalog, StoreError, ViewStore,
+};
 
 /// Why a deployment failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,10 @@ pub enum DeployError {
     /// Handling: 404 `not_found`.
     #[error("{0}")]
     NotFound(String),
+    /// A directory file of a removed plugin. Handling: log it (the file is
+    /// ignored); 404 `not_found` if ever answered.
+    #[error("plugin {0:?} was removed; its file in the plugin directory is ignored")]
+    Removed(String),
     /// Handling: per [`StoreError`].
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -71,6 +77,7 @@ pub struct DeferredPlugin {
 /// Where a deployment came from.
 pub const SOURCE_UPLOAD: &str = "upload";
 pub const SOURCE_DIRECTORY: &str = "directory";
+pub const SOURCE_UNDEPLOY: &str = "undeploy";
 
 /// Deploys plugin versions.
 pub struct Deployer {
@@ -129,12 +136,18 @@ impl Deployer {
     ) -> Result<Arc<Plugin>, DeployError> {
         let bytes = Arc::new(bytes);
         let plugin = self.compile(name, bytes.clone()).await?;
-        if let Some(current) = self.registry.get(name)
-            && current.kind != plugin.kind
+        // Only the API brings a removed plugin back (checked again after
+        // the compile: it may have been removed meanwhile).
+        if source == SOURCE_DIRECTORY && self.registry.removed(name).is_some() {
+            return Err(DeployError::Removed(name.to_string()));
+        }
+        // A removed name keeps its kind.
+        if let Some(kind) = self.registry.kind_of(name)
+            && kind != plugin.kind
         {
             return Err(LoadError::Invalid(format!(
                 "plugin {name} is {}; {} cannot replace it under the same name",
-                current.kind.with_article(),
+                kind.with_article(),
                 plugin.kind.with_article()
             ))
             .into());
@@ -159,11 +172,48 @@ impl Deployer {
         let plugin = self.registry.insert(plugin);
         tracing::info!(plugin = %plugin.name, kind = plugin.kind.as_str(), hash = %plugin.hash, mode = mode.as_str(), source, "plugin deployed");
         match plugin.kind {
-            PluginKind::Projection => self.projections.deploy(plugin.clone(), mode).await?,
+            PluginKind::Projection => self.start_projection(plugin.clone(), mode).await?,
             PluginKind::Saga => self.sagas.deploy(plugin.clone()).await,
             PluginKind::Aggregate => {}
         }
         Ok(plugin)
+    }
+
+    /// `DELETE /plugins/{name}`: record the removal and stop what runs of
+    /// the plugin (see [`Deployer::unload`]). The removal's history entry.
+    pub async fn undeploy(&self, name: &str) -> Result<Deployment, DeployError> {
+        let Some(removal) = self.store.record_removal(name, SOURCE_UNDEPLOY).await? else {
+            let known = !self.store.plugin_history(name).await?.is_empty();
+            return Err(DeployError::NotFound(if known {
+                format!("plugin {name:?} was removed already")
+            } else {
+                format!("no plugin named {name}")
+            }));
+        };
+        self.unload(&removal).await;
+        tracing::info!(plugin = name, kind = %removal.kind, hash = %removal.hash, "plugin removed");
+        Ok(removal)
+    }
+
+    /// Stop serving a removed plugin: an aggregate takes no more commands
+    /// (its events stay), a projection stops and its rows go after the
+    /// grace period, a saga stops dispatching (its outbox and instances
+    /// stay for a new deployment).
+    async fn unload(&self, removal: &Deployment) {
+        let Some(kind) = parse_kind(&removal.kind) else {
+            tracing::error!(plugin = %removal.name, kind = %removal.kind, "removed plugin of an unknown kind");
+            return;
+        };
+        self.registry.remove(&removal.name, kind);
+        match kind {
+            PluginKind::Projection => {
+                self.projections
+                    .undeploy(&removal.name, removal.deployed_at_us)
+                    .await
+            }
+            PluginKind::Saga => self.sagas.undeploy(&removal.name).await,
+            PluginKind::Aggregate => {}
+        }
     }
 
     /// Deploy an earlier version again: `hash`, or the newest one that
@@ -173,11 +223,20 @@ impl Deployer {
         name: &str,
         hash: Option<&str>,
     ) -> Result<Arc<Plugin>, DeployError> {
-        let history = self.store.plugin_history(name).await?;
-        let current = history.first().ok_or_else(|| {
+        let mut history = self.store.plugin_history(name).await?;
+        let current = history.first().cloned().ok_or_else(|| {
             DeployError::NotFound(format!("plugin {name} has no stored versions"))
         })?;
+        // A removal is no version: rolling back after one deploys the
+        // version that was removed, by default.
+        history.retain(|d| d.mode != DeployMode::Removed);
         let target = match hash {
+            None if current.mode == DeployMode::Removed => history
+                .iter()
+                .find(|d| d.hash == current.hash)
+                .ok_or_else(|| {
+                    DeployError::NotFound(format!("plugin {name} has no version to deploy again"))
+                })?,
             Some(hash) => history.iter().find(|d| d.hash == hash).ok_or_else(|| {
                 DeployError::NotFound(format!("plugin {name} has no version {hash}"))
             })?,
@@ -254,6 +313,15 @@ impl Deployer {
             }
         }
         self.resume_projections(&modes).await?;
+        for removal in self.store.current_deployments().await? {
+            if removal.mode == DeployMode::Removed
+                && self.registry.removed(&removal.name) == Some(PluginKind::Projection)
+            {
+                self.projections
+                    .restore_removed(&removal.name, removal.deployed_at_us)
+                    .await;
+            }
+        }
         Ok(deferred)
     }
 
@@ -262,6 +330,12 @@ impl Deployer {
     async fn load_stored(&self) -> Result<HashMap<String, DeployMode>, DeployError> {
         let mut modes = HashMap::new();
         for deployment in self.store.current_deployments().await? {
+            if deployment.mode == DeployMode::Removed {
+                if let Some(kind) = parse_kind(&deployment.kind) {
+                    self.registry.remove(&deployment.name, kind);
+                }
+                continue;
+            }
             let Some(bytes) = self.store.plugin_bytes(&deployment.hash).await? else {
                 tracing::error!(plugin = %deployment.name, hash = %deployment.hash, "stored plugin bytes missing; skipped");
                 continue;
@@ -299,6 +373,10 @@ impl Deployer {
             if self.registry.get(&name).is_some_and(|p| p.hash == hash) {
                 continue;
             }
+            if self.registry.removed(&name).is_some() {
+                warn_removed_file(&name, &path);
+                continue;
+            }
             if bytes.len() > BACKGROUND_COMPILE_BYTES && !self.runtime.is_compiled(&bytes) {
                 tracing::info!(plugin = %name, bytes = bytes.len(), "large plugin not in the compile cache; compiling it in the background");
                 deferred.push(DeferredPlugin { name, bytes });
@@ -328,30 +406,57 @@ impl Deployer {
             if plugin.kind != PluginKind::Projection {
                 continue;
             }
-            let mine: Vec<_> = records
-                .iter()
-                .filter(|r| *r.name == *plugin.name)
-                .cloned()
-                .collect();
-            let mut versions = HashMap::new();
-            for record in &mine {
-                if record.plugin_hash == plugin.hash || versions.contains_key(&record.plugin_hash) {
-                    continue;
-                }
-                if let Some(bytes) = self.store.plugin_bytes(&record.plugin_hash).await?
-                    && let Ok(version) = self.compile(&plugin.name, Arc::new(bytes)).await
-                {
-                    versions.insert(record.plugin_hash.clone(), Arc::new(version));
-                }
-            }
             let mode = modes
                 .get(&*plugin.name)
                 .copied()
                 .unwrap_or(DeployMode::Live);
-            self.projections
-                .restore(plugin, mode, &mine, &versions)
-                .await?;
+            self.resume_from(plugin, mode, &records).await?;
         }
+        Ok(())
+    }
+
+    /// Start a projection's new version. A removed projection deployed
+    /// again resumes its stored generations (kept during the undeploy
+    /// grace), or builds from the start.
+    async fn start_projection(
+        &self,
+        plugin: Arc<Plugin>,
+        mode: DeployMode,
+    ) -> Result<(), DeployError> {
+        if !self.projections.cancel_removal(&plugin.name).await {
+            return Ok(self.projections.deploy(plugin, mode).await?);
+        }
+        let records = self.views.generations().await?;
+        self.resume_from(plugin, mode, &records).await
+    }
+
+    /// Resume `plugin`'s projection from its generations among `records`,
+    /// with the versions those generations were built by.
+    async fn resume_from(
+        &self,
+        plugin: Arc<Plugin>,
+        mode: DeployMode,
+        records: &[GenerationRecord],
+    ) -> Result<(), DeployError> {
+        let mine: Vec<_> = records
+            .iter()
+            .filter(|r| *r.name == *plugin.name)
+            .cloned()
+            .collect();
+        let mut versions = HashMap::new();
+        for record in &mine {
+            if record.plugin_hash == plugin.hash || versions.contains_key(&record.plugin_hash) {
+                continue;
+            }
+            if let Some(bytes) = self.store.plugin_bytes(&record.plugin_hash).await?
+                && let Ok(version) = self.compile(&plugin.name, Arc::new(bytes)).await
+            {
+                versions.insert(record.plugin_hash.clone(), Arc::new(version));
+            }
+        }
+        self.projections
+            .restore(plugin, mode, &mine, &versions)
+            .await?;
         Ok(())
     }
 
@@ -442,6 +547,10 @@ impl Deployer {
                 {
                     continue;
                 }
+                if deployer.registry.removed(&change.name).is_some() {
+                    warn_removed_file(&change.name, &change.path);
+                    continue;
+                }
                 match deployer
                     .deploy(
                         &change.name,
@@ -490,6 +599,14 @@ impl Deployer {
     pub async fn load_newer_deployments(&self) -> Result<Vec<String>, DeployError> {
         let mut loaded = Vec::new();
         for deployment in self.store.current_deployments().await? {
+            if deployment.mode == DeployMode::Removed {
+                if self.registry.get(&deployment.name).is_some() {
+                    self.unload(&deployment).await;
+                    tracing::info!(plugin = %deployment.name, "removed through another host");
+                    loaded.push(deployment.name);
+                }
+                continue;
+            }
             if self
                 .registry
                 .get(&deployment.name)
@@ -522,7 +639,7 @@ impl Deployer {
                 // generation (a hot swap, or a shadow); the others only
                 // record the version they would run if they took it over.
                 PluginKind::Projection => {
-                    if let Err(e) = self.projections.deploy(plugin, deployment.mode).await {
+                    if let Err(e) = self.start_projection(plugin, deployment.mode).await {
                         tracing::error!(plugin = %deployment.name, error = %e, "could not start a projection version deployed through another host");
                     }
                 }
@@ -532,4 +649,20 @@ impl Deployer {
         }
         Ok(loaded)
     }
+}
+
+/// The plugin directory does not bring back a removed plugin: only a
+/// deployment through the API does (see docs/api.md, "Undeploy").
+fn warn_removed_file(name: &str, path: &Path) {
+    tracing::warn!(plugin = name, file = %path.display(), "plugin file ignored: the plugin was removed (DELETE /plugins/{{name}}); deploy it with PUT /plugins/{{name}} to bring it back, or delete the file");
+}
+
+fn parse_kind(kind: &str) -> Option<PluginKind> {
+    [
+        PluginKind::Aggregate,
+        PluginKind::Projection,
+        PluginKind::Saga,
+    ]
+    .into_iter()
+    .find(|k| k.as_str() == kind)
 }

@@ -138,6 +138,21 @@ impl Leases {
         }
     }
 
+    /// Stop wanting `name` and give up its lease if this host holds it
+    /// (what it names was undeployed).
+    pub async fn forget(&self, name: &str) {
+        if !self.enabled {
+            return;
+        }
+        let _round = self.round.lock().await;
+        self.wanted_lock().remove(name);
+        if self.held_lock().remove(name).is_some()
+            && let Err(e) = self.store.release_lease(name, &self.holder).await
+        {
+            tracing::warn!(lease = name, error = %e, "could not release a lease; it expires by itself");
+        }
+    }
+
     async fn try_lease(&self, name: &str) -> Result<bool, StoreError> {
         let ttl_us = self.ttl.as_micros() as i64;
         match tokio::time::timeout(

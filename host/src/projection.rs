@@ -12,6 +12,7 @@
 pub mod diff;
 mod leasing;
 mod operations;
+mod removal;
 pub mod runner;
 mod status;
 #[cfg(all(test, feature = "examples"))]
@@ -39,6 +40,10 @@ pub const BATCH_SIZE_DEFAULT: u32 = 256;
 /// Default view rows a runner keeps in memory.
 pub const CACHE_ROWS_DEFAULT: usize = 100_000;
 
+/// How long an undeployed projection's rows are kept, by default (see
+/// [`ProjectionConfig::undeploy_grace`]).
+pub const UNDEPLOY_GRACE_SECS_DEFAULT: u64 = 300;
+
 /// How often a read on a host that does not run the projection checks the
 /// stored checkpoint while it waits for a position.
 const READ_POLL: Duration = Duration::from_millis(20);
@@ -58,6 +63,10 @@ pub struct ProjectionConfig {
     pub retire_grace: Duration,
     /// Batches read ahead of the one in the plugin while catching up.
     pub read_ahead: usize,
+    /// How long an undeployed projection's generations are kept: deployed
+    /// again within it, it resumes from its checkpoints; after it, its rows
+    /// are dropped (and a new deployment builds from the start).
+    pub undeploy_grace: Duration,
 }
 
 impl Default for ProjectionConfig {
@@ -69,6 +78,7 @@ impl Default for ProjectionConfig {
             drop_chunk: 10_000,
             retire_grace: Duration::from_secs(2),
             read_ahead: 2,
+            undeploy_grace: Duration::from_secs(UNDEPLOY_GRACE_SECS_DEFAULT),
         }
     }
 }
@@ -79,6 +89,9 @@ pub enum ProjectionError {
     /// Handling: 404 `not_found`.
     #[error("no projection named {0}")]
     NotFound(String),
+    /// Handling: 404 `not_found`: undeployed, not deployed since.
+    #[error("projection {0:?} was removed")]
+    Removed(String),
     /// Handling: 409 with the message (the operation does not fit the state).
     #[error("{0}")]
     Conflict(String),
@@ -143,6 +156,8 @@ pub struct Projections {
     /// A projection runs only while this host holds its lease (always,
     /// when leases are off).
     leases: Arc<Leases>,
+    /// Projections undeployed and not deployed since.
+    removed: removal::Removed,
 }
 
 /// The parts of the store projections use.
@@ -173,6 +188,7 @@ impl Projections {
             catalog: stores.catalog,
             entries: RwLock::new(BTreeMap::new()),
             leases,
+            removed: removal::Removed::default(),
         });
         let weak: Weak<Self> = Arc::downgrade(&projections);
         tokio::spawn(async move {
@@ -326,9 +342,7 @@ impl Projections {
     /// A projection that runs on this host: operations on its generations
     /// are for the host holding its lease.
     fn entry_here(&self, name: &str) -> Result<Arc<Entry>, ProjectionError> {
-        let entry = self
-            .get(name)
-            .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let entry = self.get(name).ok_or_else(|| self.missing(name))?;
         if !entry.runs_here() {
             return Err(ProjectionError::Conflict(format!(
                 "projection {name} runs on another host (see GET /cluster); ask that host"

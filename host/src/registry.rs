@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::runtime::{LoadError, Plugin};
+use crate::runtime::{LoadError, Plugin, PluginKind};
 
 /// Longest plugin name accepted.
 pub const PLUGIN_NAME_CHARS_MAX: usize = 64;
@@ -17,6 +17,10 @@ pub struct Registry {
     /// Versions being compiled, by plugin name (the current version, if
     /// any, serves meanwhile).
     compiling: Mutex<HashMap<String, Compiling>>,
+    /// Names undeployed (`DELETE /plugins/{name}`) and not deployed since,
+    /// with the kind they had: a removed name keeps its kind, and answers
+    /// say it was removed rather than unknown.
+    removed: RwLock<HashMap<String, PluginKind>>,
 }
 
 /// A plugin version being compiled.
@@ -81,12 +85,38 @@ impl Registry {
         self.len() == 0
     }
 
-    /// Make `plugin` the current version of its name.
+    /// Make `plugin` the current version of its name (no longer removed).
     pub fn insert(&self, plugin: Plugin) -> Arc<Plugin> {
         let plugin = Arc::new(plugin);
         let mut map = self.plugins.write().unwrap_or_else(|p| p.into_inner());
         map.insert(plugin.name.to_string(), plugin.clone());
+        self.removed_map().remove(&*plugin.name);
         plugin
+    }
+
+    /// Unload `name`, remembered as a removed `kind`; the version that was
+    /// loaded, if any.
+    pub fn remove(&self, name: &str, kind: PluginKind) -> Option<Arc<Plugin>> {
+        let mut map = self.plugins.write().unwrap_or_else(|p| p.into_inner());
+        self.removed_map().insert(name.to_string(), kind);
+        map.remove(name)
+    }
+
+    /// The kind `name` had, when it was removed and not deployed since.
+    pub fn removed(&self, name: &str) -> Option<PluginKind> {
+        self.removed_map().get(name).copied()
+    }
+
+    /// The kind a new version of `name` must have: the loaded version's, or
+    /// the removed one's.
+    pub fn kind_of(&self, name: &str) -> Option<PluginKind> {
+        self.get(name)
+            .map(|p| p.kind)
+            .or_else(|| self.removed(name))
+    }
+
+    fn removed_map(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, PluginKind>> {
+        self.removed.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Show `name` as compiling the version `hash` until the guard drops.
@@ -201,6 +231,16 @@ mod tests {
         assert_eq!(registry.compiling().len(), 1);
         registry.finish_compiling("later", "sha256:cc");
         assert!(registry.compiling().is_empty());
+    }
+
+    #[test]
+    fn a_removed_name_keeps_its_kind_until_deployed_again() {
+        let registry = Registry::default();
+        assert!(registry.remove("audit", PluginKind::Projection).is_none());
+        assert_eq!(registry.removed("audit"), Some(PluginKind::Projection));
+        assert_eq!(registry.kind_of("audit"), Some(PluginKind::Projection));
+        assert_eq!(registry.kind_of("other"), None);
+        assert!(registry.get("audit").is_none());
     }
 
     #[test]

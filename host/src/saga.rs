@@ -20,7 +20,7 @@
 mod dispatch;
 pub mod runner;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -150,6 +150,8 @@ pub struct Sagas {
     /// A saga runs only while this host holds its lease (always, when
     /// leases are off).
     leases: Arc<Leases>,
+    /// Sagas undeployed and not deployed since.
+    removed: RwLock<HashSet<String>>,
 }
 
 impl Sagas {
@@ -168,6 +170,7 @@ impl Sagas {
             runners: RwLock::new(HashMap::new()),
             plugins: RwLock::new(HashMap::new()),
             leases,
+            removed: RwLock::new(HashSet::new()),
         })
     }
 
@@ -199,17 +202,52 @@ impl Sagas {
     /// This host lost the saga's lease: stop its runner (commands executing
     /// finish; the new holder dispatches the outbox again, idempotently).
     async fn stop_here(&self, name: &str) {
-        let handle = self.write().remove(name);
-        if let Some(h) = handle {
-            let _ = h.control.send(Control::Stop).await;
-            if tokio::time::timeout(Duration::from_secs(5), h.task)
-                .await
-                .is_err()
-            {
-                tracing::warn!(saga = name, "a saga runner did not stop in time");
-            }
+        if self.stop_runner(name).await {
             tracing::info!(saga = name, "stopped the saga: another host runs it");
         }
+    }
+
+    /// Stop the runner of `name` if it runs here; whether it did.
+    async fn stop_runner(&self, name: &str) -> bool {
+        let Some(h) = self.write().remove(name) else {
+            return false;
+        };
+        let _ = h.control.send(Control::Stop).await;
+        if tokio::time::timeout(Duration::from_secs(5), h.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(saga = name, "a saga runner did not stop in time");
+        }
+        true
+    }
+
+    /// `DELETE /plugins/{name}`: stop the saga and forget its version. Its
+    /// checkpoint, instances, outbox and timers stay in the store: deployed
+    /// again, it resumes from them (commands already sent are not applied
+    /// twice, by their idempotency keys).
+    pub async fn undeploy(&self, name: &str) {
+        self.plugins().remove(name);
+        self.removed_names().insert(name.to_string());
+        self.stop_runner(name).await;
+        self.leases.forget(&format!("{SAGA_PREFIX}{name}")).await;
+        tracing::info!(
+            saga = name,
+            "saga removed; its outbox and instances are kept"
+        );
+    }
+
+    fn removed_names(&self) -> std::sync::RwLockWriteGuard<'_, HashSet<String>> {
+        self.removed.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Not found: removed, or never known here.
+    fn missing(&self, name: &str) -> SagaError {
+        SagaError::NotFound(if self.removed_names().contains(name) {
+            format!("saga {name:?} was removed")
+        } else {
+            format!("no saga named {name}")
+        })
     }
 
     fn start(&self, plugin: Arc<Plugin>) {
@@ -234,6 +272,7 @@ impl Sagas {
     /// Start the runner of a saga, or hand a running one a new version
     /// (the next unit of work runs the new logic).
     pub async fn deploy(&self, plugin: Arc<Plugin>) {
+        self.removed_names().remove(&*plugin.name);
         self.plugins()
             .insert(plugin.name.to_string(), plugin.clone());
         if !self
@@ -284,7 +323,7 @@ impl Sagas {
                 .plugins()
                 .get(name)
                 .map(|p| p.hash.clone())
-                .ok_or_else(|| SagaError::NotFound(format!("no saga named {name}")))?;
+                .ok_or_else(|| self.missing(name))?;
             let head = head.max(self.stores.log.head_position().await?);
             let position = self.store().saga_load(name).await?.checkpoint.unwrap_or(0);
             return Ok(SagaInfo {
@@ -332,7 +371,7 @@ impl Sagas {
     /// One instance with its pending commands and history.
     pub async fn instance(&self, name: &str, instance: &str) -> Result<InstanceDetail, SagaError> {
         if !self.plugins().contains_key(name) {
-            return Err(SagaError::NotFound(format!("no saga named {name}")));
+            return Err(self.missing(name));
         }
         let record = self
             .store()

@@ -142,6 +142,11 @@ impl TestHost {
             .expect("a plugin directory")
     }
 
+    /// The URL of the host's database.
+    pub fn db_url(&self) -> &str {
+        &self.config.db
+    }
+
     /// Stop gracefully and start again on the same database and plugins.
     pub async fn restart(&mut self) {
         self.stop().await;

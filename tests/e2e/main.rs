@@ -16,4 +16,5 @@ mod sagas;
 mod sandbox;
 mod streams;
 mod templates;
+mod undeploy;
 mod workflow;

@@ -145,6 +145,33 @@ pub async fn put_plugin(
     Ok(Json(plugin_json(&plugin)))
 }
 
+/// `DELETE /plugins/{name}` (admin): undeploy.
+#[utoipa::path(
+    delete,
+    path = "/plugins/{name}",
+    tag = "plugins",
+    summary = "Undeploy a plugin (admin)",
+    description = "An aggregate takes no more commands and its state is not served (`404` saying it was removed); its events stay and stream reads serve them. A projection stops at once and its reads answer `404` saying it was removed; its generations are kept for the undeploy grace (`--undeploy-grace-secs`), then its rows are dropped. A saga stops dispatching; its instances and outbox are kept. `GET /plugins` no longer lists it and its history records the removal. Deploying the name again brings it back: a saga resumes its outbox, a projection resumes from its checkpoints within the grace and builds from the start after it. The plugin directory does not bring a removed plugin back, at a restart or when its file changes.",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "Removed: the history entry of the removal, `{\"id\", \"name\", \"kind\", \"hash\", \"size\", \"mode\": \"removed\", \"source\": \"undeploy\", \"deployed_at\"}` (the version that served until then)", body = Object),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such plugin, or removed already", body = ErrorBody),
+        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`", body = ErrorBody),
+    ),
+    security(("admin" = [])),
+)]
+pub async fn undeploy(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let removal = app.deployer.undeploy(&name).await?;
+    Ok(Json(deployment_json(&removal)))
+}
+
 fn deployment_json(d: &Deployment) -> Value {
     json!({
         "id": d.id,
@@ -227,6 +254,7 @@ impl From<DeployError> for ApiError {
         match e {
             DeployError::Registry(e) => e.into(),
             DeployError::NotFound(m) => ApiError::not_found(m),
+            removed @ DeployError::Removed(_) => ApiError::not_found(removed.to_string()),
             DeployError::Store(e) => e.into(),
             DeployError::Projection(e) => e.into(),
         }

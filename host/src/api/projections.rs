@@ -40,6 +40,7 @@ impl From<ProjectionError> for ApiError {
             ProjectionError::NotFound(name) => {
                 ApiError::not_found(format!("no projection named {name}"))
             }
+            removed @ ProjectionError::Removed(_) => ApiError::not_found(removed.to_string()),
             ProjectionError::Conflict(message) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
             }
@@ -90,7 +91,7 @@ pub struct DiffQuery {
 fn entry(app: &AppState, name: &str) -> Result<Arc<Entry>, ApiError> {
     app.projections
         .get(name)
-        .ok_or_else(|| ApiError::not_found(format!("no projection named {name}")))
+        .ok_or_else(|| app.projections.missing(name).into())
 }
 
 /// Read-your-writes: wait until the serving generation has processed

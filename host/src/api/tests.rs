@@ -110,6 +110,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/streams/{stream_id}/live"),
     ("GET", "/plugins"),
     ("PUT", "/plugins/{name}"),
+    ("DELETE", "/plugins/{name}"),
     ("GET", "/plugins/{name}/history"),
     ("POST", "/plugins/{name}/rollback"),
     ("GET", "/projections"),

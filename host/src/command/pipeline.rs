@@ -27,7 +27,7 @@ use crate::registry::Registry;
 use crate::runtime::bindings::aggregate::AggregatePre;
 use crate::runtime::bindings::{WitCommand, WitEvent, WitFailure, WitNewEvent, to_wit_event};
 use crate::runtime::sandbox::PluginState;
-use crate::runtime::{AggregateInstance, Plugin, PluginCode, PluginError, Runtime};
+use crate::runtime::{AggregateInstance, Plugin, PluginCode, PluginError, PluginKind, Runtime};
 use crate::store::{
     AppendOutcome, AppendRequest, EventLog, ExpectedVersion, IdempotencyClaim, IdempotencyEntry,
     NewEvent, RecordedEvent, SAGA_IDEMPOTENCY_PREFIX, SAGA_IDEMPOTENCY_RETENTION_US, Snapshot,
@@ -402,6 +402,9 @@ impl Pipeline {
                 "plugin {name} is {}, not an aggregate",
                 p.kind.with_article()
             ))),
+            None if self.registry.removed(name) == Some(PluginKind::Aggregate) => Err(
+                CommandError::NotFound(format!("aggregate {name:?} was removed")),
+            ),
             None => Err(CommandError::NotFound(format!("unknown aggregate {name}"))),
         }
     }

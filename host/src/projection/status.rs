@@ -86,9 +86,7 @@ fn error_status(poison: &Option<Poison>, retrying: &Option<String>) -> Option<Er
 impl Projections {
     /// The status of one projection.
     pub async fn status(&self, name: &str) -> Result<ProjectionStatus, ProjectionError> {
-        let entry = self
-            .get(name)
-            .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
+        let entry = self.get(name).ok_or_else(|| self.missing(name))?;
         let head = *self.ctx.log.subscribe_head().borrow();
         let host = if self.leases.enabled() {
             self.leases

@@ -18,6 +18,9 @@ pub enum DeployMode {
     Shadow,
     /// A previous version deployed again.
     Rollback,
+    /// Undeployed (`DELETE /plugins/{name}`): the entry names the version
+    /// that served until then; nothing of the name runs.
+    Removed,
 }
 
 impl DeployMode {
@@ -26,6 +29,7 @@ impl DeployMode {
             DeployMode::Live => "live",
             DeployMode::Shadow => "shadow",
             DeployMode::Rollback => "rollback",
+            DeployMode::Removed => "removed",
         }
     }
 
@@ -34,6 +38,7 @@ impl DeployMode {
             "live" => DeployMode::Live,
             "shadow" => DeployMode::Shadow,
             "rollback" => DeployMode::Rollback,
+            "removed" => DeployMode::Removed,
             other => {
                 return Err(StoreError::Corrupt(format!(
                     "unknown deploy mode {other:?}"
@@ -52,7 +57,7 @@ pub struct Deployment {
     pub hash: String,
     pub kind: String,
     pub mode: DeployMode,
-    /// `upload` or `directory`.
+    /// `upload`, `directory`, `rollback`, `drop-shadow` or `undeploy`.
     pub source: String,
     pub size: u64,
     /// Microseconds since the Unix epoch.
@@ -79,7 +84,18 @@ pub trait PluginCatalog: Send + Sync + 'static {
     /// Deployments of a plugin name, newest first.
     async fn plugin_history(&self, name: &str) -> Result<Vec<Deployment>, StoreError>;
 
-    /// The latest deployment of every plugin name.
+    /// Record that `name` was undeployed: a copy of its latest deployment
+    /// in mode [`DeployMode::Removed`], from `source`. `None` (nothing
+    /// recorded) when the name has no deployment or its latest one is a
+    /// removal already.
+    async fn record_removal(
+        &self,
+        name: &str,
+        source: &str,
+    ) -> Result<Option<Deployment>, StoreError>;
+
+    /// The latest deployment of every plugin name (a removed one's is its
+    /// removal).
     async fn current_deployments(&self) -> Result<Vec<Deployment>, StoreError>;
 
     /// The bytes of a stored plugin version.

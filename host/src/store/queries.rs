@@ -51,6 +51,12 @@ pub struct Sql {
     pub plugin_history: &'static str,
     /// The latest deployment of every name.
     pub latest_deployments: &'static str,
+    /// Record a name's removal, a copy of its latest deployment in mode
+    /// `removed`, unless that one is a removal: name, source, deployed_at;
+    /// returns the id.
+    pub insert_removal: &'static str,
+    /// One deployment: id.
+    pub deployment: &'static str,
     /// name, holder.
     pub release_lease: &'static str,
     /// Every lease, by name.
@@ -230,6 +236,37 @@ where
         source: deployment.source,
         deployed_at_us: now,
     }))
+}
+
+/// Record the removal of `name` (see `PluginCatalog::record_removal`).
+pub async fn record_removal<DB: Database>(
+    sql: &Sql,
+    conn: &mut DB::Connection,
+    name: String,
+    source: String,
+) -> Result<Result<Option<Deployment>, StoreError>, sqlx::Error>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    (i64,): for<'r> FromRow<'r, DB::Row>,
+    DeploymentRow: for<'r> FromRow<'r, DB::Row>,
+{
+    let inserted = sqlx::query_as::<DB, (i64,)>(sql.insert_removal)
+        .bind(name.as_str())
+        .bind(source.as_str())
+        .bind(now_us())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some((id,)) = inserted else {
+        return Ok(Ok(None));
+    };
+    let row = sqlx::query_as::<DB, DeploymentRow>(sql.deployment)
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(row.try_into().map(Some))
 }
 
 /// Deployments of one name, newest first; or, without a name, the latest

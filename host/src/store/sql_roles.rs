@@ -212,6 +212,18 @@ where
         self.run_job(job, true).await
     }
 
+    async fn record_removal(
+        &self,
+        name: &str,
+        source: &str,
+    ) -> Result<Option<Deployment>, StoreError> {
+        let (sql, name, source) = (self.sql(), name.to_string(), source.to_string());
+        let job: JobFn<Option<Deployment>, Conn<S>> = Box::new(move |conn| {
+            Box::pin(queries::record_removal::<S::Db>(sql, conn, name, source))
+        });
+        self.run_job(job, true).await
+    }
+
     async fn plugin_history(&self, name: &str) -> Result<Vec<Deployment>, StoreError> {
         queries::plugin_history(self.sql(), self.readers(), Some(name)).await
     }

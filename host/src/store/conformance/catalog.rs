@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::store::{DeployMode, EventStore, NewDeployment};
 
 conformance! {
-    stores: [plugin_deployments],
+    stores: [plugin_deployments, plugin_removals],
     databases: [],
     clusters: [],
 }
@@ -62,4 +62,56 @@ async fn plugin_deployments(store: &dyn EventStore) {
     );
     assert_eq!(store.plugin_bytes("sha256:none").await.unwrap(), None);
     assert!(store.plugin_history("none").await.unwrap().is_empty());
+}
+
+/// A removal is recorded once, as a copy of the latest deployment; a
+/// deployment after it makes the name current again.
+async fn plugin_removals(store: &dyn EventStore) {
+    let deploy = |bytes: &[u8]| NewDeployment {
+        name: "audit".into(),
+        hash: format!("sha256:{}", hex::encode(bytes)),
+        kind: "projection".into(),
+        mode: DeployMode::Live,
+        source: "upload".into(),
+        bytes: Arc::new(bytes.to_vec()),
+    };
+    assert_eq!(
+        store.record_removal("audit", "undeploy").await.unwrap(),
+        None
+    );
+    store.record_deployment(deploy(b"v1")).await.unwrap();
+    let live = store.record_deployment(deploy(b"v22")).await.unwrap();
+    let removed = store
+        .record_removal("audit", "undeploy")
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert!(removed.id > live.id);
+    assert_eq!(
+        (removed.hash.as_str(), removed.kind.as_str(), removed.size),
+        (live.hash.as_str(), "projection", 3)
+    );
+    assert_eq!(
+        (removed.mode, removed.source.as_str()),
+        (DeployMode::Removed, "undeploy")
+    );
+    // Removed already: nothing more is recorded.
+    assert_eq!(
+        store.record_removal("audit", "undeploy").await.unwrap(),
+        None
+    );
+    let history = store.plugin_history("audit").await.unwrap();
+    assert_eq!(history.len(), 3);
+    assert_eq!(history[0], removed);
+    assert_eq!(store.current_deployments().await.unwrap(), [removed]);
+    // Deployed again: current again, and removable again.
+    let back = store.record_deployment(deploy(b"v1")).await.unwrap();
+    assert_eq!(store.current_deployments().await.unwrap(), [back]);
+    assert!(
+        store
+            .record_removal("audit", "undeploy")
+            .await
+            .unwrap()
+            .is_some()
+    );
 }

@@ -59,6 +59,11 @@ pub const SQL: Sql = Sql {
         deployments!(),
         " WHERE d.id IN (SELECT MAX(id) FROM plugin_deployments GROUP BY name) ORDER BY d.name"
     ),
+    insert_removal: "INSERT INTO plugin_deployments (name, hash, kind, mode, source, deployed_at) \
+         SELECT name, hash, kind, 'removed', $2::text, $3::bigint FROM plugin_deployments \
+         WHERE id = (SELECT MAX(id) FROM plugin_deployments WHERE name = $1) AND mode <> 'removed' \
+         RETURNING id",
+    deployment: concat!(deployments!(), " WHERE d.id = $1"),
     release_lease: "DELETE FROM leases WHERE name = $1 AND holder = $2",
     leases: "SELECT name, holder, expires_at FROM leases ORDER BY name",
     purge_history: "DELETE FROM saga_history WHERE id IN (\
