@@ -52,7 +52,8 @@ pub struct Deployment {
     pub hash: String,
     pub kind: String,
     pub mode: DeployMode,
-    /// `upload` or `directory`.
+    /// `upload`, `directory`, `rollback`, `promote` (a shadow promoted) or
+    /// `drop-shadow` (the serving version current again).
     pub source: String,
     pub size: u64,
     /// Microseconds since the Unix epoch.
