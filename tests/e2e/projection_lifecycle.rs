@@ -317,14 +317,14 @@ async fn a_read_waiting_on_a_failed_projection_answers_at_once_with_the_failure(
     let started = Instant::now();
     let read = host
         .get(&format!(
-            "/projections/poison_counter/rows/count-Deposited?min_position={later}&timeout_ms=30000"
+            "/projections/poison_counter/rows/count-Deposited?min_position={later}&timeout_ms=20000"
         ))
         .await;
     let took = started.elapsed();
     read.expect(503, "projection_failed");
     assert!(
         took < Duration::from_secs(10),
-        "answered at once, not after the 30 s wait: {took:?}"
+        "answered at once, not after the 20 s wait: {took:?}"
     );
     let details = &read.body["error"]["details"];
     assert_eq!(details["state"], "failed", "{}", read.body);
@@ -339,7 +339,7 @@ async fn a_read_waiting_on_a_failed_projection_answers_at_once_with_the_failure(
     // The rows list says the same; a read of what it has processed answers.
     let page = host
         .get(&format!(
-            "/projections/poison_counter/rows?min_position={later}&timeout_ms=30000"
+            "/projections/poison_counter/rows?min_position={later}&timeout_ms=20000"
         ))
         .await;
     page.expect(503, "projection_failed");
