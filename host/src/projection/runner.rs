@@ -8,14 +8,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod read_ahead;
+
+use read_ahead::ReadAhead;
+
 use super::ProjectionConfig;
 use super::view::{RowCache, ViewSession};
 use crate::runtime::bindings::to_wit_event;
 use crate::runtime::projection::ProjectionInstance;
 use crate::runtime::{Plugin, PluginCode, PluginError, Runtime};
 use crate::store::{
-    EventLog, GlobalQuery, Position, RecordedEvent, RowWrite, SkipRecord, StoreError, ViewCommit,
-    ViewStore,
+    EventLog, Position, RecordedEvent, RowWrite, SkipRecord, StoreError, ViewCommit, ViewStore,
 };
 
 /// Where the generation that serves reads is, for read-your-writes waits.
@@ -730,75 +733,6 @@ impl Runner {
                 }
             }
         }
-    }
-}
-
-/// A batch as read: its events, the position it covers up to, and whether
-/// it reached the head it was read against.
-type ReadBatch = (Vec<RecordedEvent>, Position, bool);
-
-/// Batches read ahead of the runner by a task of their own, up to a head.
-/// Dropping it stops the task.
-struct ReadAhead {
-    /// The position the next batch received starts at.
-    next_from: Position,
-    batches: mpsc::Receiver<Result<ReadBatch, StoreError>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ReadAhead {
-    fn spawn(
-        store: Arc<dyn EventLog>,
-        from: Position,
-        until: Position,
-        limit: u32,
-        types: Option<Arc<[String]>>,
-        depth: usize,
-    ) -> Self {
-        let (tx, batches) = mpsc::channel(depth);
-        let task = tokio::spawn(async move {
-            let mut from = from;
-            loop {
-                let read = store
-                    .read_global(GlobalQuery {
-                        from_position: from,
-                        until_position: Some(until),
-                        limit,
-                        types: types.as_deref(),
-                    })
-                    .await;
-                let batch = read.map(|events| {
-                    let last = events.len() < limit as usize;
-                    let to = if last {
-                        until
-                    } else {
-                        events.last().map_or(until, |e| e.position)
-                    };
-                    (events, to, last)
-                });
-                let done = match &batch {
-                    Ok((_, to, last)) => {
-                        from = to + 1;
-                        *last
-                    }
-                    Err(_) => true,
-                };
-                if tx.send(batch).await.is_err() || done {
-                    return;
-                }
-            }
-        });
-        Self {
-            next_from: from,
-            batches,
-            task,
-        }
-    }
-}
-
-impl Drop for ReadAhead {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
