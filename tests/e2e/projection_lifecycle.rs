@@ -183,6 +183,25 @@ async fn a_dropped_shadow_stays_dropped_after_a_restart() {
     host.stop().await;
 }
 
+#[tokio::test]
+async fn deploying_the_shadow_version_live_promotes_the_shadow() {
+    let mut host = host_on(None).await;
+    let (_, status) = seeded_with_a_shadow(&host).await;
+    assert_eq!(status["rebuild"]["generation"], 2);
+    // The same bytes, live: the shadow switches over, not a new build.
+    deploy(&host, NAME, artifacts::FIXTURE_BALANCES_V2, "live").await;
+    let status = wait_status(&host, NAME, "switched to the shadow", |s| {
+        s["generation"] == 2 && s["rebuild"].is_null()
+    })
+    .await;
+    assert_eq!(status["state"], "running", "{status}");
+    host.restart().await;
+    let status = wait_status(&host, NAME, "resumed", |s| s["lag"] == 0).await;
+    assert_eq!(status["generation"], 2, "{status}");
+    assert!(status["rebuild"].is_null(), "{status}");
+    host.stop().await;
+}
+
 async fn the_shadow_rows_and_both_values_of_a_diff_can_be_read(db: Option<&ScratchDatabase>) {
     let mut host = host_on(db).await;
     let (gold, last) = seeded(&host).await;
