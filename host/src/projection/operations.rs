@@ -17,8 +17,6 @@ pub struct Resumed {
     pub generation: u64,
     /// Its checkpoint once the answer came.
     pub position: Position,
-    /// The event it had failed on.
-    pub poison: Poison,
     pub outcome: ResumeOutcome,
 }
 
@@ -77,12 +75,12 @@ impl Projections {
             let state = entry.state.lock().await;
             let generations = state.active.iter().chain(state.next.iter().map(|(g, _)| g));
             for generation in generations {
-                let Some(poison) = generation.progress().poison else {
+                if generation.progress().poison.is_none() {
                     continue;
-                };
+                }
                 let (reply, answer) = oneshot::channel();
                 if generation.control(Control::Resume { skip, reply }).await {
-                    answers.push((generation.clone(), poison, answer));
+                    answers.push((generation.clone(), answer));
                 }
             }
         }
@@ -95,7 +93,7 @@ impl Projections {
         // failed on it), without the entry locked: a switch may need it.
         let deadline = tokio::time::Instant::now() + wait;
         let mut resumed = Vec::new();
-        for (generation, poison, answer) in answers {
+        for (generation, answer) in answers {
             let outcome = match tokio::time::timeout_at(deadline, answer).await {
                 Ok(Ok(RetryOutcome::Passed)) => ResumeOutcome::Passed,
                 Ok(Ok(RetryOutcome::FailedAgain(poison))) => ResumeOutcome::FailedAgain(poison),
@@ -105,7 +103,6 @@ impl Projections {
             resumed.push(Resumed {
                 generation: generation.generation,
                 position: generation.progress().position,
-                poison,
                 outcome,
             });
         }
