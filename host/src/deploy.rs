@@ -78,6 +78,10 @@ pub struct DeferredPlugin {
 pub const SOURCE_UPLOAD: &str = "upload";
 pub const SOURCE_DIRECTORY: &str = "directory";
 pub const SOURCE_UNDEPLOY: &str = "undeploy";
+/// A shadow promoted by an operator (mode `live`).
+pub const SOURCE_PROMOTE: &str = "promote";
+/// A shadow dropped: the serving version is current again (mode `rollback`).
+pub const SOURCE_DROP_SHADOW: &str = "drop-shadow";
 
 /// Deploys plugin versions.
 pub struct Deployer {
@@ -273,24 +277,48 @@ impl Deployer {
     /// serving version current again (recorded as a rollback).
     pub async fn drop_shadow(&self, name: &str) -> Result<Arc<Plugin>, DeployError> {
         let serving = self.projections.drop_shadow(name).await?;
+        self.record_again(name, &serving, DeployMode::Rollback, SOURCE_DROP_SHADOW)
+            .await?;
+        Ok(self.registry.insert((*serving).clone()))
+    }
+
+    /// `POST /projections/{name}/promote`: the shadow's version goes live.
+    /// Recorded in the history (mode `live`, source `promote`) before the
+    /// generation turns from shadow to building; the generation's role is
+    /// what a restart resumes. Returns the promoted generation.
+    pub async fn promote(&self, name: &str) -> Result<u64, DeployError> {
+        let shadow = self.projections.shadow_plugin(name).await?;
+        self.record_again(name, &shadow, DeployMode::Live, SOURCE_PROMOTE)
+            .await?;
+        Ok(self.projections.promote(name).await?)
+    }
+
+    /// Record a deployment of a version already stored.
+    async fn record_again(
+        &self,
+        name: &str,
+        plugin: &Plugin,
+        mode: DeployMode,
+        source: &str,
+    ) -> Result<(), DeployError> {
         let bytes = self
             .store
-            .plugin_bytes(&serving.hash)
+            .plugin_bytes(&plugin.hash)
             .await?
             .ok_or_else(|| {
-                StoreError::Corrupt(format!("the bytes of {} are missing", serving.hash))
+                StoreError::Corrupt(format!("the bytes of {} are missing", plugin.hash))
             })?;
         self.store
             .record_deployment(NewDeployment {
                 name: name.to_string(),
-                hash: serving.hash.clone(),
-                kind: serving.kind.as_str().to_string(),
-                mode: DeployMode::Rollback,
-                source: "drop-shadow".into(),
+                hash: plugin.hash.clone(),
+                kind: plugin.kind.as_str().to_string(),
+                mode,
+                source: source.to_string(),
                 bytes: Arc::new(bytes),
             })
             .await?;
-        Ok(self.registry.insert((*serving).clone()))
+        Ok(())
     }
 
     /// At start: load the stored current versions, apply the plugin

@@ -32,7 +32,8 @@ use crate::store::{
     DeployMode, EventLog, GenerationRecord, GenerationRole, PluginCatalog, Position, StoreError,
     ViewId, ViewStore,
 };
-pub use runner::{Control, Generation, Poison, RunnerContext, RunnerEvent, Serving};
+pub use operations::{ResumeOutcome, Resumed};
+pub use runner::{Control, Generation, Poison, RetryOutcome, RunnerContext, RunnerEvent, Serving};
 pub use status::{ErrorStatus, ProjectionStatus, RebuildStatus, TimeStatus};
 
 /// Default events per projection batch.
@@ -95,6 +96,10 @@ pub enum ProjectionError {
     /// Handling: 409 with the message (the operation does not fit the state).
     #[error("{0}")]
     Conflict(String),
+    /// Handling: 404 `not_found` with the message (a read of the shadow
+    /// generation when there is none).
+    #[error("{0}")]
+    NoShadow(String),
     /// Handling: per [`StoreError`].
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -131,20 +136,59 @@ impl Entry {
         *self.serving.borrow()
     }
 
-    /// Wait until the serving generation has processed `position`; the
-    /// position reached when `timeout` ran out otherwise.
-    pub async fn wait_for(
-        &self,
-        position: Position,
-        timeout: Duration,
-    ) -> Result<Serving, Serving> {
+    /// Wait until the serving generation has processed `position`. It
+    /// ends early when that generation is stopped on a poison event before
+    /// `position`: nothing moves it on until an operator acts.
+    pub async fn wait_for(&self, position: Position, timeout: Duration) -> Waited {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut rx = self.serving.subscribe();
-        let waited = tokio::time::timeout(timeout, rx.wait_for(|s| s.position >= position)).await;
-        match waited {
-            Ok(Ok(serving)) => Ok(*serving),
-            _ => Err(self.serving()),
+        loop {
+            let waited = tokio::time::timeout_at(
+                deadline,
+                rx.wait_for(|s| s.position >= position || s.failed),
+            )
+            .await
+            .map(|seen| seen.map(|s| *s));
+            let Ok(Ok(serving)) = waited else {
+                return Waited::TimedOut(self.serving());
+            };
+            if serving.position >= position {
+                return Waited::Reached(serving);
+            }
+            if let Some(poison) = self.failure(serving.generation).await {
+                return Waited::Failed(serving, poison);
+            }
+            // Resumed meanwhile: wait for the flag to change again.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let cleared = tokio::time::timeout(left, rx.wait_for(|s| !s.failed))
+                .await
+                .is_ok_and(|seen| seen.is_ok());
+            if !cleared {
+                return Waited::TimedOut(self.serving());
+            }
         }
     }
+
+    /// The poison event the serving generation `generation` stopped on.
+    async fn failure(&self, generation: u64) -> Option<Poison> {
+        let state = self.state.lock().await;
+        state
+            .active
+            .as_ref()
+            .filter(|a| a.generation == generation)
+            .and_then(|a| a.progress().poison)
+    }
+}
+
+/// How a read's wait for a position ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waited {
+    /// The serving generation has processed it (or none was asked for).
+    Reached(Serving),
+    /// The time ran out first; where the serving generation was.
+    TimedOut(Serving),
+    /// The serving generation stopped on a poison event before it.
+    Failed(Serving, Poison),
 }
 
 /// All projections of this host.
@@ -288,7 +332,29 @@ impl Projections {
         }
         self.resume_records(&entry, &plugin, records, versions)
             .await;
+        if self.adopt_running(&entry, &plugin).await {
+            // What ran before the stop goes on from its checkpoints, as it
+            // was: a promoted shadow serves, a shadow stays a shadow.
+            return Ok(());
+        }
         self.deploy(plugin, mode).await
+    }
+
+    /// Whether a resumed generation already runs `plugin` (serving, or
+    /// being built): then it is the current version, in the role its
+    /// stored generation has, and nothing new is started for it.
+    async fn adopt_running(&self, entry: &Entry, plugin: &Arc<Plugin>) -> bool {
+        let mut state = entry.state.lock().await;
+        let mode = match (&state.active, &state.next) {
+            (_, Some((next, GenerationRole::Shadow))) if next.plugin.hash == plugin.hash => {
+                DeployMode::Shadow
+            }
+            (_, Some((next, _))) if next.plugin.hash == plugin.hash => DeployMode::Live,
+            (Some(active), _) if active.plugin.hash == plugin.hash => DeployMode::Live,
+            _ => return false,
+        };
+        state.current = Some((plugin.clone(), mode));
+        true
     }
 
     /// Start runners for the stored generations that can run.
@@ -362,6 +428,7 @@ impl Projections {
             .map(|r| Serving {
                 generation: r.generation,
                 position: r.position,
+                failed: false,
             })
             .unwrap_or_default())
     }
@@ -369,16 +436,17 @@ impl Projections {
     /// The generation reads use, once it has processed `min_position` (if
     /// given): from the runner when it runs here, else from the stored
     /// checkpoint, polled. The position reached when `timeout` ran out
-    /// otherwise.
+    /// otherwise, or at once the poison event the serving generation
+    /// stopped on (known where it runs).
     pub async fn serving_after(
         &self,
         entry: &Entry,
         min_position: Option<Position>,
         timeout: Duration,
-    ) -> Result<Result<Serving, Serving>, StoreError> {
+    ) -> Result<Waited, StoreError> {
         if entry.runs_here() {
             return Ok(match min_position {
-                None => Ok(entry.serving()),
+                None => Waited::Reached(entry.serving()),
                 Some(position) => entry.wait_for(position, timeout).await,
             });
         }
@@ -386,13 +454,13 @@ impl Projections {
         loop {
             let serving = self.stored_serving(&entry.name).await?;
             let Some(position) = min_position else {
-                return Ok(Ok(serving));
+                return Ok(Waited::Reached(serving));
             };
             if serving.position >= position {
-                return Ok(Ok(serving));
+                return Ok(Waited::Reached(serving));
             }
             if tokio::time::Instant::now() >= deadline {
-                return Ok(Err(serving));
+                return Ok(Waited::TimedOut(serving));
             }
             if entry.runs_here() {
                 // Taken over meanwhile: the runner reports from now on.
@@ -427,12 +495,22 @@ impl Projections {
             state.active = Some(generation);
             return Ok(());
         };
-        if let Some((next, _)) = &state.next
+        if let Some((next, role)) = &state.next
             && next.plugin.hash == plugin.hash
-            && mode != DeployMode::Shadow
         {
-            // Already building this version.
-            return Ok(());
+            match (*role, mode) {
+                // Already building this version, as asked.
+                (GenerationRole::Shadow, DeployMode::Shadow) => return Ok(()),
+                (GenerationRole::Shadow, _) => {
+                    // Deployed live while it is the shadow: promote it.
+                    let generation = self.promote_next(&entry.name, &mut state).await?;
+                    drop(state);
+                    self.maybe_switch(&entry.name, generation).await;
+                    return Ok(());
+                }
+                (_, DeployMode::Shadow) => {}
+                (_, _) => return Ok(()),
+            }
         }
         if active.plugin.hash == plugin.hash && mode != DeployMode::Shadow {
             // Back to the version that serves: drop what was being built.

@@ -11,6 +11,7 @@ mod live;
 mod plugins;
 mod polyglot;
 mod postgres;
+mod projection_lifecycle;
 mod projections;
 mod sagas;
 mod sandbox;

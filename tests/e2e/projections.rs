@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 
 use crate::common::{ADMIN_TOKEN, Answer, TestHost, artifacts, cmd};
 
-const BALANCES: &str = "account_balances";
+pub(crate) const BALANCES: &str = "account_balances";
 
-async fn open(host: &TestHost, id: &str, owner: &str) -> Answer {
+pub(crate) async fn open(host: &TestHost, id: &str, owner: &str) -> Answer {
     let a = host
         .command("bank_account", id, cmd("Open", json!({ "owner": owner })))
         .await;
@@ -22,7 +22,7 @@ async fn open(host: &TestHost, id: &str, owner: &str) -> Answer {
     a
 }
 
-async fn deposit(host: &TestHost, id: &str, amount: i64) -> Answer {
+pub(crate) async fn deposit(host: &TestHost, id: &str, amount: i64) -> Answer {
     let a = host
         .command(
             "bank_account",
@@ -34,7 +34,7 @@ async fn deposit(host: &TestHost, id: &str, amount: i64) -> Answer {
     a
 }
 
-async fn withdraw(host: &TestHost, id: &str, amount: i64) -> Answer {
+pub(crate) async fn withdraw(host: &TestHost, id: &str, amount: i64) -> Answer {
     let a = host
         .command(
             "bank_account",
@@ -46,26 +46,31 @@ async fn withdraw(host: &TestHost, id: &str, amount: i64) -> Answer {
     a
 }
 
-fn position(a: &Answer) -> u64 {
+pub(crate) fn position(a: &Answer) -> u64 {
     a.body["position"].as_u64().expect("position")
 }
 
 /// A row, waiting until the projection has processed `min_position`.
-async fn row_at(host: &TestHost, projection: &str, key: &str, min_position: u64) -> Answer {
+pub(crate) async fn row_at(
+    host: &TestHost,
+    projection: &str,
+    key: &str,
+    min_position: u64,
+) -> Answer {
     host.get(&format!(
         "/projections/{projection}/rows/{key}?min_position={min_position}&timeout_ms=10000"
     ))
     .await
 }
 
-async fn head(host: &TestHost) -> u64 {
+pub(crate) async fn head(host: &TestHost) -> u64 {
     host.get("/readyz").await.body["head"]
         .as_u64()
         .expect("head")
 }
 
 /// Poll the status until `check` holds (at most 20 s).
-async fn wait_status(
+pub(crate) async fn wait_status(
     host: &TestHost,
     name: &str,
     what: &str,
@@ -85,12 +90,12 @@ async fn wait_status(
     );
 }
 
-fn admin(host: &TestHost, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+pub(crate) fn admin(host: &TestHost, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
     let _ = host;
     req.bearer_auth(ADMIN_TOKEN)
 }
 
-async fn deploy(host: &TestHost, name: &str, file: &str, mode: &str) -> Answer {
+pub(crate) async fn deploy(host: &TestHost, name: &str, file: &str, mode: &str) -> Answer {
     let bytes = std::fs::read(file).expect("component");
     let a = host
         .send(admin(
@@ -317,7 +322,7 @@ pub(crate) async fn a_poison_event_stops_only_its_projection_until_skipped() {
     let row = row_at(&host, BALANCES, "account-1", position(&later)).await;
     assert_eq!(row.body["balance"], 12);
 
-    // A plain retry fails again on the same event.
+    // A plain retry fails again on the same event, and says so.
     let resume = |skip: bool| {
         admin(
             &host,
@@ -326,7 +331,12 @@ pub(crate) async fn a_poison_event_stops_only_its_projection_until_skipped() {
                 .json(&json!({ "skip": skip })),
         )
     };
-    host.send(resume(false)).await.expect(200, "");
+    let again = host.send(resume(false)).await;
+    again.expect(503, "projection_failed");
+    assert_eq!(
+        again.body["error"]["details"]["error"]["position"],
+        poison_at
+    );
     let status = wait_status(&host, "poison_counter", "failed again", |s| {
         s["state"] == "failed" && s["error"]["position"] == poison_at
     })
@@ -357,7 +367,7 @@ pub(crate) async fn a_poison_event_stops_only_its_projection_until_skipped() {
 
 /// Accounts with varied balances; returns the ids whose balance is >= 1000
 /// (the rows the v2 logic changes) and the last position.
-async fn seed_accounts(host: &TestHost, n: usize) -> (BTreeSet<String>, u64) {
+pub(crate) async fn seed_accounts(host: &TestHost, n: usize) -> (BTreeSet<String>, u64) {
     let mut gold = BTreeSet::new();
     let mut last = 0;
     for i in 0..n {

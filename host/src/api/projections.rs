@@ -19,8 +19,8 @@ use super::json::{ResumeBody, read_optional_json};
 use super::plugins::{authorize, plugin_json};
 use super::streams::query;
 use super::{ApiError, AppState};
-use crate::projection::diff::diff_views;
-use crate::projection::{Entry, ProjectionError, Serving};
+use crate::projection::diff::{diff_views, value_json};
+use crate::projection::{Entry, Poison, ProjectionError, ResumeOutcome, Serving, Waited};
 use crate::store::{Position, ViewId};
 
 /// Default wait of a read with `min_position`, in ms.
@@ -33,6 +33,8 @@ pub const ROWS_PAGE_MAX: u32 = 1_000;
 /// Keys named per kind of difference in a diff, by default and at most.
 pub const DIFF_SAMPLE_DEFAULT: usize = 10;
 pub const DIFF_SAMPLE_MAX: usize = 1_000;
+/// How long a resume waits to hear whether the retried event passed, in ms.
+pub const RESUME_WAIT_MS: u64 = 10_000;
 
 impl From<ProjectionError> for ApiError {
     fn from(e: ProjectionError) -> Self {
@@ -44,6 +46,7 @@ impl From<ProjectionError> for ApiError {
             ProjectionError::Conflict(message) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
             }
+            ProjectionError::NoShadow(message) => ApiError::not_found(message),
             ProjectionError::Store(e) => e.into(),
         }
     }
@@ -59,6 +62,10 @@ pub struct WaitQuery {
     /// How long to wait for `min_position`, in ms (default 5000).
     #[param(maximum = 60000)]
     timeout_ms: Option<u64>,
+    /// `active` (default): the generation that serves reads; `shadow`: the
+    /// shadow (or building) generation, without `min_position`.
+    #[param(pattern = "^(active|shadow)$")]
+    generation: Option<String>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -77,6 +84,9 @@ pub struct RowsQuery {
     /// How long to wait for `min_position`, in ms (default 5000).
     #[param(maximum = 60000)]
     timeout_ms: Option<u64>,
+    /// As for one row: `active` (default) or `shadow`.
+    #[param(pattern = "^(active|shadow)$")]
+    generation: Option<String>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -109,23 +119,120 @@ async fn serving_after(
             "timeout_ms must be at most {MIN_POSITION_TIMEOUT_MS_MAX}"
         )));
     }
-    app.projections
+    let position = min_position.unwrap_or_default();
+    match app
+        .projections
         .serving_after(entry, min_position, Duration::from_millis(timeout_ms))
         .await?
-        .map_err(|reached| {
-            let position = min_position.unwrap_or_default();
-            ApiError::unavailable(format!(
-                "projection {} has processed position {} and not yet {position} after {timeout_ms} ms",
-                entry.name, reached.position
-            ))
-            .with_details(json!({ "position": reached.position, "min_position": position }))
-        })
+    {
+        Waited::Reached(serving) => Ok(serving),
+        Waited::TimedOut(reached) => Err(ApiError::unavailable(format!(
+            "projection {} has processed position {} and not yet {position} after {timeout_ms} ms",
+            entry.name, reached.position
+        ))
+        .with_details(json!({ "position": reached.position, "min_position": position }))),
+        Waited::Failed(reached, poison) => {
+            let message = format!(
+                "projection {name} has failed {}; it has processed position {} and will not reach {position} until an operator resumes it (POST /projections/{name}/resume)",
+                failure_text(&poison),
+                reached.position,
+                name = entry.name,
+            );
+            Err(
+                projection_failed(message, reached.generation, reached.position, &poison)
+                    .with_min_position(position),
+            )
+        }
+    }
 }
 
-/// A stored value as JSON (a value that is not JSON comes back as a string).
-fn value_json(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+/// The poison event and the plugin's message, for people.
+fn failure_text(poison: &Poison) -> String {
+    if poison.position == 0 {
+        return format!("before any event: {}", poison.message);
+    }
+    format!(
+        "at position {} ({} on stream {}): {}",
+        poison.position, poison.event_type, poison.stream_id, poison.message
+    )
+}
+
+/// `503 projection_failed`: the generation stopped on a poison event and
+/// goes no further until an operator resumes it.
+fn projection_failed(
+    message: String,
+    generation: u64,
+    position: Position,
+    poison: &Poison,
+) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "projection_failed",
+        message,
+    )
+    .with_details(json!({
+        "state": "failed",
+        "generation": generation,
+        "position": position,
+        "error": {
+            "message": poison.message,
+            "position": poison.position,
+            "stream_id": poison.stream_id,
+            "event_type": poison.event_type,
+        },
+    }))
+}
+
+impl ApiError {
+    /// Add `details.min_position` (a read that waited for it).
+    fn with_min_position(mut self, min_position: Position) -> Self {
+        if let Some(Value::Object(details)) = &mut self.details {
+            details.insert("min_position".into(), json!(min_position));
+        }
+        self
+    }
+}
+
+/// Which generation a read asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadGeneration {
+    Active,
+    Shadow,
+}
+
+fn read_generation(value: Option<&str>) -> Result<ReadGeneration, ApiError> {
+    match value {
+        None | Some("active") => Ok(ReadGeneration::Active),
+        Some("shadow") => Ok(ReadGeneration::Shadow),
+        Some(other) => Err(ApiError::invalid_request(format!(
+            "generation must be active or shadow, not {other:?}"
+        ))),
+    }
+}
+
+/// The generation a row read uses: the serving one once it has processed
+/// `min_position`, or the shadow (which is not waited on).
+async fn view_to_read(
+    app: &AppState,
+    name: &str,
+    generation: Option<&str>,
+    min_position: Option<Position>,
+    timeout_ms: Option<u64>,
+) -> Result<Serving, ApiError> {
+    match read_generation(generation)? {
+        ReadGeneration::Active => {
+            let entry = entry(app, name)?;
+            serving_after(app, &entry, min_position, timeout_ms).await
+        }
+        ReadGeneration::Shadow => {
+            if min_position.is_some() {
+                return Err(ApiError::invalid_request(
+                    "min_position waits for the active generation; it cannot be used with generation=shadow",
+                ));
+            }
+            Ok(app.projections.shadow_view(name).await?)
+        }
+    }
 }
 
 /// `GET /projections`
@@ -172,10 +279,10 @@ pub async fn status(
     responses(
         (status = 200, description = "The row's JSON value (a value that is not JSON comes as a string)", body = Value,
             headers(("Kiln-Position" = u64, description = "The position the serving generation had processed"))),
-        (status = 400, description = "`invalid_request`: a bad query parameter, `timeout_ms` over 60000", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such projection or row", body = ErrorBody),
+        (status = 400, description = "`invalid_request`: a bad query parameter, `timeout_ms` over 60000, `min_position` with `generation=shadow`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such projection or row, or no shadow generation with `generation=shadow`", body = ErrorBody),
         (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`: `min_position` not reached in time (`details.position`, `details.min_position`), or the store", body = ErrorBody),
+        (status = 503, description = "`unavailable`: `min_position` not reached in time (`details.position`, `details.min_position`), or the store; `projection_failed`: the serving generation stopped on a poison event before `min_position` (`details.state`, `details.generation`, `details.position`, `details.min_position`, `details.error`)", body = ErrorBody),
     ),
 )]
 pub async fn row(
@@ -184,8 +291,14 @@ pub async fn row(
     q: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let entry = entry(&app, &name)?;
-    let serving = serving_after(&app, &entry, q.min_position, q.timeout_ms).await?;
+    let serving = view_to_read(
+        &app,
+        &name,
+        q.generation.as_deref(),
+        q.min_position,
+        q.timeout_ms,
+    )
+    .await?;
     let view = ViewId {
         projection: &name,
         generation: serving.generation,
@@ -229,10 +342,10 @@ pub async fn row(
     params(("name" = String, Path), RowsQuery),
     responses(
         (status = 200, description = "`{\"rows\": [{\"key\", \"value\"}], \"next\": key|null, \"position\"}`; `next` is the `after` of the next page", body = Object),
-        (status = 400, description = "`invalid_request`: a bad query parameter", body = ErrorBody),
-        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 400, description = "`invalid_request`: a bad query parameter, `min_position` with `generation=shadow`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such projection, or no shadow generation with `generation=shadow`", body = ErrorBody),
         (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`: `min_position` not reached in time, or the store", body = ErrorBody),
+        (status = 503, description = "`unavailable`: `min_position` not reached in time, or the store; `projection_failed`: the serving generation stopped on a poison event before `min_position`, as for one row", body = ErrorBody),
     ),
 )]
 pub async fn rows(
@@ -250,8 +363,14 @@ pub async fn rows(
         }
         n => n,
     };
-    let entry = entry(&app, &name)?;
-    let serving = serving_after(&app, &entry, q.min_position, q.timeout_ms).await?;
+    let serving = view_to_read(
+        &app,
+        &name,
+        q.generation.as_deref(),
+        q.min_position,
+        q.timeout_ms,
+    )
+    .await?;
     let view = ViewId {
         projection: &name,
         generation: serving.generation,
@@ -312,13 +431,13 @@ pub async fn rebuild(
     params(("name" = String, Path)),
     request_body(content = Option<ResumeBody>, content_type = "application/json", description = "Optional (an empty body is `{\"skip\": false}`); at most 4096 bytes"),
     responses(
-        (status = 200, description = "`{\"name\", \"resumed\", \"skip\"}`", body = Object),
+        (status = 200, description = "`{\"name\", \"resumed\", \"skip\", \"state\"}`: `state` is `running` once the event passed (or was skipped), `retrying` when the retry had not finished after 10 s", body = Object),
         (status = 400, description = "`invalid_request`: a bad body", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`conflict`: it has not failed", body = ErrorBody),
         (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
+        (status = 503, description = "`projection_failed`: the retry failed again on the same event (`details.state`, `details.generation`, `details.position`, `details.error`); `unavailable`", body = ErrorBody),
     ),
     security(("admin" = [])),
 )]
@@ -330,10 +449,26 @@ pub async fn resume(
 ) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers)?;
     let body: ResumeBody = read_optional_json(body, 4096).await?;
-    let resumed = app.projections.resume(&name, body.skip).await?;
-    Ok(Json(
-        json!({ "name": name, "resumed": resumed, "skip": body.skip }),
-    ))
+    let resumed = app
+        .projections
+        .resume(&name, body.skip, Duration::from_millis(RESUME_WAIT_MS))
+        .await?;
+    for r in &resumed {
+        if let ResumeOutcome::FailedAgain(poison) = &r.outcome {
+            let message = format!(
+                "projection {name} failed again {}; it waits for another resume (with {{\"skip\": true}} to skip the event)",
+                failure_text(poison)
+            );
+            return Err(projection_failed(message, r.generation, r.position, poison));
+        }
+    }
+    let pending = resumed.iter().any(|r| r.outcome == ResumeOutcome::Pending);
+    Ok(Json(json!({
+        "name": name,
+        "resumed": resumed.len(),
+        "skip": body.skip,
+        "state": if pending { "retrying" } else { "running" },
+    })))
 }
 
 /// `GET /projections/{name}/skips`: events skipped by operators.
@@ -380,7 +515,7 @@ pub async fn skips(
     summary = "Compare the active generation with the shadow (or building) one",
     params(("name" = String, Path), DiffQuery),
     responses(
-        (status = 200, description = "`{\"name\", \"old\": {\"generation\", \"plugin\", \"position\"}, \"new\": {…}, \"comparable\", \"only_in_old\", \"only_in_new\", \"changed\", \"unchanged\"}`", body = Object),
+        (status = 200, description = "`{\"name\", \"old\": {\"generation\", \"plugin\", \"position\"}, \"new\": {…}, \"comparable\", \"only_in_old\", \"only_in_new\", \"changed\", \"unchanged\"}`; each kind of difference is `{\"count\", \"sample\": [key], \"values\": [{\"key\", \"old\", \"new\"}]}`, the values of the sampled keys in each generation (`null` where absent)", body = Object),
         (status = 400, description = "`invalid_request`: a bad query parameter", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`conflict`: no second generation", body = ErrorBody),
@@ -429,7 +564,7 @@ pub async fn diff(
     post,
     path = "/projections/{name}/promote",
     tag = "projections",
-    summary = "Switch reads to the shadow generation once it has caught up (admin)",
+    summary = "Switch reads to the shadow generation once it has caught up (admin); recorded in the plugin's history",
     params(("name" = String, Path)),
     responses(
         (status = 202, description = "`{\"name\", \"generation\"}`", body = Object),
@@ -447,7 +582,7 @@ pub async fn promote(
     headers: HeaderMap,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     authorize(&app, &headers)?;
-    let generation = app.projections.promote(&name).await?;
+    let generation = app.deployer.promote(&name).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "name": name, "generation": generation })),

@@ -1,24 +1,50 @@
 //! Comparing two generations of a view: which keys only one has, and which
-//! values differ. Both are read in key order, page by page, and merged.
+//! values differ, with both values of the keys named. Both are read in key
+//! order, page by page, and merged.
 
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::store::{StoreError, ViewId, ViewStore};
 
-/// Keys of one kind of difference: how many, and the first few.
+/// Keys of one kind of difference: how many, and the first few, with
+/// their values in each generation.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct KeySample {
     pub count: u64,
+    /// The keys named, in key order.
     pub sample: Vec<String>,
+    /// The same keys with their values: `old` in the first generation, `new`
+    /// in the second (`null` where the key is absent).
+    pub values: Vec<KeyValues>,
+}
+
+/// One named key and its value in each generation.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct KeyValues {
+    pub key: String,
+    pub old: Option<Value>,
+    pub new: Option<Value>,
 }
 
 impl KeySample {
-    fn add(&mut self, key: &str, sample_max: usize) {
+    fn add(&mut self, key: &str, old: Option<&[u8]>, new: Option<&[u8]>, sample_max: usize) {
         self.count += 1;
         if self.sample.len() < sample_max {
             self.sample.push(key.to_string());
+            self.values.push(KeyValues {
+                key: key.to_string(),
+                old: old.map(value_json),
+                new: new.map(value_json),
+            });
         }
     }
+}
+
+/// A stored value as JSON (a value that is not JSON comes back as a string).
+pub fn value_json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// What differs between an old and a new generation.
@@ -86,28 +112,28 @@ pub async fn diff_views(
     loop {
         match (&a, &b) {
             (None, None) => break,
-            (Some((ka, _)), None) => {
-                diff.only_in_old.add(ka, sample_max);
+            (Some((ka, va)), None) => {
+                diff.only_in_old.add(ka, Some(va), None, sample_max);
                 a = olds.next().await?;
             }
-            (None, Some((kb, _))) => {
-                diff.only_in_new.add(kb, sample_max);
+            (None, Some((kb, vb))) => {
+                diff.only_in_new.add(kb, None, Some(vb), sample_max);
                 b = news.next().await?;
             }
             (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
                 std::cmp::Ordering::Less => {
-                    diff.only_in_old.add(ka, sample_max);
+                    diff.only_in_old.add(ka, Some(va), None, sample_max);
                     a = olds.next().await?;
                 }
                 std::cmp::Ordering::Greater => {
-                    diff.only_in_new.add(kb, sample_max);
+                    diff.only_in_new.add(kb, None, Some(vb), sample_max);
                     b = news.next().await?;
                 }
                 std::cmp::Ordering::Equal => {
                     if same_value(va, vb) {
                         diff.unchanged += 1;
                     } else {
-                        diff.changed.add(ka, sample_max);
+                        diff.changed.add(ka, Some(va), Some(vb), sample_max);
                     }
                     a = olds.next().await?;
                     b = news.next().await?;

@@ -76,18 +76,7 @@ impl Projections {
         );
         self.resume_records(&entry, &plugin, &records, &versions)
             .await;
-        let current = {
-            let state = entry.state.lock().await;
-            state
-                .active
-                .as_ref()
-                .is_some_and(|g| g.plugin.hash == plugin.hash)
-                || state
-                    .next
-                    .as_ref()
-                    .is_some_and(|(g, _)| g.plugin.hash == plugin.hash)
-        };
-        if current {
+        if self.adopt_running(&entry, &plugin).await {
             Ok(())
         } else {
             self.deploy(plugin, mode).await

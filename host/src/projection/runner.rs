@@ -6,7 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+
+mod read_ahead;
+
+use read_ahead::ReadAhead;
 
 use super::ProjectionConfig;
 use super::view::{RowCache, ViewSession};
@@ -14,8 +18,7 @@ use crate::runtime::bindings::to_wit_event;
 use crate::runtime::projection::ProjectionInstance;
 use crate::runtime::{Plugin, PluginCode, PluginError, Runtime};
 use crate::store::{
-    EventLog, GlobalQuery, Position, RecordedEvent, RowWrite, SkipRecord, StoreError, ViewCommit,
-    ViewStore,
+    EventLog, Position, RecordedEvent, RowWrite, SkipRecord, StoreError, ViewCommit, ViewStore,
 };
 
 /// Where the generation that serves reads is, for read-your-writes waits.
@@ -23,6 +26,9 @@ use crate::store::{
 pub struct Serving {
     pub generation: u64,
     pub position: Position,
+    /// The generation stopped on a poison event: it goes no further until
+    /// an operator resumes it, so a wait for a later position ends at once.
+    pub failed: bool,
 }
 
 /// A poison event: the plugin failed on it, so the generation stopped.
@@ -58,13 +64,24 @@ pub struct Progress {
 }
 
 /// An operator's instruction to a runner.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub enum Control {
-    /// Retry a failed generation, or skip its poison event.
+    /// Retry a failed generation, or skip its poison event; `reply` hears
+    /// how the retry went once the runner knows.
     Resume {
         skip: bool,
+        reply: oneshot::Sender<RetryOutcome>,
     },
     Stop,
+}
+
+/// How a resumed generation did on the event it had failed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// It processed (or skipped) the event and went on.
+    Passed,
+    /// It failed again on it.
+    FailedAgain(Poison),
 }
 
 /// What the runner tells the manager.
@@ -102,11 +119,29 @@ impl Generation {
     /// Make this generation the one reads use, from its current position.
     pub fn start_serving(&self) {
         self.is_serving.store(true, Ordering::SeqCst);
-        let position = self.progress().position;
+        let progress = self.progress();
         self.serving.send_replace(Serving {
             generation: self.generation,
-            position,
+            position: progress.position,
+            failed: progress.poison.is_some(),
         });
+    }
+
+    /// Record (or clear) the poison event this generation stopped on, and
+    /// tell the readers waiting on it when it serves.
+    fn set_poison(&self, poison: Option<Poison>) {
+        let failed = poison.is_some();
+        self.update(|p| p.poison = poison);
+        if self.is_serving.load(Ordering::SeqCst) {
+            self.serving.send_if_modified(|s| {
+                if s.generation == self.generation && s.failed != failed {
+                    s.failed = failed;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
     }
 
     pub fn stop_serving(&self) {
@@ -157,6 +192,7 @@ pub fn spawn(
         position,
         claimed: position,
         control: control_rx,
+        retry: None,
     };
     tokio::spawn(runner.run());
     shared
@@ -171,6 +207,9 @@ struct Runner {
     /// batch's commit is in flight.
     claimed: Position,
     control: mpsc::Receiver<Control>,
+    /// An operator's resume waiting to hear how the retry of the poison
+    /// event went: the event's position and where to answer.
+    retry: Option<(Position, oneshot::Sender<RetryOutcome>)>,
 }
 
 /// A batch whose commit runs while the next batch is in the plugin.
@@ -231,6 +270,8 @@ impl Runner {
                 }
             }
         };
+        // A retry of a failed `subscriptions` got this far.
+        self.retry_passed(self.position);
         let mut pass = Pass {
             types: (!types.is_empty()).then(|| types.into()),
             prefetched: None,
@@ -245,7 +286,8 @@ impl Runner {
                     let _ = self.settle(&mut pass.in_flight, &mut pass.cache).await;
                     return self.finish();
                 }
-                Ok(Control::Resume { .. }) | Err(mpsc::error::TryRecvError::Empty) => {}
+                Ok(Control::Resume { reply, .. }) => not_failed(reply),
+                Err(mpsc::error::TryRecvError::Empty) => {}
                 Err(mpsc::error::TryRecvError::Disconnected) => return self.finish(),
             }
             let head = *pass.head_rx.borrow_and_update();
@@ -274,7 +316,7 @@ impl Runner {
             changed = pass.head_rx.changed() => if changed.is_err() { return Next::Finish },
             control = self.control.recv() => match control {
                 None | Some(Control::Stop) => return Next::Finish,
-                Some(Control::Resume { .. }) => {}
+                Some(Control::Resume { reply, .. }) => not_failed(reply),
             },
         }
         Next::Go
@@ -577,13 +619,25 @@ impl Runner {
         });
         if self.shared.is_serving.load(Ordering::SeqCst) {
             self.shared.serving.send_if_modified(|s| {
-                if s.generation == self.shared.generation && s.position < to {
-                    s.position = to;
+                if s.generation == self.shared.generation && (s.position < to || s.failed) {
+                    s.position = s.position.max(to);
+                    s.failed = false;
                     true
                 } else {
                     false
                 }
             });
+        }
+        self.retry_passed(to);
+    }
+
+    /// The checkpoint reached `to`: a resume waiting on an event at or
+    /// before it hears that the retry passed.
+    fn retry_passed(&mut self, to: Position) {
+        if self.retry.as_ref().is_some_and(|(at, _)| *at <= to)
+            && let Some((_, reply)) = self.retry.take()
+        {
+            let _ = reply.send(RetryOutcome::Passed);
         }
     }
 
@@ -624,12 +678,18 @@ impl Runner {
             "projection failed; it waits for POST /projections/{}/resume",
             self.shared.name
         );
-        self.shared.update(|p| p.poison = Some(poison));
+        // A resume that retried this event hears that it failed again.
+        if let Some((_, reply)) = self.retry.take() {
+            let _ = reply.send(RetryOutcome::FailedAgain(poison.clone()));
+        }
+        let at = poison.position;
+        self.shared.set_poison(Some(poison));
         match self.control.recv().await {
             None | Some(Control::Stop) => None,
-            Some(Control::Resume { skip }) => {
+            Some(Control::Resume { skip, reply }) => {
                 tracing::info!(projection = %self.shared.name, skip, "projection resumed by an operator");
-                self.shared.update(|p| p.poison = None);
+                self.retry = Some((at, reply));
+                self.shared.set_poison(None);
                 Some(skip)
             }
         }
@@ -676,73 +736,10 @@ impl Runner {
     }
 }
 
-/// A batch as read: its events, the position it covers up to, and whether
-/// it reached the head it was read against.
-type ReadBatch = (Vec<RecordedEvent>, Position, bool);
-
-/// Batches read ahead of the runner by a task of their own, up to a head.
-/// Dropping it stops the task.
-struct ReadAhead {
-    /// The position the next batch received starts at.
-    next_from: Position,
-    batches: mpsc::Receiver<Result<ReadBatch, StoreError>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ReadAhead {
-    fn spawn(
-        store: Arc<dyn EventLog>,
-        from: Position,
-        until: Position,
-        limit: u32,
-        types: Option<Arc<[String]>>,
-        depth: usize,
-    ) -> Self {
-        let (tx, batches) = mpsc::channel(depth);
-        let task = tokio::spawn(async move {
-            let mut from = from;
-            loop {
-                let read = store
-                    .read_global(GlobalQuery {
-                        from_position: from,
-                        until_position: Some(until),
-                        limit,
-                        types: types.as_deref(),
-                    })
-                    .await;
-                let batch = read.map(|events| {
-                    let last = events.len() < limit as usize;
-                    let to = if last {
-                        until
-                    } else {
-                        events.last().map_or(until, |e| e.position)
-                    };
-                    (events, to, last)
-                });
-                let done = match &batch {
-                    Ok((_, to, last)) => {
-                        from = to + 1;
-                        *last
-                    }
-                    Err(_) => true,
-                };
-                if tx.send(batch).await.is_err() || done {
-                    return;
-                }
-            }
-        });
-        Self {
-            next_from: from,
-            batches,
-            task,
-        }
-    }
-}
-
-impl Drop for ReadAhead {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// A resume that reached a runner which has not failed (another resume
+/// came first): nothing to retry, it goes on.
+fn not_failed(reply: oneshot::Sender<RetryOutcome>) {
+    let _ = reply.send(RetryOutcome::Passed);
 }
 
 fn poison_at(event: &RecordedEvent, message: String) -> Poison {

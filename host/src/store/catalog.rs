@@ -57,7 +57,8 @@ pub struct Deployment {
     pub hash: String,
     pub kind: String,
     pub mode: DeployMode,
-    /// `upload`, `directory`, `rollback`, `drop-shadow` or `undeploy`.
+    /// `upload`, `directory`, `rollback`, `promote` (a shadow promoted),
+    /// `drop-shadow` (the serving version current again) or `undeploy`.
     pub source: String,
     pub size: u64,
     /// Microseconds since the Unix epoch.
