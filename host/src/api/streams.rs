@@ -42,7 +42,7 @@ pub struct StateQuery {
     #[param(minimum = 1, maximum = 9223372036854775807i64)]
     at_version: Option<u64>,
     /// The state as it was at this RFC 3339 time (not with `at_version`).
-    #[param(example = "2026-11-22T10:00:00Z")]
+    #[param(format = DateTime, example = "2026-11-22T10:00:00Z")]
     at_time: Option<String>,
 }
 
