@@ -3,6 +3,7 @@
 //! (`#[utoipa::path]`), and [`routes`] builds the router and
 //! `/openapi.json` from the same list.
 
+pub mod bounds;
 pub mod cluster;
 pub mod commands;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod ops;
 pub mod plain_errors;
 pub mod plugins;
 pub mod projections;
+pub mod responses;
 pub mod sagas;
 pub mod streams;
 pub mod undocumented;

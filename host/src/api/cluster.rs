@@ -16,9 +16,8 @@ use super::{ApiError, AppState};
     tag = "operations",
     summary = "This host's id and every lease: which host runs each projection and saga",
     responses(
+        super::responses::StoreRoute,
         (status = 200, description = "`{\"host\", \"leases_enabled\", \"lease_ttl_ms\", \"leases\": [{\"name\", \"holder\", \"expires_at\", …}]}`", body = Object),
-        (status = 500, description = "`internal` (`details.error_id`)", body = super::error::ErrorBody),
-        (status = 503, description = "`unavailable`", body = super::error::ErrorBody),
     ),
 )]
 pub async fn cluster(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {

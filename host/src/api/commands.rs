@@ -9,11 +9,14 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
+use utoipa::openapi::ObjectBuilder;
+use utoipa::openapi::schema::{KnownFormat, OneOfBuilder, Schema, SchemaFormat, Type};
 
 use super::error::ErrorBody;
 use super::json::{EventJson, event_json, parse_json, read_json_body};
+use super::responses::StoreRoute;
 use super::{ApiError, AppState};
 use crate::command::{CommandOutcome, CommandRequest};
 use crate::store::ExpectedVersion;
@@ -39,8 +42,29 @@ pub struct CommandBody {
     /// A version number (0 is `"no_stream"`), `"no_stream"`, or `"any"`
     /// (the default).
     #[serde(default)]
-    #[schema(value_type = Option<Value>, example = json!(3))]
+    #[schema(schema_with = expected_version_schema)]
     expected_version: Option<Value>,
+}
+
+/// `expected_version` as [`parse_expected`] reads it: a version, one of
+/// the two names, or null (`"any"`).
+fn expected_version_schema() -> Schema {
+    let version = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(0))
+        .examples([json!(3)]);
+    let named = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["any", "no_stream"]));
+    OneOfBuilder::new()
+        .item(version)
+        .item(named)
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some(
+            "A version number (0 is `\"no_stream\"`), `\"no_stream\"`, or `\"any\"` (the default).",
+        ))
+        .into()
 }
 
 /// A command's answer: the events it appended.
@@ -65,10 +89,11 @@ pub struct CommandResponse<'a> {
     params(
         ("aggregate" = String, Path, description = "The aggregate plugin's name"),
         ("id" = String, Path, description = "The instance id; the stream is `{aggregate}-{id}`"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Visible ASCII; may not start with `kiln-saga/` (the saga manager's keys do)"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Visible ASCII; may not start with `kiln-saga/` (the saga manager's keys do)"),
     ),
     request_body(content = CommandBody, content_type = "application/json"),
     responses(
+        StoreRoute,
         (status = 200, description = "Appended (or a command that produced no events, with `events: []`)", body = CommandResponse,
             headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored answer of an earlier request with the same key"))),
         (status = 400, description = "`invalid_request` (malformed body, bad field, bad header) or `invalid_command` (the plugin answered invalid)", body = ErrorBody),

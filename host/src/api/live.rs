@@ -33,9 +33,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
 use utoipa::IntoParams;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr};
 
+use super::bounds::stored_int;
 use super::error::ErrorBody;
 use super::json::event_json;
+use super::responses::{BadRequest, StoreRoute};
 use super::{ApiError, AppState};
 use crate::store::{CommittedBatch, EventLog, Position, RecordedEvent, StoreError, StreamQuery};
 
@@ -101,6 +105,8 @@ impl LiveFeeds {
 pub struct GlobalLiveQuery {
     /// The first position to send (0 counts as 1); by default only what
     /// commits from now on. `Last-Event-ID` wins over it.
+    #[serde(default, deserialize_with = "stored_int")]
+    #[param(minimum = 0, maximum = 9223372036854775807i64)]
     from_position: Option<u64>,
 }
 
@@ -110,8 +116,41 @@ pub struct GlobalLiveQuery {
 pub struct StreamLiveQuery {
     /// The first version to send (default 1; 0 counts as 1).
     /// `Last-Event-ID` wins over it.
+    #[serde(default, deserialize_with = "stored_int")]
+    #[param(minimum = 0, maximum = 9223372036854775807i64)]
     from_version: Option<u64>,
 }
+
+/// One message of a feed, as the document describes it (OpenAPI's schema
+/// of a `text/event-stream` answer is that of each message): `event:
+/// event`, `id:` the position, `data:` the event's JSON as `GET /events`
+/// shows it. Keep-alive comments are not messages.
+pub struct FeedEvent;
+
+impl utoipa::PartialSchema for FeedEvent {
+    fn schema() -> RefOr<Schema> {
+        let event = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["event"]));
+        let id = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[0-9]+$"));
+        let data = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .content_media_type("application/json")
+            .content_schema(Some(Ref::from_schema_name("Event")));
+        ObjectBuilder::new()
+            .property("event", event)
+            .property("id", id)
+            .property("data", data)
+            .required("event")
+            .required("id")
+            .required("data")
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for FeedEvent {}
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(q)| q)
@@ -154,10 +193,11 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<Position>, ApiError> {
     summary = "Follow the global log as Server-Sent Events: catch-up, then live",
     params(
         GlobalLiveQuery,
-        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this position (what the feed's `id:` lines carry); at most 2^63-1"),
+        ("Last-Event-ID" = Option<u64>, Header, nullable = false, maximum = 9223372036854775807i64, description = "Resume after this position (what the feed's `id:` lines carry)"),
     ),
     responses(
-        (status = 200, description = "`text/event-stream`: each event one message `event: event`, `id: <position>`, `data: <the event JSON of GET /events>`; keep-alive comments when idle", content_type = "text/event-stream", body = String),
+        BadRequest,
+        (status = 200, description = "`text/event-stream`: each event one message `event: event`, `id: <position>`, `data: <the event JSON of GET /events>`; keep-alive comments when idle", content_type = "text/event-stream", body = inline(FeedEvent)),
         (status = 400, description = "`invalid_request`: a bad query parameter or Last-Event-ID", body = ErrorBody),
         (status = 503, description = "`unavailable`: the host is shutting down", body = ErrorBody),
     ),
@@ -206,13 +246,12 @@ pub async fn global_live(
     params(
         ("stream_id" = String, Path, description = "e.g. `bank_account-42`"),
         StreamLiveQuery,
-        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after the event at this position; at most 2^63-1"),
+        ("Last-Event-ID" = Option<u64>, Header, nullable = false, maximum = 9223372036854775807i64, description = "Resume after the event at this position"),
     ),
     responses(
-        (status = 200, description = "`text/event-stream`, as `GET /events/live`", content_type = "text/event-stream", body = String),
+        StoreRoute,
+        (status = 200, description = "`text/event-stream`, as `GET /events/live`", content_type = "text/event-stream", body = inline(FeedEvent)),
         (status = 400, description = "`invalid_request`: a bad query parameter or Last-Event-ID", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`: the host is shutting down or the store is", body = ErrorBody),
     ),
 )]
 pub async fn stream_live(

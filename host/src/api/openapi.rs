@@ -5,8 +5,13 @@
 use std::sync::OnceLock;
 
 use axum::Json;
+use utoipa::openapi::schema::{SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder};
+use utoipa::openapi::{
+    ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder, RefOr, Required, Schema,
+};
+
+use super::error::{ErrorBody, ErrorDetail};
 
 /// The document's frame: title, version and the admin routes' bearer
 /// token. The paths and their schemas are added by the routes.
@@ -24,6 +29,10 @@ pub fn base() -> OpenApi {
         .components(Some(
             ComponentsBuilder::new()
                 .security_scheme("admin", admin)
+                // The shared error answers (`super::responses`) refer to it
+                // by name.
+                .schema_from::<ErrorBody>()
+                .schema_from::<ErrorDetail>()
                 .build(),
         ))
         .info(
@@ -43,7 +52,50 @@ pub fn base() -> OpenApi {
 /// The whole document, as served.
 pub fn document() -> &'static OpenApi {
     static DOCUMENT: OnceLock<OpenApi> = OnceLock::new();
-    DOCUMENT.get_or_init(|| super::routes().into_openapi())
+    DOCUMENT.get_or_init(|| {
+        let mut document = super::routes().into_openapi();
+        optional_bodies_may_be_absent(&mut document);
+        document
+    })
+}
+
+/// utoipa describes an optional body (`Option<T>`) as `T` or JSON `null`;
+/// the server reads an absent (empty) body as the defaults and refuses
+/// `null`. Keep `T`: the body is not required, and when given it is a `T`.
+fn optional_bodies_may_be_absent(document: &mut OpenApi) {
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let Some(RefOr::T(body)) = &mut operation.request_body else {
+                continue;
+            };
+            if matches!(body.required, Some(Required::True)) {
+                continue;
+            }
+            for content in body.content.values_mut() {
+                let RefOr::T(content) = content else {
+                    continue;
+                };
+                let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema else {
+                    continue;
+                };
+                let mut not_null = one_of.items.iter().filter(|s| !is_null(s));
+                if let (Some(only), None) = (not_null.next(), not_null.next()) {
+                    content.schema = Some(only.clone());
+                }
+            }
+        }
+    }
+}
+
+fn is_null(schema: &RefOr<Schema>) -> bool {
+    matches!(schema, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null))
 }
 
 /// `GET /openapi.json`
@@ -52,7 +104,10 @@ pub fn document() -> &'static OpenApi {
     path = "/openapi.json",
     tag = "operations",
     summary = "This API's OpenAPI description",
-    responses((status = 200, description = "The OpenAPI document", body = Object)),
+    responses(
+        super::responses::BadRequest,
+        (status = 200, description = "The OpenAPI document", body = Object),
+    ),
 )]
 pub async fn openapi() -> Json<&'static OpenApi> {
     Json(document())

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::error::ErrorBody;
+use super::responses::{BadRequest, StoreRoute};
 use super::{ApiError, AppState};
 
 /// `GET /healthz`: the process is up.
@@ -17,7 +18,7 @@ use super::{ApiError, AppState};
     path = "/healthz",
     tag = "operations",
     summary = "The process is up",
-    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)),
+    responses(BadRequest, (status = 200, description = "`{\"status\": \"ok\"}`", body = Object)),
 )]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
@@ -31,8 +32,8 @@ pub async fn healthz() -> Json<Value> {
     tag = "operations",
     summary = "The store answers and plugins are loaded",
     responses(
+        StoreRoute,
         (status = 200, description = "`{\"status\": \"ready\", \"plugins\", \"compiling\": [names], \"head\"}`", body = Object),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
         (status = 503, description = "`unavailable`: the store does not answer, or no plugin is loaded", body = ErrorBody),
     ),
 )]
@@ -63,7 +64,7 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Api
     path = "/metrics",
     tag = "operations",
     summary = "Prometheus metrics",
-    responses((status = 200, description = "The text exposition format 0.0.4", content_type = "text/plain", body = String)),
+    responses(BadRequest, (status = 200, description = "The text exposition format 0.0.4", content_type = "text/plain", body = String)),
 )]
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let head = *app.store.subscribe_head().borrow();

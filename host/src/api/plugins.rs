@@ -12,6 +12,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::ErrorBody;
 use super::json::{format_time_us, read_body, read_optional_json};
+use super::responses::{AdminBodyRoute, AdminRoute, BadRequest, StoreRoute};
 use super::streams::query;
 use super::{ApiError, AppState};
 use crate::deploy::{DeployError, SOURCE_UPLOAD};
@@ -19,6 +20,8 @@ use crate::registry::Compiling;
 use crate::runtime::Plugin;
 use crate::store::{DeployMode, Deployment};
 use serde::Deserialize;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::{IntoParams, ToSchema};
 
 pub fn plugin_json(p: &Plugin) -> Value {
@@ -50,6 +53,7 @@ fn compiling_json(c: &Compiling) -> Value {
     tag = "plugins",
     summary = "The loaded plugins, and versions still compiling",
     responses(
+        BadRequest,
         (status = 200, description = "By name: `[{\"name\", \"kind\", \"hash\", \"size\", \"loaded_at\", \"status\": \"ready|compiling\", \"compiling\"?: {\"hash\", \"size\", \"since\"}}]`", body = [Object]),
     ),
 )]
@@ -101,22 +105,35 @@ pub struct DeployQuery {
     mode: Option<String>,
 }
 
+/// The body of `PUT /plugins/{name}`, as the document describes it: bytes.
+pub struct ComponentBytes;
+
+impl utoipa::PartialSchema for ComponentBytes {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
+}
+
+impl ToSchema for ComponentBytes {}
+
 /// `PUT /plugins/{name}?mode=live|shadow` (admin): deploy a new version.
 #[utoipa::path(
     put,
     path = "/plugins/{name}",
     tag = "plugins",
     summary = "Deploy a plugin version (admin)",
-    params(("name" = String, Path, description = "The plugin's name: lowercase letters, digits and `_`"), DeployQuery),
-    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's bytes, at most 64 MiB"),
+    params(("name" = String, Path, pattern = "^[a-z][a-z0-9_]*$", max_length = 64, description = "The plugin's name: a lowercase letter, then lowercase letters, digits and `_`; at most 64"), DeployQuery),
+    request_body(content = inline(ComponentBytes), content_type = "application/wasm", description = "The component's bytes, at most 64 MiB"),
     responses(
+        AdminRoute,
         (status = 200, description = "Deployed: the plugin's entry as in `GET /plugins`", body = Object),
         (status = 400, description = "`invalid_request`: not a component, a bad name or mode", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 413, description = "`too_large`", body = ErrorBody),
-        (status = 422, description = "`invalid_plugin`: the component fits no world", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
+        (status = 409, description = "`conflict`: the projection runs on another host", body = ErrorBody),
+        (status = 413, description = "`too_large`: over 64 MiB (`details.limit`)", body = ErrorBody),
+        (status = 422, description = "`invalid_plugin`: the component fits no world, its kind differs from the plugin it replaces, or a shadow that is not a projection", body = ErrorBody),
     ),
     security(("admin" = [])),
 )]
@@ -154,11 +171,9 @@ pub async fn put_plugin(
     description = "An aggregate takes no more commands and its state is not served (`404` saying it was removed); its events stay and stream reads serve them. A projection stops at once and its reads answer `404` saying it was removed; its generations are kept for the undeploy grace (`--undeploy-grace-secs`), then its rows are dropped. A saga stops dispatching; its instances and outbox are kept. `GET /plugins` no longer lists it and its history records the removal. Deploying the name again brings it back: a saga resumes its outbox, a projection resumes from its checkpoints within the grace and builds from the start after it. The plugin directory does not bring a removed plugin back, at a restart or when its file changes.",
     params(("name" = String, Path)),
     responses(
+        AdminRoute,
         (status = 200, description = "Removed: the history entry of the removal, `{\"id\", \"name\", \"kind\", \"hash\", \"size\", \"mode\": \"removed\", \"source\": \"undeploy\", \"deployed_at\"}` (the version that served until then)", body = Object),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`not_found`: no such plugin, or removed already", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
     ),
     security(("admin" = [])),
 )]
@@ -193,10 +208,9 @@ fn deployment_json(d: &Deployment) -> Value {
     summary = "The versions deployed under a name, newest first",
     params(("name" = String, Path)),
     responses(
+        StoreRoute,
         (status = 200, description = "`{\"name\", \"versions\": [{\"id\", \"name\", \"kind\", \"hash\", \"size\", \"mode\", \"source\", \"deployed_at\"}]}`", body = Object),
-        (status = 404, description = "`not_found`", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no plugin of that name was ever deployed", body = ErrorBody),
     ),
 )]
 pub async fn history(
@@ -215,6 +229,7 @@ pub async fn history(
 pub struct RollbackBody {
     /// The version to deploy again; by default the newest one that differs
     /// from the current one.
+    #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
     hash: Option<String>,
 }
 
@@ -227,13 +242,10 @@ pub struct RollbackBody {
     params(("name" = String, Path)),
     request_body(content = Option<RollbackBody>, content_type = "application/json", description = "Optional (an empty body is `{}`); at most 4096 bytes"),
     responses(
+        AdminBodyRoute,
         (status = 200, description = "Deployed: the plugin's entry as in `GET /plugins`", body = Object),
-        (status = 400, description = "`invalid_request`: a bad body", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such plugin or no earlier version", body = ErrorBody),
-        (status = 413, description = "`too_large`", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such plugin, no such version or no earlier version", body = ErrorBody),
+        (status = 409, description = "`conflict`: the projection runs on another host", body = ErrorBody),
     ),
     security(("admin" = [])),
 )]

@@ -14,9 +14,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::IntoParams;
 
+use super::bounds::stored_int;
 use super::error::ErrorBody;
 use super::json::{ResumeBody, read_optional_json};
 use super::plugins::{authorize, plugin_json};
+use super::responses::{AdminBodyRoute, AdminRoute, BadRequest, StoreRoute};
 use super::streams::query;
 use super::{ApiError, AppState};
 use crate::projection::diff::{diff_views, value_json};
@@ -58,9 +60,11 @@ impl From<ProjectionError> for ApiError {
 pub struct WaitQuery {
     /// Read-your-writes: answer once the projection has processed this
     /// global position (e.g. a command's `position`).
+    #[serde(default, deserialize_with = "stored_int")]
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 9223372036854775807i64)]
     min_position: Option<Position>,
     /// How long to wait for `min_position`, in ms (default 5000).
-    #[param(maximum = 60000)]
+    #[param(minimum = 0, maximum = 60000)]
     timeout_ms: Option<u64>,
     /// `active` (default): the generation that serves reads; `shadow`: the
     /// shadow (or building) generation, without `min_position`.
@@ -80,9 +84,11 @@ pub struct RowsQuery {
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// As for one row: answer once this position is processed.
+    #[serde(default, deserialize_with = "stored_int")]
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 9223372036854775807i64)]
     min_position: Option<Position>,
     /// How long to wait for `min_position`, in ms (default 5000).
-    #[param(maximum = 60000)]
+    #[param(minimum = 0, maximum = 60000)]
     timeout_ms: Option<u64>,
     /// As for one row: `active` (default) or `shadow`.
     #[param(pattern = "^(active|shadow)$")]
@@ -95,6 +101,7 @@ pub struct RowsQuery {
 pub struct DiffQuery {
     /// Keys named per kind of difference (default 10; more than 1000
     /// counts as 1000).
+    #[param(minimum = 0, maximum = 18446744073709551615u64)]
     sample: Option<usize>,
 }
 
@@ -114,7 +121,7 @@ async fn serving_after(
     timeout_ms: Option<u64>,
 ) -> Result<Serving, ApiError> {
     let timeout_ms = timeout_ms.unwrap_or(MIN_POSITION_TIMEOUT_MS_DEFAULT);
-    if min_position.is_some() && timeout_ms > MIN_POSITION_TIMEOUT_MS_MAX {
+    if timeout_ms > MIN_POSITION_TIMEOUT_MS_MAX {
         return Err(ApiError::invalid_request(format!(
             "timeout_ms must be at most {MIN_POSITION_TIMEOUT_MS_MAX}"
         )));
@@ -241,7 +248,7 @@ async fn view_to_read(
     path = "/projections",
     tag = "projections",
     summary = "Every projection's status",
-    responses((status = 200, description = "A list of statuses, as `GET /projections/{name}`", body = [Object])),
+    responses(BadRequest, (status = 200, description = "A list of statuses, as `GET /projections/{name}`", body = [Object])),
 )]
 pub async fn list(State(app): State<Arc<AppState>>) -> Json<Value> {
     Json(json!(app.projections.statuses().await))
@@ -256,10 +263,9 @@ pub async fn list(State(app): State<Arc<AppState>>) -> Json<Value> {
     description = "`{\"name\", \"plugin\", \"generation\", \"state\": \"running|rebuilding|paused|failed\", \"position\", \"head\", \"lag\", \"error\", \"rebuild\": null|{\"generation\", \"position\", \"head\", \"progress\"}, …}`",
     params(("name" = String, Path)),
     responses(
+        StoreRoute,
         (status = 200, description = "The status", body = Object),
-        (status = 404, description = "`not_found`", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no projection of that name", body = ErrorBody),
     ),
 )]
 pub async fn status(
@@ -277,11 +283,11 @@ pub async fn status(
     summary = "One row's value, as the projection stored it",
     params(("name" = String, Path), ("key" = String, Path), WaitQuery),
     responses(
+        StoreRoute,
         (status = 200, description = "The row's JSON value (a value that is not JSON comes as a string)", body = Value,
             headers(("Kiln-Position" = u64, description = "The position the serving generation had processed"))),
         (status = 400, description = "`invalid_request`: a bad query parameter, `timeout_ms` over 60000, `min_position` with `generation=shadow`", body = ErrorBody),
         (status = 404, description = "`not_found`: no such projection or row, or no shadow generation with `generation=shadow`", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
         (status = 503, description = "`unavailable`: `min_position` not reached in time (`details.position`, `details.min_position`), or the store; `projection_failed`: the serving generation stopped on a poison event before `min_position` (`details.state`, `details.generation`, `details.position`, `details.min_position`, `details.error`)", body = ErrorBody),
     ),
 )]
@@ -341,10 +347,10 @@ pub async fn row(
     summary = "Rows by key prefix, in key order, paged",
     params(("name" = String, Path), RowsQuery),
     responses(
+        StoreRoute,
         (status = 200, description = "`{\"rows\": [{\"key\", \"value\"}], \"next\": key|null, \"position\"}`; `next` is the `after` of the next page", body = Object),
         (status = 400, description = "`invalid_request`: a bad query parameter, `min_position` with `generation=shadow`", body = ErrorBody),
         (status = 404, description = "`not_found`: no such projection, or no shadow generation with `generation=shadow`", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
         (status = 503, description = "`unavailable`: `min_position` not reached in time, or the store; `projection_failed`: the serving generation stopped on a poison event before `min_position`, as for one row", body = ErrorBody),
     ),
 )]
@@ -400,12 +406,10 @@ pub async fn rows(
     summary = "Rebuild into a new generation (admin); reads stay on the old one until it catches up",
     params(("name" = String, Path)),
     responses(
+        AdminRoute,
         (status = 202, description = "`{\"name\", \"generation\", \"state\": \"rebuilding\"}`", body = Object),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 404, description = "`not_found`", body = ErrorBody),
-        (status = 409, description = "`conflict`", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no projection of that name", body = ErrorBody),
+        (status = 409, description = "`conflict`: a rebuild is already under way, or the projection runs on another host", body = ErrorBody),
     ),
     security(("admin" = [])),
 )]
@@ -431,13 +435,11 @@ pub async fn rebuild(
     params(("name" = String, Path)),
     request_body(content = Option<ResumeBody>, content_type = "application/json", description = "Optional (an empty body is `{\"skip\": false}`); at most 4096 bytes"),
     responses(
+        AdminBodyRoute,
         (status = 200, description = "`{\"name\", \"resumed\", \"skip\", \"state\"}`: `state` is `running` once the event passed (or was skipped), `retrying` when the retry had not finished after 10 s", body = Object),
-        (status = 400, description = "`invalid_request`: a bad body", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no projection of that name", body = ErrorBody),
         (status = 409, description = "`conflict`: it has not failed", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`projection_failed`: the retry failed again on the same event (`details.state`, `details.generation`, `details.position`, `details.error`); `unavailable`", body = ErrorBody),
+        (status = 503, description = "`projection_failed`: the retry failed again on the same event (`details.state`, `details.generation`, `details.position`, `details.error`); `unavailable`: the store", body = ErrorBody),
     ),
     security(("admin" = [])),
 )]
@@ -479,10 +481,9 @@ pub async fn resume(
     summary = "Events operators skipped",
     params(("name" = String, Path)),
     responses(
+        StoreRoute,
         (status = 200, description = "`{\"skips\": [{\"generation\", \"position\", \"stream_id\", \"event_type\", \"reason\"}]}`", body = Object),
-        (status = 404, description = "`not_found`", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no projection of that name", body = ErrorBody),
     ),
 )]
 pub async fn skips(
@@ -515,12 +516,10 @@ pub async fn skips(
     summary = "Compare the active generation with the shadow (or building) one",
     params(("name" = String, Path), DiffQuery),
     responses(
+        StoreRoute,
         (status = 200, description = "`{\"name\", \"old\": {\"generation\", \"plugin\", \"position\"}, \"new\": {…}, \"comparable\", \"only_in_old\", \"only_in_new\", \"changed\", \"unchanged\"}`; each kind of difference is `{\"count\", \"sample\": [key], \"values\": [{\"key\", \"old\", \"new\"}]}`, the values of the sampled keys in each generation (`null` where absent)", body = Object),
-        (status = 400, description = "`invalid_request`: a bad query parameter", body = ErrorBody),
-        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no projection of that name", body = ErrorBody),
         (status = 409, description = "`conflict`: no second generation", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
     ),
 )]
 pub async fn diff(
@@ -567,12 +566,10 @@ pub async fn diff(
     summary = "Switch reads to the shadow generation once it has caught up (admin); recorded in the plugin's history",
     params(("name" = String, Path)),
     responses(
+        AdminRoute,
         (status = 202, description = "`{\"name\", \"generation\"}`", body = Object),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no projection of that name", body = ErrorBody),
         (status = 409, description = "`conflict`: no shadow", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
     ),
     security(("admin" = [])),
 )]
@@ -597,12 +594,10 @@ pub async fn promote(
     summary = "Drop the shadow generation (admin)",
     params(("name" = String, Path)),
     responses(
+        AdminRoute,
         (status = 200, description = "Dropped: the serving plugin's entry as in `GET /plugins`", body = Object),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no projection of that name", body = ErrorBody),
         (status = 409, description = "`conflict`: no shadow", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
     ),
     security(("admin" = [])),
 )]

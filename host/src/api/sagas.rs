@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::IntoParams;
 
+use super::bounds::stored_int;
 use super::error::ErrorBody;
 use super::json::{ResumeBody, read_optional_json};
 use super::plugins::authorize;
+use super::responses::{AdminBodyRoute, AdminRoute, BadRequest, StoreRoute};
 use super::streams::query;
 use super::{ApiError, AppState};
 use crate::saga::{InstanceDetail, SagaError};
@@ -43,7 +45,7 @@ impl From<SagaError> for ApiError {
     path = "/sagas",
     tag = "sagas",
     summary = "Every saga: checkpoint, lag, instances per status, outbox depth, dead letters",
-    responses((status = 200, description = "A list of statuses, as `GET /sagas/{name}`", body = [Object])),
+    responses(BadRequest, (status = 200, description = "A list of statuses, as `GET /sagas/{name}`", body = [Object])),
 )]
 pub async fn list(State(app): State<Arc<AppState>>) -> Json<Value> {
     Json(json!(app.sagas.infos().await))
@@ -57,10 +59,9 @@ pub async fn list(State(app): State<Arc<AppState>>) -> Json<Value> {
     summary = "One saga's status; `state` is `failed` (with `error`) when its plugin failed",
     params(("name" = String, Path)),
     responses(
+        StoreRoute,
         (status = 200, description = "The status", body = Object),
         (status = 404, description = "`not_found`", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
     ),
 )]
 pub async fn status(
@@ -139,10 +140,9 @@ fn history_json(h: SagaHistoryEntry) -> Value {
     description = "`{\"state\": {…}, \"status\": \"running|completed|compensating|failed\", \"pending\": [...], \"history\": [...], …}`",
     params(("name" = String, Path), ("instance" = String, Path)),
     responses(
+        StoreRoute,
         (status = 200, description = "The instance", body = Object),
         (status = 404, description = "`not_found`: no such saga or instance", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
     ),
 )]
 pub async fn instance(
@@ -162,13 +162,10 @@ pub async fn instance(
     params(("name" = String, Path)),
     request_body(content = Option<ResumeBody>, content_type = "application/json", description = "Optional (an empty body is `{\"skip\": false}`); at most 4096 bytes"),
     responses(
+        AdminBodyRoute,
         (status = 200, description = "`{\"name\", \"resumed\", \"skip\"}`", body = Object),
-        (status = 400, description = "`invalid_request`: a bad body", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`conflict`: it has not failed", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
     ),
     security(("admin" = [])),
 )]
@@ -191,6 +188,8 @@ pub async fn resume(
 #[serde(deny_unknown_fields)]
 pub struct DeadLettersQuery {
     /// Only dead letters after this id (the previous page's `next`).
+    #[serde(default, deserialize_with = "stored_int")]
+    #[param(minimum = 0, maximum = 9223372036854775807i64)]
     after: Option<u64>,
     /// Most dead letters to return (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -229,10 +228,8 @@ fn dead_letter_json(d: &DeadLetter) -> Value {
     summary = "Saga commands that exhausted their attempts, oldest first, with their errors",
     params(DeadLettersQuery),
     responses(
+        StoreRoute,
         (status = 200, description = "`{\"dead_letters\": [{\"id\", \"saga\", \"instance\", \"command\": {\"aggregate\", \"id\", \"type\", \"data\"}, \"errors\", \"dead_at\", …}], \"next\": id|null}`", body = Object),
-        (status = 400, description = "`invalid_request`: a bad query parameter", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
     ),
 )]
 pub async fn dead_letters(
@@ -263,15 +260,13 @@ pub async fn dead_letters(
     path = "/dead-letters/{id}/retry",
     tag = "sagas",
     summary = "Put a dead letter back in its instance's outbox, attempts reset (admin)",
-    params(("id" = u64, Path, description = "The dead letter's id")),
+    params(("id" = u64, Path, maximum = 9223372036854775807i64, description = "The dead letter's id")),
     responses(
+        AdminRoute,
         (status = 202, description = "`{\"retried\": <the dead letter>}`", body = Object),
-        (status = 400, description = "`invalid_request`: the id is not a number", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 400, description = "`invalid_request`: the id is not a non-negative integer (e.g. `-3027`)", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`conflict`", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
     ),
     security(("admin" = [])),
 )]

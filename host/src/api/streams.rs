@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
+use super::bounds::stored_int;
 use super::error::ErrorBody;
 use super::json::{EventJson, event_json};
+use super::responses::StoreRoute;
 use super::{ApiError, AppState};
 use crate::command::pipeline::StateAt;
 use crate::store::StreamQuery;
@@ -25,6 +27,8 @@ pub const PAGE_EVENTS_MAX: u32 = 1000;
 #[serde(deny_unknown_fields)]
 pub struct StreamEventsQuery {
     /// The first version to return (default 1; 0 counts as 1).
+    #[serde(default, deserialize_with = "stored_int")]
+    #[param(minimum = 0, maximum = 9223372036854775807i64)]
     from_version: Option<u64>,
     /// Most events to return (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -36,10 +40,11 @@ pub struct StreamEventsQuery {
 #[serde(deny_unknown_fields)]
 pub struct StateQuery {
     /// The state after this version (not with `at_time`).
-    #[param(minimum = 1)]
+    #[serde(default, deserialize_with = "stored_int")]
+    #[param(minimum = 1, maximum = 9223372036854775807i64)]
     at_version: Option<u64>,
     /// The state as it was at this RFC 3339 time (not with `at_version`).
-    #[param(example = "2026-11-22T10:00:00Z")]
+    #[param(format = DateTime, example = "2026-11-22T10:00:00Z")]
     at_time: Option<String>,
 }
 
@@ -48,6 +53,8 @@ pub struct StateQuery {
 #[serde(deny_unknown_fields)]
 pub struct GlobalEventsQuery {
     /// The first position to return (default 1; 0 counts as 1).
+    #[serde(default, deserialize_with = "stored_int")]
+    #[param(minimum = 0, maximum = 9223372036854775807i64)]
     from_position: Option<u64>,
     /// Most events to return (default 1000).
     #[param(minimum = 1, maximum = 1000)]
@@ -108,11 +115,9 @@ fn page_limit(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
     summary = "Read a stream's events, in version order",
     params(("stream_id" = String, Path, description = "e.g. `bank_account-42`"), StreamEventsQuery),
     responses(
+        StoreRoute,
         (status = 200, description = "A page of events", body = StreamEventsPage),
-        (status = 400, description = "`invalid_request`: a bad query parameter", body = ErrorBody),
         (status = 404, description = "`not_found`: the stream has no events", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
     ),
 )]
 pub async fn stream_events(
@@ -154,10 +159,11 @@ pub async fn stream_events(
     summary = "A stream's state, now or as it was at a version or a time",
     params(("stream_id" = String, Path, description = "e.g. `bank_account-42`"), StateQuery),
     responses(
+        StoreRoute,
         (status = 200, description = "The state (replayed through the aggregate plugin)", body = StateJson,
             headers(("ETag" = String, description = "The version, quoted: `\"4\"`"))),
-        (status = 400, description = "`invalid_request`: both `at_version` and `at_time`, `at_version` 0, or a time that is not RFC 3339", body = ErrorBody),
-        (status = 404, description = "`not_found`: no aggregate plugin for the stream", body = ErrorBody),
+        (status = 400, description = "`invalid_request`: both `at_version` and `at_time`, `at_version` 0 or over 2^63-1, a time that is not RFC 3339, or another bad query parameter", body = ErrorBody),
+        (status = 404, description = "`not_found`: no aggregate plugin for the stream, or the stream has no such version", body = ErrorBody),
         (status = 500, description = "`plugin_trap` or `internal`", body = ErrorBody),
         (status = 503, description = "`plugin_timeout` or `unavailable`", body = ErrorBody),
     ),
@@ -215,10 +221,8 @@ fn state_json(bytes: &[u8]) -> Value {
     summary = "Read the global log, in position order",
     params(GlobalEventsQuery),
     responses(
+        StoreRoute,
         (status = 200, description = "A page of events", body = GlobalEventsPage),
-        (status = 400, description = "`invalid_request`: a bad query parameter", body = ErrorBody),
-        (status = 500, description = "`internal` (`details.error_id`)", body = ErrorBody),
-        (status = 503, description = "`unavailable`", body = ErrorBody),
     ),
 )]
 pub async fn global_events(

@@ -16,10 +16,20 @@ use super::{app, openapi};
 use crate::server::{self, Host, HostConfig};
 
 mod strict;
+mod document;
 
 /// A host on a fresh SQLite file, with the plugins given (copied from the
 /// built examples), no admin token and no directory watch.
 async fn host(dir: &tempfile::TempDir, plugins: &[(&str, &str)]) -> (Host, String) {
+    host_with(dir, plugins, None).await
+}
+
+/// [`host`] with an admin token.
+async fn host_with(
+    dir: &tempfile::TempDir,
+    plugins: &[(&str, &str)],
+    admin_token: Option<&str>,
+) -> (Host, String) {
     let plugin_dir = dir.path().join("plugins");
     std::fs::create_dir_all(&plugin_dir).expect("plugin dir");
     for (name, path) in plugins {
@@ -29,6 +39,7 @@ async fn host(dir: &tempfile::TempDir, plugins: &[(&str, &str)]) -> (Host, Strin
     let mut config = HostConfig::new(url.clone(), "127.0.0.1:0".parse().expect("addr"));
     config.plugins_dir = Some(plugin_dir);
     config.watch_interval = None;
+    config.admin_token = admin_token.map(String::from);
     let host = server::start(config).await.expect("host starts");
     for _ in 0..600 {
         if host.state.registry.len() >= plugins.len() {
