@@ -15,8 +15,8 @@ use tower::ServiceExt;
 use super::{app, openapi};
 use crate::server::{self, Host, HostConfig};
 
-mod strict;
 mod document;
+mod strict;
 
 /// A host on a fresh SQLite file, with the plugins given (copied from the
 /// built examples), no admin token and no directory watch.

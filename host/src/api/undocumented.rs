@@ -186,7 +186,7 @@ mod tests {
         let accepted = accepted();
         let takes = |path: &str, method: &str| &accepted[path][method];
         let row = takes("/projections/{name}/rows/{key}", "GET");
-        assert_eq!(row.query, ["min_position", "timeout_ms"]);
+        assert_eq!(row.query, ["min_position", "timeout_ms", "generation"]);
         assert!(!row.body);
         let events = takes("/streams/{stream_id}/events", "GET");
         assert_eq!(events.query, ["from_version", "limit"]);

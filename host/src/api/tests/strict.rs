@@ -274,8 +274,8 @@ async fn unknown_query_parameters_are_refused_on_every_route() {
     for (uri, name) in [
         ("/projections/p/rows/k?min_postion=9999", "min_postion"),
         (
-            "/projections/p/rows/k?min_position=1&generation=2",
-            "generation",
+            "/projections/p/rows/k?min_position=1&generatoin=shadow",
+            "generatoin",
         ),
         ("/projections/p/rows?prefix=a&limt=5", "limt"),
         (
@@ -408,7 +408,7 @@ async fn the_routers_own_errors_have_the_json_error_body() {
     assert_eq!(allow, Some("POST"), "405 keeps Allow");
     assert_eq!(answer.body["error"]["details"]["allowed"], json!(["POST"]));
 
-    let answer = raw(&host, Method::DELETE, "/plugins/x", None, "").await;
+    let answer = raw(&host, Method::PATCH, "/plugins/x", None, "").await;
     assert_error(
         &answer,
         StatusCode::METHOD_NOT_ALLOWED,
