@@ -34,7 +34,12 @@ fn modules() -> BTreeMap<String, Vec<(PathBuf, String)>> {
             let module = first.trim_end_matches(".rs").to_string();
             let text = std::fs::read_to_string(&path).expect("read a source file");
             // Test-only files and the tests at the end of a file.
-            if relative.ends_with("tests.rs") || relative.ends_with("conformance.rs") {
+            let test_only = relative.ends_with("tests.rs")
+                || relative.ends_with("conformance.rs")
+                || relative
+                    .components()
+                    .any(|c| c.as_os_str() == "tests" || c.as_os_str() == "conformance");
+            if test_only {
                 continue;
             }
             let code = match text.find("#[cfg(test)]\nmod tests") {

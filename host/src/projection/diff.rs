@@ -159,12 +159,105 @@ fn same_value(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::same_value;
+    use serde_json::json;
+
+    use super::{KeyValues, diff_views, same_value};
+    use crate::store::sqlite::{SqliteOptions, SqliteStore};
+    use crate::store::{GenerationRecord, GenerationRole, RowWrite, ViewCommit, ViewId, ViewStore};
 
     #[test]
     fn values_compare_as_json() {
         assert!(same_value(br#"{"a":1,"b":2}"#, br#"{"b": 2, "a": 1}"#));
         assert!(!same_value(br#"{"a":1}"#, br#"{"a":2}"#));
         assert!(!same_value(b"\xff", b"\xfe"));
+    }
+
+    /// A diff of two generations read from the store names each sampled key
+    /// with its value in both (`null` where it has none); values compare as
+    /// JSON, and a value that is not JSON comes back as a string.
+    #[tokio::test]
+    async fn a_diff_names_both_values_of_sampled_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
+        let store = SqliteStore::open(&url, SqliteOptions::default())
+            .await
+            .unwrap();
+        let store: &dyn ViewStore = &store;
+        let rows = [
+            (
+                1,
+                Vec::from([
+                    ("a", r#"{"n":1}"#),
+                    ("b", r#"{"n":2}"#),
+                    ("c", "raw-1"),
+                    ("d", "4"),
+                ]),
+            ),
+            (
+                2,
+                Vec::from([
+                    ("a", r#"{ "n": 1 }"#),
+                    ("b", r#"{"n":20}"#),
+                    ("c", "raw-2"),
+                    ("e", "5"),
+                ]),
+            ),
+        ];
+        for (generation, writes) in rows {
+            store
+                .save_generation(GenerationRecord {
+                    name: "diffed".into(),
+                    generation,
+                    plugin_hash: format!("sha256:{generation}"),
+                    role: GenerationRole::Building,
+                    position: 0,
+                })
+                .await
+                .unwrap();
+            store
+                .commit_view(ViewCommit {
+                    projection: "diffed".into(),
+                    generation,
+                    from_position: 0,
+                    to_position: 1,
+                    writes: writes
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), RowWrite::Put(v.as_bytes().to_vec())))
+                        .collect(),
+                    skip: None,
+                })
+                .await
+                .unwrap();
+        }
+        let view = |generation| ViewId {
+            projection: "diffed",
+            generation,
+        };
+        let diff = diff_views(store, view(1), view(2), 10).await.unwrap();
+        let kv =
+            |key: &str, old: Option<serde_json::Value>, new: Option<serde_json::Value>| KeyValues {
+                key: key.into(),
+                old,
+                new,
+            };
+        assert_eq!(diff.unchanged, 1, "formatting does not count: {diff:?}");
+        assert_eq!(diff.changed.count, 2);
+        assert_eq!(diff.changed.sample, ["b", "c"]);
+        assert_eq!(
+            diff.changed.values,
+            [
+                kv("b", Some(json!({"n": 2})), Some(json!({"n": 20}))),
+                kv("c", Some(json!("raw-1")), Some(json!("raw-2"))),
+            ]
+        );
+        assert_eq!(diff.only_in_old.values, [kv("d", Some(json!(4)), None)]);
+        assert_eq!(diff.only_in_new.values, [kv("e", None, Some(json!(5)))]);
+        // The sample bounds the values named, not the counts.
+        let diff = diff_views(store, view(1), view(2), 1).await.unwrap();
+        assert_eq!(diff.changed.count, 2);
+        assert_eq!(
+            diff.changed.values,
+            [kv("b", Some(json!({"n": 2})), Some(json!({"n": 20})))]
+        );
     }
 }
