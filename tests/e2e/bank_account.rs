@@ -179,10 +179,23 @@ async fn bad_input_is_invalid_command_400(build: Build) {
         cmd("Open", json!({"overdraft_limit": 5})),
         cmd("Open", json!({"owner": "x", "overdraft_limit": -1})),
         cmd("Explode", json!({})),
+        cmd("Deposit", json!({"amount": 5, "note": "rent"})),
+        cmd("Close", json!({"reason": "moving"})),
     ] {
         let r = h.command("bank_account", "3", body.clone()).await;
         r.expect(400, "invalid_command");
     }
+    // A misspelled field is refused by name, not taken for a missing one.
+    let r = h
+        .command("bank_account", "3", cmd("Deposit", json!({"amuont": 5})))
+        .await;
+    r.expect(400, "invalid_command");
+    assert_eq!(
+        r.message(),
+        "command `Deposit`: unknown field `amuont`",
+        "{}",
+        r.body
+    );
     let s = h.get("/streams/bank_account-3/state").await;
     assert_eq!(s.body["version"], 1, "invalid commands append nothing");
     h.stop().await;
@@ -264,6 +277,14 @@ async fn every_build_gives_the_same_answers() {
         ("a", cmd("Deposit", json!({"amount": "ten"}))),
         ("a", cmd("Deposit", json!({}))),
         ("a", cmd("Withdraw", json!({"amount": 1.5}))),
+        // Unknown fields: refused by name, the first problem in document
+        // order first (`Amount` sorts before `amount`, `zz` after).
+        ("a", cmd("Deposit", json!({"amuont": 5}))),
+        ("a", cmd("Deposit", json!({"amount": 5, "note": "rent"}))),
+        ("a", cmd("Deposit", json!({"Amount": 5, "amount": "ten"}))),
+        ("a", cmd("Deposit", json!({"amount": "ten", "zz": 1}))),
+        ("a", cmd("Close", json!({"reason": "moving"}))),
+        ("b", cmd("Open", json!({"owner": "bo", "overdraft": 5}))),
         ("a", cmd("Explode", json!({}))),
         ("b", cmd("Open", json!({}))),
         ("b", cmd("Open", json!({"owner": 7}))),
@@ -298,6 +319,16 @@ async fn every_build_gives_the_same_answers() {
         rust.iter().any(|a| a["status"] == 422) && rust.iter().any(|a| a["status"] == 400),
         "the script covers rejections and invalid commands"
     );
+    for expected in [
+        "command `Deposit`: unknown field `amuont`",
+        "command `Deposit`: unknown field `Amount`",
+        "command `Open`: unknown field `overdraft`",
+    ] {
+        assert!(
+            rust.iter().any(|a| a["error"]["message"] == expected),
+            "the Rust build answers {expected:?}"
+        );
+    }
     for (build, other) in &transcripts[1..] {
         for (i, (r, o)) in rust.iter().zip(other).enumerate() {
             assert_eq!(r, o, "{build:?} differs from Rust at step {i}");

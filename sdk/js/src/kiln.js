@@ -179,6 +179,11 @@ function describeThrown(value) {
  *   the SDK refuses unknown command types and decodes each payload with its
  *   schema (serde's rules and messages) before `handle` runs. Without it,
  *   `handle` sees every command with its payload as plain JSON.
+ * - `allowUnknownCommandFields` (optional, default `false`): with `commands`,
+ *   a payload field that its schema does not name, at any depth, is
+ *   `invalid` ("command `Deposit`: unknown field `amuont`"), so that a
+ *   client's misspelled field is not silently dropped; `true` ignores such
+ *   fields, serde's default. Events are never checked for unknown fields.
  * - `handle(state, command)`: the events to append: an array of
  *   `{ type, data, schema? }` (`[]`: success, nothing changes) or a single
  *   event; or throw `Rejected` / `Invalid`.
@@ -259,7 +264,7 @@ function checkAggregate(definition) {
   if (definition === null || typeof definition !== 'object') {
     throw new TypeError('an aggregate definition must be an object');
   }
-  const { handle, apply, commands } = definition;
+  const { handle, apply, commands, allowUnknownCommandFields = false } = definition;
   if (typeof handle !== 'function') throw new TypeError('the aggregate has no `handle(state, command)` function');
   if (typeof apply !== 'function') throw new TypeError('the aggregate has no `apply(state, event)` function');
   const initial = definition.initialState;
@@ -281,12 +286,16 @@ function checkAggregate(definition) {
       if (!(type instanceof Type)) throw new TypeError(`the schema of command \`${name}\` is not a schema type`);
     }
   }
+  if (typeof allowUnknownCommandFields !== 'boolean') {
+    throw new TypeError('`allowUnknownCommandFields` must be true or false');
+  }
   const names = commands === undefined ? null : Object.keys(commands);
   return {
     initialState,
     handle: handle.bind(definition),
     apply: apply.bind(definition),
-    decodeCommand: (type, bytes) => decodeCommand(commands, names, type, bytes),
+    decodeCommand: (type, bytes) =>
+      decodeCommand(commands, names, type, bytes, allowUnknownCommandFields),
   };
 }
 
@@ -295,7 +304,7 @@ function checkAggregate(definition) {
  * fields" (`{}`), as in the Rust SDK. Every failure is `Invalid` with the
  * message serde gives: "command `Open`: missing field `owner`".
  */
-function decodeCommand(commands, names, type, bytes) {
+function decodeCommand(commands, names, type, bytes, allowUnknownFields) {
   const fail = (message) => new Invalid(`command \`${type}\`: ${message}`);
   let node;
   try {
@@ -312,7 +321,10 @@ function decodeCommand(commands, names, type, bytes) {
     throw fail(`unknown variant \`${type}\`, ${expectedVariants(names)}`);
   }
   try {
-    return decodeWith(commands[type], node, `struct variant Command::${type}`);
+    return decodeWith(commands[type], node, {
+      expecting: `struct variant Command::${type}`,
+      allowUnknownFields,
+    });
   } catch (error) {
     if (error instanceof SchemaError) throw fail(error.message);
     throw error;

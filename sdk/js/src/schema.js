@@ -11,10 +11,15 @@
 // sees it, and answers `invalid` for a payload that does not fit, with the
 // message serde_json gives the Rust SDK for the same payload
 // (`command `Open`: missing field `owner``), so a JavaScript plugin and its
-// Rust twin agree to the letter. The rules are serde's defaults: unknown
-// fields are ignored, `null` is not a missing field (only `option` accepts
-// it), a duplicate field is an error, integers must be written as integers
-// and fit their type.
+// Rust twin agree to the letter. The rules are serde's defaults, but for
+// unknown fields: a field a struct does not declare is refused, at any depth
+// (`unknown field `amuont``, the Rust SDK's words: serde's without the list
+// of expected fields), unless the aggregate sets
+// `allowUnknownCommandFields: true`, which ignores them as serde does.
+// `null` is not a missing field (only `option` accepts it), a duplicate field
+// is an error, integers must be written as integers and fit their type. The
+// first problem in document order is reported; a missing field is noticed
+// at the end of its object.
 //
 // Integers come out by the SDK's rule: a Number when it is a safe integer,
 // a BigInt otherwise (only possible for i64 and u64).
@@ -51,7 +56,7 @@ function invalidType(node, expected) {
 export class Type {
   /**
    * @param {string} expected what serde calls the type ("i64", "a string")
-   * @param {(node: unknown) => unknown} decode
+   * @param {(node: unknown, options: DecodeOptions, expecting?: string) => unknown} decode
    */
   constructor(expected, decode) {
     this.expected = expected;
@@ -120,25 +125,29 @@ export const s = {
     }),
 
   /** Any JSON value, as plain JavaScript. */
-  json: () => new Type('any valid JSON value', plainOf),
+  json: () => new Type('any valid JSON value', (node) => plainOf(node)),
 
   /** `null` or `inner`; a missing struct field is `null` too. */
   option: (inner) => {
-    const type = new Type(inner.expected, (node) => (node === null ? null : inner.decodeNode(node)));
+    const type = new Type(inner.expected, (node, options) =>
+      node === null ? null : inner.decodeNode(node, options),
+    );
     type.missing = { value: null };
     return type;
   },
 
   /** A JSON array whose items are all `item`. */
   array: (item) =>
-    new Type('a sequence', (node) => {
+    new Type('a sequence', (node, options) => {
       if (!Array.isArray(node)) throw invalidType(node, 'a sequence');
-      return node.map((element) => item.decodeNode(element));
+      return node.map((element) => item.decodeNode(element, options));
     }),
 
   /**
    * A JSON object with the named fields, decoded into a plain object with
-   * the fields in the order given. Unknown fields are ignored.
+   * the fields in the order given. A field it does not name is refused
+   * (`unknown field `x``), or ignored when the aggregate allows unknown
+   * command fields; use `s.json()` for an object that takes any key.
    *
    * @param {Record<string, Type>} fields
    * @param {string} [name] the name in "expected struct NAME"
@@ -150,21 +159,24 @@ export const s = {
       }
     }
     const expected = `struct ${name}`;
-    const type = new Type(expected, (node, expecting = expected) =>
-      decodeStruct(fields, node, expecting),
+    const type = new Type(expected, (node, options, expecting = expected) =>
+      decodeStruct(fields, node, options, expecting),
     );
     type.fields = fields;
     return type;
   },
 };
 
-function decodeStruct(fields, node, expecting) {
+function decodeStruct(fields, node, options, expecting) {
   if (!(node instanceof JsonMap)) throw invalidType(node, expecting);
   const values = new Map();
   for (const [key, value] of node.entries) {
-    if (!Object.hasOwn(fields, key)) continue;
+    if (!Object.hasOwn(fields, key)) {
+      if (options.allowUnknownFields) continue;
+      throw new SchemaError(`unknown field \`${key}\``);
+    }
     if (values.has(key)) throw new SchemaError(`duplicate field \`${key}\``);
-    values.set(key, fields[key].decodeNode(value));
+    values.set(key, fields[key].decodeNode(value, options));
   }
   const out = {};
   for (const [key, type] of Object.entries(fields)) {
@@ -181,10 +193,24 @@ function decodeStruct(fields, node, expecting) {
 }
 
 /**
+ * How a payload is decoded.
+ *
+ * @typedef {object} DecodeOptions
+ * @property {boolean} allowUnknownFields ignore the fields a struct does not
+ *   name (serde's default) instead of refusing them
+ */
+
+const REFUSE_UNKNOWN = Object.freeze({ allowUnknownFields: false });
+const ALLOW_UNKNOWN = Object.freeze({ allowUnknownFields: true });
+
+/**
  * Decode `node` with `type`; a struct at the top is named `expecting` in
  * messages (the SDK passes "struct variant Command::<type>", serde's name
- * for the payload of an adjacently tagged enum variant).
+ * for the payload of an adjacently tagged enum variant). Unknown fields are
+ * refused unless `allowUnknownFields`.
+ *
+ * @param {{ expecting?: string, allowUnknownFields?: boolean }} [how]
  */
-export function decodeWith(type, node, expecting) {
-  return type.decodeNode(node, expecting);
+export function decodeWith(type, node, { expecting, allowUnknownFields = false } = {}) {
+  return type.decodeNode(node, allowUnknownFields ? ALLOW_UNKNOWN : REFUSE_UNKNOWN, expecting);
 }

@@ -173,6 +173,25 @@ describe('createAggregateExports', () => {
     });
   });
 
+  it("refuses a command's unknown fields unless the aggregate allows them", () => {
+    const data = { by: 1, note: 'x' };
+    assert.deepEqual(exports.handle(EMPTY_BYTES, witCommand('Increment', data)), {
+      tag: 'err',
+      val: { tag: 'invalid', val: 'command `Increment`: unknown field `note`' },
+    });
+    assert.deepEqual(exports.handle(EMPTY_BYTES, witCommand('Increment', { bye: 1 })), {
+      tag: 'err',
+      val: { tag: 'invalid', val: 'command `Increment`: unknown field `bye`' },
+    });
+    const lenient = createAggregateExports({ ...counter, allowUnknownCommandFields: true });
+    const decided = lenient.handle(EMPTY_BYTES, witCommand('Increment', data));
+    assert.equal(decided.tag, 'ok');
+    assert.deepEqual(decodeJsonBytes(decided.val[0].data), { by: 1 });
+    // Events are never checked for unknown fields.
+    const state = exports.apply(EMPTY_BYTES, [witEvent('Incremented', { by: 2, added_later: true })]);
+    assert.equal(decodeJsonBytes(state).value, 2);
+  });
+
   it('logs any other error at level error, then rethrows it so that the call traps', () => {
     const [error, lines] = withLogs(() => {
       try {
@@ -219,6 +238,10 @@ describe('createAggregateExports', () => {
     assert.throws(
       () => createAggregateExports({ handle() {}, apply() {}, initialState: {}, commands: { A: {} } }),
       /the schema of command `A` is not a schema type/,
+    );
+    assert.throws(
+      () => createAggregateExports({ handle() {}, apply() {}, initialState: {}, allowUnknownCommandFields: 'yes' }),
+      /`allowUnknownCommandFields` must be true or false/,
     );
   });
 

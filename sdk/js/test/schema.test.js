@@ -6,9 +6,11 @@ import { describe, it } from 'node:test';
 import { parseTree } from '../src/json.js';
 import { SchemaError, decodeWith, s } from '../src/schema.js';
 
-const decode = (type, text, expecting) => decodeWith(type, parseTree(text), expecting);
-const fails = (type, text, message) =>
-  assert.throws(() => decode(type, text), (error) => error instanceof SchemaError && error.message === message, text);
+const decode = (type, text, expecting) => decodeWith(type, parseTree(text), { expecting });
+const lenient = (type, text) => decodeWith(type, parseTree(text), { allowUnknownFields: true });
+const failsWith = (run, text, message) =>
+  assert.throws(run, (error) => error instanceof SchemaError && error.message === message, text);
+const fails = (type, text, message) => failsWith(() => decode(type, text), text, message);
 
 describe('schema types', () => {
   it('decodes integers by range, never from floats', () => {
@@ -48,8 +50,8 @@ describe('schema types', () => {
       },
       'Open',
     );
-    // Unknown fields are ignored; fields come out in the declared order.
-    const value = decode(open, '{"extra": 1, "owner": "Ann"}');
+    // Fields come out in the declared order.
+    const value = decode(open, '{"note": null, "owner": "Ann"}');
     assert.deepEqual(value, { owner: 'Ann', limit: 0, tags: [], note: null });
     assert.deepEqual(Object.keys(value), ['owner', 'limit', 'tags', 'note']);
     // A fresh default each time.
@@ -68,6 +70,40 @@ describe('schema types', () => {
     const outer = s.struct({ inner: s.struct({ n: s.u32() }, 'Inner') });
     fails(outer, '{"inner": 1}', 'invalid type: integer `1`, expected struct Inner');
     assert.deepEqual(decode(outer, '{"inner": {"n": 1}}'), { inner: { n: 1 } });
+  });
+
+  it('refuses unknown fields at any depth, the first problem in document order first', () => {
+    const deposit = s.struct({ amount: s.i64() }, 'Deposit');
+    fails(deposit, '{"amount": 5, "note": "x"}', 'unknown field `note`');
+    // A misspelled field is also a missing one: the unknown field is reported.
+    fails(deposit, '{"amuont": 5}', 'unknown field `amuont`');
+    fails(deposit, '{"note": 1, "amount": "5"}', 'unknown field `note`');
+    fails(deposit, '{"amount": "5", "note": 1}', 'invalid type: string "5", expected i64');
+    fails(deposit, '{"amount": 1, "amount": 2, "x": 3}', 'duplicate field `amount`');
+    fails(s.struct({}), '{"reason": null}', 'unknown field `reason`');
+    const address = s.struct({ city: s.string() }, 'Address');
+    const move = s.struct({
+      to: address,
+      via: s.array(address).default(() => []),
+      note: s.option(address),
+      extra: s.json().default(null),
+    });
+    fails(move, '{"to": {"city": "a", "zip": 1}}', 'unknown field `zip`');
+    fails(move, '{"to": {"city": "a"}, "via": [{"city": "b"}, {"cty": "c"}]}', 'unknown field `cty`');
+    fails(move, '{"to": {"city": "a"}, "note": {"city": "b", "x": []}}', 'unknown field `x`');
+    // A JSON value takes any key.
+    assert.deepEqual(decode(move, '{"to": {"city": "a"}, "extra": {"any": {"thing": 1}}}').extra, {
+      any: { thing: 1 },
+    });
+  });
+
+  it('ignores unknown fields at any depth when they are allowed', () => {
+    const deposit = s.struct({ amount: s.i64(), to: s.option(s.struct({ id: s.string() })) });
+    assert.deepEqual(lenient(deposit, '{"amount": 5, "note": "x", "to": {"id": "a", "y": 1}}'), {
+      amount: 5,
+      to: { id: 'a' },
+    });
+    failsWith(() => lenient(deposit, '{"amuont": 5}'), 'amuont', 'missing field `amount`');
   });
 
   it('refuses a struct field that is not a schema type', () => {

@@ -17,7 +17,14 @@ class Aggregate:
       the class name is the command type (``Deposit``), the fields the JSON
       data. The SDK decodes a command into one of them before ``handle``
       sees it; a command that does not decode is :class:`~kiln_sdk.Invalid`
-      with serde's message, prefixed with ``command `Type`: ``.
+      with serde's message, prefixed with ``command `Type`: ``. A field the
+      payload class does not have, at any depth, is such a failure
+      (``command `Deposit`: unknown field `amuont```), so that a client's
+      misspelled field is not silently dropped.
+    - ``allow_unknown_command_fields`` (optional, default ``False``): set it
+      to ``True`` to ignore a command's unknown fields instead, serde's
+      default. Events are never checked for unknown fields: a stored event
+      always decodes.
     - ``events``: the payload dataclasses of its events, named the same way.
       Event data is written as JSON with sorted keys, schema 1.
     - ``state_type``: a dataclass whose default instance is the initial
@@ -33,6 +40,7 @@ class Aggregate:
     commands: ClassVar[Sequence[type]] = ()
     events: ClassVar[Sequence[type]] = ()
     state_type: ClassVar[Optional[type]] = None
+    allow_unknown_command_fields: ClassVar[bool] = False
 
     # -- what a plugin implements ---------------------------------------
 
@@ -95,7 +103,12 @@ class Aggregate:
     def decode_command(self, command_type: str, data: bytes) -> Any:
         """The payload of a command; :class:`~kiln_sdk.Invalid` when it does not decode."""
         try:
-            return codec.decode_tagged(self._command_classes(), command_type, data)
+            return codec.decode_tagged(
+                self._command_classes(),
+                command_type,
+                data,
+                allow_unknown_fields=self.allow_unknown_command_fields,
+            )
         except codec.DecodeError as error:
             raise Invalid(f"command `{command_type}`: {error.message}") from None
 
@@ -174,6 +187,10 @@ def prepare_aggregate(aggregate: Aggregate) -> None:
     if not isinstance(aggregate, Aggregate):
         raise TypeError(
             f"export_aggregate takes an Aggregate instance (e.g. BankAccount()), got {aggregate!r}"
+        )
+    if not isinstance(aggregate.allow_unknown_command_fields, bool):
+        raise TypeError(
+            f"{type(aggregate).__name__}.allow_unknown_command_fields must be True or False"
         )
     for attribute in ("commands", "events"):
         for cls in _registry(type(aggregate), attribute).values():

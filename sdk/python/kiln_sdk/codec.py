@@ -12,7 +12,12 @@ and report bad input with the same words:
   ``str``, ``bool``, ``Optional[...]``, ``list[...]``, ``dict[str, ...]``, an
   :class:`enum.Enum`, another dataclass, or ``Any``. A field with a default
   may be missing; an ``Optional`` field without a default defaults to
-  ``None``; unknown fields are ignored.
+  ``None``. Unknown fields are ignored, serde's default, unless the caller
+  says ``allow_unknown_fields=False`` (a command's payload, by default):
+  then the first one is ``unknown field `name``` (the Rust SDK's words, which
+  are serde's without the list of expected fields). As in serde, the first
+  problem in document order is reported, and a missing field is noticed
+  after the object's last key.
 - A value that does not fit raises :class:`DecodeError` with serde's wording,
   e.g. ``missing field `amount``` or
   ``invalid type: string "5", expected i64``.
@@ -180,6 +185,7 @@ class _Field:
 
 
 _FIELDS: Dict[type, List[_Field]] = {}
+_FIELDS_BY_NAME: Dict[type, Dict[str, _Field]] = {}
 
 
 def _fields(cls: type) -> List[_Field]:
@@ -203,7 +209,17 @@ def _fields(cls: type) -> List[_Field]:
             default = lambda: None  # noqa: E731
         fields.append(_Field(field.name, annotation, default))
     _FIELDS[cls] = fields
+    _FIELDS_BY_NAME[cls] = {field.name: field for field in fields}
     return fields
+
+
+def _fields_by_name(cls: type) -> Dict[str, _Field]:
+    """The fields of dataclass ``cls`` by name (cached)."""
+    found = _FIELDS_BY_NAME.get(cls)
+    if found is None:
+        _fields(cls)
+        found = _FIELDS_BY_NAME[cls]
+    return found
 
 
 def prepare(annotation: Any, _seen: Optional[set] = None) -> None:
@@ -257,14 +273,15 @@ def expected_name(annotation: Any) -> str:
     return "a value"
 
 
-def from_json(annotation: Any, value: Any) -> Any:
+def from_json(annotation: Any, value: Any, allow_unknown_fields: bool = True) -> Any:
     """``value`` (plain JSON) as ``annotation`` says; :class:`DecodeError` when
-    it does not fit."""
+    it does not fit. A field that a dataclass does not have, at any depth, is
+    ignored, or refused when not ``allow_unknown_fields``."""
     if annotation is Any or annotation is object:
         return value
     inner = _optional_inner(annotation)
     if inner is not None:
-        return None if value is None else from_json(inner, value)
+        return None if value is None else from_json(inner, value, allow_unknown_fields)
     if annotation in _INT_RANGES:
         name, low, high = _INT_RANGES[annotation]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -292,19 +309,21 @@ def from_json(annotation: Any, value: Any) -> Any:
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return _enum_from_json(annotation, value)
     if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
-        return struct_from_json(annotation, value)
+        return struct_from_json(annotation, value, allow_unknown_fields)
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (list, collections.abc.Sequence) or annotation is list:
         if not isinstance(value, list):
             raise _invalid_type(value, "a sequence")
         item = args[0] if args else Any
-        return [from_json(item, element) for element in value]
+        return [from_json(item, element, allow_unknown_fields) for element in value]
     if origin in (dict, collections.abc.Mapping) or annotation is dict:
         if not isinstance(value, dict):
             raise _invalid_type(value, "a map")
         item = args[1] if len(args) == 2 else Any
-        return {key: from_json(item, element) for key, element in value.items()}
+        return {
+            key: from_json(item, element, allow_unknown_fields) for key, element in value.items()
+        }
     raise TypeError(f"kiln_sdk cannot decode JSON into the annotation {annotation!r}")
 
 
@@ -318,18 +337,27 @@ def _enum_from_json(cls: type, value: Any) -> Any:
     raise _invalid_type(value, "variant identifier")
 
 
-def struct_from_json(cls: type, value: Any) -> Any:
-    """An instance of dataclass ``cls`` from a JSON object."""
+def struct_from_json(cls: type, value: Any, allow_unknown_fields: bool = True) -> Any:
+    """An instance of dataclass ``cls`` from a JSON object; a key that is not
+    one of its fields is ignored, or refused when not ``allow_unknown_fields``."""
     if not isinstance(value, dict):
         raise _invalid_type(value, f"struct {cls.__name__}")
+    by_name = _fields_by_name(cls)
     kwargs = {}
+    # The object's keys in document order, as serde reads them.
+    for key, item in value.items():
+        field = by_name.get(key)
+        if field is None:
+            if allow_unknown_fields:
+                continue
+            raise DecodeError(f"unknown field `{key}`")
+        kwargs[key] = from_json(field.annotation, item, allow_unknown_fields)
     for field in _fields(cls):
-        if field.name in value:
-            kwargs[field.name] = from_json(field.annotation, value[field.name])
-        elif field.default is not None:
-            kwargs[field.name] = field.default()
-        else:
+        if field.name in kwargs:
+            continue
+        if field.default is None:
             raise DecodeError(f"missing field `{field.name}`")
+        kwargs[field.name] = field.default()
     return cls(**kwargs)
 
 
@@ -366,15 +394,18 @@ def payload_value(data: bytes) -> Any:
     return {} if value is None else value
 
 
-def decode_tagged(classes: Dict[str, type], tag: str, data: bytes) -> Any:
+def decode_tagged(
+    classes: Dict[str, type], tag: str, data: bytes, allow_unknown_fields: bool = True
+) -> Any:
     """The payload of type ``tag`` with ``data``: an instance of
     ``classes[tag]``. :class:`DecodeError` when the data is not JSON (checked
-    first, as the Rust SDK does), the type is unknown or the data does not fit."""
+    first, as the Rust SDK does), the type is unknown or the data does not fit
+    (which includes an unknown field when not ``allow_unknown_fields``)."""
     value = payload_value(data)
     cls = classes.get(tag)
     if cls is None:
         raise DecodeError(f"unknown variant `{tag}`, expected {one_of(list(classes))}")
-    return struct_from_json(cls, value)
+    return struct_from_json(cls, value, allow_unknown_fields)
 
 
 def encode_tagged(classes: Dict[str, type], payload: Any, what: str) -> Tuple[str, bytes]:

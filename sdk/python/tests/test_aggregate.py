@@ -113,6 +113,29 @@ def test_undecodable_commands_are_invalid_with_the_command_named() -> None:
         counter.handle_encoded(b"", cmd("Add", b"not json"))
 
 
+class LenientCounter(Counter):
+    allow_unknown_command_fields = True
+
+
+def test_unknown_command_fields_are_invalid_unless_the_aggregate_allows_them() -> None:
+    data = b'{"amount": 4, "memo": "rent"}'
+    with pytest.raises(Invalid) as invalid:
+        Counter().handle_encoded(b"", cmd("Add", data))
+    assert invalid.value.message == "command `Add`: unknown field `memo`"
+    with pytest.raises(Invalid) as invalid:
+        Counter().handle_encoded(b"", cmd("Add", b'{"amuont": 4}'))
+    assert invalid.value.message == "command `Add`: unknown field `amuont`"
+    with pytest.raises(Invalid) as invalid:
+        Counter().handle_encoded(b"", cmd("Lock", b'{"reason": null}'))
+    assert invalid.value.message == "command `Lock`: unknown field `reason`"
+    assert LenientCounter().handle_encoded(b"", cmd("Add", data)) == [
+        NewEvent(event_type="Added", data=b'{"amount":4}', schema=1)
+    ]
+    # Events are never checked for unknown fields.
+    state = Counter().apply_encoded(b"", [("Added", b'{"amount": 2, "added_later": true}')])
+    assert state == b'{"total":2,"locked":false}'
+
+
 def test_the_command_is_decoded_before_the_state_is_read() -> None:
     # Invalid wins, even over a state that would not decode.
     with pytest.raises(Invalid):
@@ -204,6 +227,12 @@ def test_prepare_checks_the_declarations() -> None:
 
     with pytest.raises(TypeError, match="must be dataclasses"):
         prepare_aggregate(NotDataclasses())
+
+    class Unsure(Counter):
+        allow_unknown_command_fields = "yes"  # type: ignore[assignment]
+
+    with pytest.raises(TypeError, match="allow_unknown_command_fields must be True or False"):
+        prepare_aggregate(Unsure())
 
 
 def test_testing_outcome() -> None:

@@ -164,8 +164,52 @@ def test_fieldless_payloads_accept_every_spelling_of_no_data(data: bytes) -> Non
     assert codec.decode_tagged(CLASSES, "Close", data) == Close()
 
 
+@dataclasses.dataclass
+class Move:
+    to: Inner
+    via: List[Inner] = dataclasses.field(default_factory=list)
+    note: Optional[Inner] = None
+    labels: Dict[str, Inner] = dataclasses.field(default_factory=dict)
+    extra: Any = None
+
+
+def strict_message(annotation: Any, text: str) -> str:
+    with pytest.raises(DecodeError) as caught:
+        codec.from_json(annotation, codec.parse_json(text.encode()), allow_unknown_fields=False)
+    return caught.value.message
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('{"to": {"name": "a", "zip": 1}}', "unknown field `zip`"),
+        ('{"to": {"name": "a"}, "via": [{"name": "b"}, {"nmae": "c"}]}', "unknown field `nmae`"),
+        ('{"to": {"name": "a"}, "note": {"name": "b", "x": []}}', "unknown field `x`"),
+        ('{"to": {"name": "a"}, "labels": {"k": {"name": "b", "y": 1}}}', "unknown field `y`"),
+        # A misspelled field is also a missing one: the unknown field is reported.
+        ('{"ot": {"name": "a"}}', "unknown field `ot`"),
+        # The first problem in document order.
+        ('{"x": 1, "to": 5}', "unknown field `x`"),
+        ('{"to": 5, "x": 1}', "invalid type: integer `5`, expected struct Inner"),
+    ],
+)
+def test_unknown_fields_are_refused_at_any_depth_when_asked(text: str, expected: str) -> None:
+    assert strict_message(Move, text) == expected
+
+
+def test_refusing_unknown_fields_leaves_maps_and_any_alone() -> None:
+    text = '{"to": {"name": "a"}, "labels": {"any": {"name": "b"}}, "extra": {"any": {"thing": 1}}}'
+    value = codec.from_json(Move, codec.parse_json(text.encode()), allow_unknown_fields=False)
+    assert value.labels == {"any": Inner("b")}
+    assert value.extra == {"any": {"thing": 1}}
+
+
 def test_tagged_payloads() -> None:
     assert codec.decode_tagged(CLASSES, "Deposit", b'{"amount": 5, "note": "x"}') == Deposit(5)
+    with pytest.raises(DecodeError, match="^unknown field `note`$"):
+        codec.decode_tagged(CLASSES, "Deposit", b'{"amount": 5, "note": "x"}', allow_unknown_fields=False)
+    with pytest.raises(DecodeError, match="^unknown field `x`$"):
+        codec.decode_tagged(CLASSES, "Close", b'{"x": 1}', allow_unknown_fields=False)
     with pytest.raises(DecodeError, match="^missing field `amount`$"):
         codec.decode_tagged(CLASSES, "Deposit", b"")
     with pytest.raises(DecodeError, match="^unknown variant `Explode`, expected `Deposit` or `Close`$"):

@@ -26,8 +26,23 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned {
     /// It is deserialized from the command's type and data each time the host
     /// calls `handle`. A failure to deserialize never reaches
     /// [`Aggregate::handle`]: the host gets [`Failure::Invalid`] with serde's
-    /// message.
+    /// message. A field of the data that the command does not have is such a
+    /// failure (`unknown field `amuont``), unless
+    /// [`Aggregate::ALLOW_UNKNOWN_COMMAND_FIELDS`] says otherwise.
     type Command: DeserializeOwned;
+
+    /// Whether a command's data may hold fields its type does not have.
+    ///
+    /// `false` (the default): such a command is [`Failure::Invalid`] with
+    /// `command `Deposit`: unknown field `amuont``, at any depth of the data,
+    /// so that a client's misspelled field is not silently dropped. No
+    /// `#[serde(deny_unknown_fields)]` is needed. A field whose type takes any
+    /// key (a map, `serde_json::Value`) still takes any key.
+    ///
+    /// `true`: unknown fields are ignored, serde's default, e.g. for an
+    /// aggregate whose clients send fields meant for others. Events are never
+    /// refused for unknown fields: a stored event always decodes.
+    const ALLOW_UNKNOWN_COMMAND_FIELDS: bool = false;
 
     /// The events this aggregate decides and folds: an enum tagged with
     /// `#[serde(tag = "type", content = "data")]`. The variant name becomes the

@@ -53,14 +53,27 @@ pub(crate) fn encode_state<T: Serialize>(state: &T) -> Vec<u8> {
     })
 }
 
+/// What the decoder does with a field of the payload that the type does not
+/// have (and would silently drop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnknownFields {
+    /// The payload is refused: `unknown field `name``.
+    Refuse,
+    /// The field is ignored, serde's default.
+    Allow,
+}
+
 /// Decode a command of type `command_type` with payload `data`.
 ///
-/// Every failure is [`Failure::Invalid`] with serde's message.
+/// Every failure is [`Failure::Invalid`] with serde's message; a field the
+/// command does not have is one unless `unknown` allows it (see
+/// [`Aggregate::ALLOW_UNKNOWN_COMMAND_FIELDS`]).
 pub(crate) fn decode_command<C: DeserializeOwned>(
     command_type: &str,
     data: &[u8],
+    unknown: UnknownFields,
 ) -> Result<C, Failure> {
-    decode_tagged(command_type, data, false)
+    decode_tagged(command_type, data, Source::Command(unknown))
         .map_err(|message| Failure::invalid(format!("command `{command_type}`: {message}")))
 }
 
@@ -85,7 +98,7 @@ pub(crate) fn try_decode_event<E: DeserializeOwned>(
     event_type: &str,
     data: &[u8],
 ) -> Result<E, String> {
-    decode_tagged(event_type, data, true)
+    decode_tagged(event_type, data, Source::Event)
 }
 
 /// Encode an event decided by `handle`.
@@ -130,13 +143,24 @@ pub(crate) fn encode_tagged<T: Serialize>(value: &T) -> Result<(String, Vec<u8>)
     Ok((tag, data))
 }
 
+/// Where a payload comes from, which decides how far it is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A client's command: checked to be one JSON value before anything else,
+    /// and its unknown fields refused or allowed as the aggregate says.
+    Command(UnknownFields),
+    /// A committed event: it was one JSON value when it was appended, and
+    /// fields an older version of the plugin wrote are ignored.
+    Event,
+}
+
 /// Deserialize `{"type": tag, "data": <data>}` into `T`.
 ///
 /// Empty or `null` data means "no fields": it is tried as `{}` (a struct
 /// variant without fields), then with no `data` at all (a unit variant), and
 /// `{}` falls back to no `data` the same way. The error is serde's message for
 /// the first attempt.
-fn decode_tagged<T: DeserializeOwned>(tag: &str, data: &[u8], trusted: bool) -> Result<T, String> {
+fn decode_tagged<T: DeserializeOwned>(tag: &str, data: &[u8], source: Source) -> Result<T, String> {
     let data = data.trim_ascii();
     // A payload that is not JSON is reported on its own, so a syntax error's
     // position refers to the caller's bytes, not to the document assembled
@@ -149,7 +173,7 @@ fn decode_tagged<T: DeserializeOwned>(tag: &str, data: &[u8], trusted: bool) -> 
             .err()
             .map(|error| format!("data is not valid JSON: {error}"))
     };
-    if !trusted
+    if source != Source::Event
         && !data.is_empty()
         && let Some(message) = invalid_json(data)
     {
@@ -166,7 +190,13 @@ fn decode_tagged<T: DeserializeOwned>(tag: &str, data: &[u8], trusted: bool) -> 
     document.extend_from_slice(first);
     document.push(b'}');
 
-    match serde_json::from_slice::<T>(&document) {
+    let attempt = match source {
+        Source::Command(UnknownFields::Refuse) => deserialize_refusing_unknown(&document),
+        Source::Command(UnknownFields::Allow) | Source::Event => {
+            serde_json::from_slice::<T>(&document)
+        }
+    };
+    match attempt {
         Ok(value) => Ok(value),
         Err(_) if !data.is_empty() && invalid_json(data).is_some() => {
             Err(invalid_json(data).unwrap_or_default())
@@ -176,6 +206,43 @@ fn decode_tagged<T: DeserializeOwned>(tag: &str, data: &[u8], trusted: bool) -> 
             serde_json::from_str::<T>(&bare).map_err(|_| message_of(&error))
         }
         Err(error) => Err(message_of(&error)),
+    }
+}
+
+/// `document` as `T`, where a field that `T` would ignore is an error
+/// instead, as if every struct in `T` had `#[serde(deny_unknown_fields)]`.
+///
+/// serde_ignored reports each value the deserializer skips, at the moment it
+/// skips it. The first one is the error, even when the deserialization failed
+/// afterwards (a misspelled field is usually also a missing one): that is the
+/// problem `deny_unknown_fields` would have stopped at, since serde stops at
+/// the first problem in document order. serde's own message lists the fields
+/// the struct expected; the derive gives those names to the deserializer only
+/// when the attribute is written, so the message names the unknown field
+/// alone (the JavaScript and Python SDKs say the same).
+fn deserialize_refusing_unknown<T: DeserializeOwned>(
+    document: &[u8],
+) -> Result<T, serde_json::Error> {
+    let mut unknown: Option<String> = None;
+    let mut deserializer = serde_json::Deserializer::from_slice(document);
+    let result = serde_ignored::deserialize(&mut deserializer, |path| {
+        if unknown.is_none() {
+            unknown = Some(unknown_field(&path));
+        }
+    })
+    .and_then(|value| deserializer.end().map(|()| value));
+    match unknown {
+        Some(message) => Err(serde::de::Error::custom(message)),
+        None => result,
+    }
+}
+
+/// The message for the ignored value at `path`: serde's words for an
+/// unknown field, without its list of the expected ones.
+fn unknown_field(path: &serde_ignored::Path<'_>) -> String {
+    match path {
+        serde_ignored::Path::Map { key, .. } => format!("unknown field `{key}`"),
+        other => format!("unknown value at `{other}`"),
     }
 }
 
@@ -203,7 +270,12 @@ pub(crate) fn handle<A: Aggregate>(
     data: &[u8],
     ctx: &CommandContext,
 ) -> Result<Vec<EncodedEvent>, Failure> {
-    let command: A::Command = decode_command(command_type, data)?;
+    let unknown = if A::ALLOW_UNKNOWN_COMMAND_FIELDS {
+        UnknownFields::Allow
+    } else {
+        UnknownFields::Refuse
+    };
+    let command: A::Command = decode_command(command_type, data, unknown)?;
     let state: A = decode_state(state);
     let events = state.handle(command, ctx)?;
     Ok(events.iter().map(encode_event).collect())
@@ -271,7 +343,11 @@ mod tests {
     }
 
     fn cmd(tag: &str, data: &str) -> Result<Cmd, Failure> {
-        decode_command(tag, data.as_bytes())
+        decode_command(tag, data.as_bytes(), UnknownFields::Refuse)
+    }
+
+    fn lenient(tag: &str, data: &str) -> Result<Cmd, Failure> {
+        decode_command(tag, data.as_bytes(), UnknownFields::Allow)
     }
 
     fn invalid_message(result: Result<Cmd, Failure>) -> String {
@@ -291,11 +367,111 @@ mod tests {
             cmd("Rename", r#""new""#).unwrap(),
             Cmd::Rename("new".into())
         );
-        // Unknown fields are ignored, as serde does by default.
+    }
+
+    #[test]
+    fn unknown_fields_of_a_command_are_invalid() {
         assert_eq!(
-            cmd("Deposit", r#"{"amount": 5, "note": "x"}"#).unwrap(),
+            invalid_message(cmd("Deposit", r#"{"amount": 5, "note": "x"}"#)),
+            "command `Deposit`: unknown field `note`"
+        );
+        assert_eq!(
+            invalid_message(cmd("Close", r#"{"reason": null}"#)),
+            "command `Close`: unknown field `reason`"
+        );
+        // A misspelled field is also a missing one: the unknown field is
+        // reported, as `#[serde(deny_unknown_fields)]` would.
+        assert_eq!(
+            invalid_message(cmd("Deposit", r#"{"amuont": 5}"#)),
+            "command `Deposit`: unknown field `amuont`"
+        );
+    }
+
+    #[test]
+    fn the_first_problem_in_document_order_is_reported() {
+        assert_eq!(
+            invalid_message(cmd("Deposit", r#"{"note": 1, "amount": "5"}"#)),
+            "command `Deposit`: unknown field `note`"
+        );
+        assert_eq!(
+            invalid_message(cmd("Deposit", r#"{"amount": "5", "note": 1}"#)),
+            "command `Deposit`: invalid type: string \"5\", expected i64"
+        );
+        assert_eq!(
+            invalid_message(cmd("Deposit", r#"{"amount": 1, "amount": 2, "x": 3}"#)),
+            "command `Deposit`: duplicate field `amount`"
+        );
+    }
+
+    #[test]
+    fn allowed_unknown_fields_are_ignored() {
+        assert_eq!(
+            lenient("Deposit", r#"{"amount": 5, "note": "x"}"#).unwrap(),
             Cmd::Deposit { amount: 5 }
         );
+        assert_eq!(lenient("Close", r#"{"reason": 1}"#).unwrap(), Cmd::Close {});
+        let message = invalid_message(lenient("Deposit", r#"{"amuont": 5}"#));
+        assert_eq!(message, "command `Deposit`: missing field `amount`");
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Address {
+        city: String,
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(tag = "type", content = "data")]
+    enum Nested {
+        Move {
+            to: Address,
+            #[serde(default)]
+            via: Vec<Address>,
+            #[serde(default)]
+            note: Option<Address>,
+        },
+        Tag {
+            labels: std::collections::BTreeMap<String, i64>,
+            extra: Value,
+        },
+    }
+
+    fn nested(tag: &str, data: &str) -> Result<Nested, Failure> {
+        decode_command(tag, data.as_bytes(), UnknownFields::Refuse)
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_at_any_depth() {
+        for (data, field) in [
+            (r#"{"to": {"city": "a", "zip": 1}}"#, "zip"),
+            (
+                r#"{"to": {"city": "a"}, "via": [{"city": "b"}, {"cty": "c"}]}"#,
+                "cty",
+            ),
+            (
+                r#"{"to": {"city": "a"}, "note": {"city": "b", "x": []}}"#,
+                "x",
+            ),
+        ] {
+            let message = match nested("Move", data) {
+                Err(Failure::Invalid(message)) => message,
+                other => panic!("{data}: expected invalid, got {other:?}"),
+            };
+            assert_eq!(message, format!("command `Move`: unknown field `{field}`"));
+        }
+        // Maps and JSON values take any key: nothing of theirs is ignored.
+        let tag = nested(
+            "Tag",
+            r#"{"labels": {"a": 1, "b": 2}, "extra": {"any": {"thing": 1}}}"#,
+        );
+        assert!(tag.is_ok(), "{tag:?}");
+    }
+
+    #[test]
+    fn events_with_unknown_fields_still_decode() {
+        let event: Cmd = decode_event("Deposit", br#"{"amount": 2, "added_later": true}"#);
+        assert_eq!(event, Cmd::Deposit { amount: 2 });
+        let state = apply::<Counter>(b"", [("Deposit", &br#"{"amount":2,"x":1}"#[..])]);
+        assert_eq!(state, br#"{"total":2,"closed":false}"#);
     }
 
     #[test]
@@ -445,5 +621,36 @@ mod tests {
             handle::<Counter>(closed, "Nope", b"", &ctx),
             Err(Failure::Invalid(_))
         ));
+    }
+
+    /// `Counter` with unknown command fields allowed.
+    #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+    struct LenientCounter(Counter);
+
+    impl Aggregate for LenientCounter {
+        type Command = Cmd;
+        type Event = Cmd;
+        const ALLOW_UNKNOWN_COMMAND_FIELDS: bool = true;
+
+        fn handle(&self, command: Cmd, ctx: &CommandContext) -> Result<Vec<Cmd>, Failure> {
+            self.0.handle(command, ctx)
+        }
+
+        fn apply(&mut self, event: Cmd) {
+            self.0.apply(event);
+        }
+    }
+
+    #[test]
+    fn handle_refuses_unknown_fields_unless_the_aggregate_allows_them() {
+        let ctx = CommandContext::default();
+        let data = br#"{"amount":4,"memo":"rent"}"#;
+        assert_eq!(
+            handle::<Counter>(b"", "Deposit", data, &ctx),
+            Err(Failure::invalid("command `Deposit`: unknown field `memo`"))
+        );
+        let events = handle::<LenientCounter>(b"", "Deposit", data, &ctx).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].data, br#"{"amount":4}"#);
     }
 }

@@ -35,10 +35,16 @@
 //!   variant such as `Close {}` (or the unit variant `Close`) accepts
 //!   `{}`, `null` and no data at all. An unknown command type, a missing or
 //!   mistyped field, or data that is not JSON becomes [`Failure::Invalid`]
-//!   carrying serde's message.
+//!   carrying serde's message. So does a field the command does not have, at
+//!   any depth (`command `Deposit`: unknown field `amuont``), without
+//!   `#[serde(deny_unknown_fields)]`: a client's misspelled field is not
+//!   silently dropped. An aggregate that must take extra fields sets
+//!   [`Aggregate::ALLOW_UNKNOWN_COMMAND_FIELDS`] to `true`.
 //! - **Events** are tagged the same way: the variant name is the event type,
 //!   the variant's content is the event's data, and the schema is
-//!   [`EVENT_SCHEMA`]. An event that `apply` cannot decode is a bug in the
+//!   [`EVENT_SCHEMA`]. Fields of an event that its type does not have are
+//!   ignored (events written by an older version of the plugin still
+//!   decode). An event that `apply` cannot decode is a bug in the
 //!   plugin (or a store that holds events this plugin never wrote): the plugin
 //!   panics, which the host sees as a trap.
 //!
@@ -110,6 +116,10 @@
 //! AggregateTest::<Counter>::given_no_previous_events()
 //!     .when_json("Increment", r#"{"by": "two"}"#)
 //!     .then_expect_invalid_message("invalid type: string");
+//!
+//! AggregateTest::<Counter>::given_no_previous_events()
+//!     .when_json("Increment", r#"{"by": 2, "note": "x"}"#)
+//!     .then_expect_invalid_message("command `Increment`: unknown field `note`");
 //! ```
 //!
 //! # Projections
