@@ -237,6 +237,10 @@ async fn large_components_compile_in_the_background_while_the_host_serves() {
         .bearer_auth(crate::common::ADMIN_TOKEN)
         .header("content-type", "application/wasm")
         .body(bytes)
+        // The upload answers once the component is compiled: on a loaded
+        // machine that takes well over the client's usual 30 s. The test
+        // waits for that state, not for a time.
+        .timeout(Duration::from_secs(900))
         .send();
     let upload = tokio::spawn(upload);
     let mut seen_compiling = false;
