@@ -52,6 +52,12 @@ pub enum PluginError {
     /// Handling: 500 `plugin_trap`.
     #[error("plugin {plugin} broke the contract: {message}")]
     Contract { plugin: String, message: String },
+    /// The plugin's share of the wasm slots (or every slot) stayed taken
+    /// for as long as a unit of work may wait for one.
+    ///
+    /// Handling: 503 `plugin_busy`; retry later.
+    #[error("{message}")]
+    Busy { plugin: String, message: String },
     /// No instance could be created (e.g. the instance pool is exhausted).
     ///
     /// Handling: 503 `unavailable`; retry later.

@@ -14,6 +14,7 @@ mod postgres;
 mod projections;
 mod sagas;
 mod sandbox;
+mod spin_load;
 mod streams;
 mod templates;
 mod workflow;
