@@ -6,10 +6,12 @@ pub mod bindings;
 pub mod call;
 pub mod compile_cache;
 pub mod engine;
+pub mod memory;
 pub mod plugin;
 pub mod projection;
 pub mod saga;
 pub mod sandbox;
+pub mod shelf;
 pub mod view;
 
 pub use aggregate::AggregateInstance;
