@@ -34,7 +34,7 @@ for wasm in "$@"; do
     code=$(curl -s -o "$dir/answer" -w '%{http_code}' -X PUT --data-binary "@$wasm" \
       -H 'authorization: Bearer t' -H 'content-type: application/wasm' "$base/plugins/$name")
     took=$(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)")
-    sleep 1
+    sleep 3
     echo "$(basename "$wasm") as $name (copy $copy): HTTP $code in $took s, $(rss)"
   done
 done

@@ -49,6 +49,7 @@ impl Runtime {
     /// An engine with deterministic execution, epoch interruption and (unless
     /// `pooling` is off) the pooling allocator, and a ticker thread.
     pub fn new(limits: Limits, pooling: bool) -> anyhow::Result<Self> {
+        memory::tune_allocator();
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
