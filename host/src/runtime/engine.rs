@@ -18,10 +18,12 @@ use crate::config::Limits;
 
 /// How often the epoch advances. A time limit is enforced to within one
 /// tick, and a running call yields to the async runtime at every tick, so
-/// the tick is also the slice other work waits for behind a spinning call
-/// (10 ms made 40 spins on two threads delay other commands by up to 1 s;
-/// a tick costs a call about a microsecond).
-pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+/// the tick is also the slice other work waits for behind a spinning call.
+/// Measured (docs/benchmarks.md): 10 ms let 40 spins on two threads delay
+/// other commands by up to 1 s; 2 ms made a command beside one spin on a
+/// single thread slower (more turns of the scheduler per request); 5 ms
+/// did well in both.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Bytes of a freed linear memory reset in place rather than returned to
 /// the kernel.
