@@ -106,6 +106,10 @@ pub struct Tuning {
     /// Stream states kept in memory (0: none).
     #[arg(long, env = "KILN_STATE_CACHE_ENTRIES", default_value_t = config::STATE_CACHE_ENTRIES_DEFAULT)]
     pub state_cache_entries: usize,
+    /// Plugin calls of one plugin running at once (its share of the wasm
+    /// slots); more wait for one to end, at most the command time limit.
+    #[arg(long, env = "KILN_PLUGIN_CONCURRENCY", default_value_t = config::PLUGIN_CONCURRENCY_DEFAULT)]
+    pub plugin_concurrency: usize,
     /// Most appends committed in one SQLite transaction (group commit).
     #[arg(long, env = "KILN_MAX_BATCH", default_value_t = 512)]
     pub max_batch: usize,
@@ -157,6 +161,7 @@ impl Tuning {
             snapshot_every: self.snapshot_every,
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),
             state_cache_entries: self.state_cache_entries,
+            plugin_concurrency: self.plugin_concurrency,
             ..PipelineConfig::default()
         };
         config.sqlite = SqliteOptions {

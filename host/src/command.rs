@@ -4,6 +4,7 @@
 pub mod error;
 pub mod pipeline;
 mod request;
+pub mod slots;
 pub mod state_cache;
 
 pub use error::CommandError;

@@ -20,6 +20,9 @@ pub const SNAPSHOT_EVERY_DEFAULT: u64 = 100;
 pub const IDEMPOTENCY_WINDOW_SECS_DEFAULT: u64 = 300;
 /// Default number of stream states kept in memory.
 pub const STATE_CACHE_ENTRIES_DEFAULT: usize = 100_000;
+/// Default wasm slots one plugin may hold at once: half of the instance
+/// pool, so one plugin whose calls spin leaves the other half to the rest.
+pub const PLUGIN_CONCURRENCY_DEFAULT: usize = crate::runtime::engine::POOL_INSTANCES as usize / 2;
 /// Events read and folded per `apply` call during a replay.
 pub const REPLAY_BATCH_DEFAULT: u32 = 1_000;
 
@@ -67,6 +70,9 @@ pub struct PipelineConfig {
     /// How many times a command is retried after a conflict with another
     /// writer before it is reported as 409.
     pub conflict_retries: u32,
+    /// Units of work of one plugin running wasm at once; more wait (at most
+    /// the command time limit) for one to end.
+    pub plugin_concurrency: usize,
 }
 
 impl Default for PipelineConfig {
@@ -77,6 +83,7 @@ impl Default for PipelineConfig {
             state_cache_entries: STATE_CACHE_ENTRIES_DEFAULT,
             replay_batch: REPLAY_BATCH_DEFAULT,
             conflict_retries: 3,
+            plugin_concurrency: PLUGIN_CONCURRENCY_DEFAULT,
         }
     }
 }

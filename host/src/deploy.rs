@@ -173,6 +173,8 @@ impl Deployer {
                 bytes,
             })
             .await?;
+        // The upload's buffers are freed once its request ends.
+        crate::runtime::memory::release_free_heap_soon();
         let plugin = self.registry.insert(plugin);
         tracing::info!(plugin = %plugin.name, kind = plugin.kind.as_str(), hash = %plugin.hash, mode = mode.as_str(), source, "plugin deployed");
         match plugin.kind {

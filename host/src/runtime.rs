@@ -6,10 +6,12 @@ pub mod bindings;
 pub mod call;
 pub mod compile_cache;
 pub mod engine;
+pub mod memory;
 pub mod plugin;
 pub mod projection;
 pub mod saga;
 pub mod sandbox;
+pub mod shelf;
 pub mod view;
 
 pub use aggregate::AggregateInstance;
@@ -52,6 +54,12 @@ pub enum PluginError {
     /// Handling: 500 `plugin_trap`.
     #[error("plugin {plugin} broke the contract: {message}")]
     Contract { plugin: String, message: String },
+    /// The plugin's share of the wasm slots (or every slot) stayed taken
+    /// for as long as a unit of work may wait for one.
+    ///
+    /// Handling: 503 `plugin_busy`; retry later.
+    #[error("{message}")]
+    Busy { plugin: String, message: String },
     /// No instance could be created (e.g. the instance pool is exhausted).
     ///
     /// Handling: 503 `unavailable`; retry later.

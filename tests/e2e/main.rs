@@ -15,6 +15,7 @@ mod projection_lifecycle;
 mod projections;
 mod sagas;
 mod sandbox;
+mod spin_load;
 mod streams;
 mod templates;
 mod undeploy;

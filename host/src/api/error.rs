@@ -157,6 +157,9 @@ impl From<PluginError> for ApiError {
             }
             PluginError::EventTooLarge { limit, size, .. } => ApiError::too_large(message, limit)
                 .with_details(json!({ "limit": limit, "size": size })),
+            PluginError::Busy { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "plugin_busy", message)
+            }
             PluginError::Instantiate { .. } => {
                 tracing::warn!(error = %message, "instantiation failed");
                 ApiError::unavailable(message)
@@ -268,6 +271,10 @@ mod tests {
                 message: "x".into(),
             }),
             CommandError::Plugin(PluginError::Instantiate {
+                plugin: plugin(),
+                message: "x".into(),
+            }),
+            CommandError::Plugin(PluginError::Busy {
                 plugin: plugin(),
                 message: "x".into(),
             }),

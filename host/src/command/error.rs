@@ -70,6 +70,7 @@ impl CommandError {
                 PluginError::Timeout { .. } => "plugin_timeout",
                 PluginError::EventTooLarge { .. } => "too_large",
                 PluginError::Instantiate { .. } => "unavailable",
+                PluginError::Busy { .. } => "plugin_busy",
                 PluginError::OutOfMemory { .. }
                 | PluginError::Trap { .. }
                 | PluginError::Contract { .. } => "plugin_trap",

@@ -21,6 +21,7 @@ pub use super::request::{
 use super::request::{
     check_event_type, event_metadata, refusal, request_hash, validate_id, validate_idempotency_key,
 };
+use super::slots::{Slot, SlotError, WasmSlots};
 use super::state_cache::{CachedState, StateCache};
 use crate::config::{Limits, PipelineConfig};
 use crate::registry::Registry;
@@ -79,9 +80,10 @@ pub struct Pipeline {
     locks: Vec<tokio::sync::Mutex<()>>,
     lock_hasher: std::collections::hash_map::RandomState,
     config: PipelineConfig,
-    /// Units of work running wasm at once, bounded by the instance pool, so
-    /// a burst waits for a slot instead of failing to instantiate.
-    wasm_slots: tokio::sync::Semaphore,
+    /// Units of work running wasm at once, in all (bounded by the instance
+    /// pool, so a burst waits for a slot instead of failing to instantiate)
+    /// and per plugin (so one plugin cannot starve the others).
+    wasm_slots: WasmSlots,
     /// Commands decided again because another writer had appended to their
     /// stream first (a stale cached state, or a race).
     conflict_retries: std::sync::atomic::AtomicU64,
@@ -118,11 +120,12 @@ impl Pipeline {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             lock_hasher: Default::default(),
-            config,
-            wasm_slots: tokio::sync::Semaphore::new(
+            wasm_slots: WasmSlots::new(
                 crate::runtime::engine::POOL_INSTANCES as usize,
+                config.plugin_concurrency,
             ),
             conflict_retries: Default::default(),
+            config,
         }
     }
 
@@ -548,7 +551,7 @@ impl Pipeline {
         let to_version = loaded.version();
         let runtime = self.runtime.clone();
         let p = plugin.clone();
-        let _slot = self.wasm_slot().await?;
+        let _slot = self.wasm_slot(plugin).await?;
         let mut instance = instance_for(&runtime, &p, loaded.instance, now_ms).await?;
         let state = fold_pending(&mut instance, loaded.base_state, &loaded.pending).await?;
         self.maybe_snapshot(plugin, stream_id, from_version, to_version, &state);
@@ -569,7 +572,7 @@ impl Pipeline {
         let to_version = loaded.version();
         let runtime = self.runtime.clone();
         let p = plugin.clone();
-        let _slot = self.wasm_slot().await?;
+        let _slot = self.wasm_slot(plugin).await?;
         let mut instance = instance_for(&runtime, &p, loaded.instance, now_ms).await?;
         let state = fold_pending(&mut instance, loaded.base_state, &loaded.pending).await?;
         let decision = instance.handle(&state, &command).await?;
@@ -577,11 +580,22 @@ impl Pipeline {
         Ok((state, decision))
     }
 
-    async fn wasm_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, CommandError> {
+    /// A wasm slot for a unit of work of `plugin`. The wait counts toward
+    /// the command's answer time, not toward the plugin's time limit: it
+    /// lasts at most that limit, then the command is refused as busy.
+    async fn wasm_slot(&self, plugin: &Plugin) -> Result<Slot<'_>, CommandError> {
+        let wait_max = std::time::Duration::from_millis(self.runtime.limits.command_timeout_ms);
         self.wasm_slots
-            .acquire()
+            .acquire(&plugin.name, wait_max)
             .await
-            .map_err(|_| CommandError::Store(StoreError::ShuttingDown))
+            .map_err(|e| match e {
+                SlotError::Closed => CommandError::Store(StoreError::ShuttingDown),
+                busy => PluginError::Busy {
+                    plugin: plugin.name.to_string(),
+                    message: busy.to_string(),
+                }
+                .into(),
+            })
     }
 
     /// Save a snapshot when folding crossed a multiple of the interval. Off

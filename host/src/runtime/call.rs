@@ -1,15 +1,25 @@
 //! What every plugin call shares: a fresh store with limits and a time
 //! budget, and the classification of a failed call.
+//!
+//! The time limit of a call is wall time, counted from the call's start
+//! (not CPU time, and not the ticks the call happened to run in): at every
+//! epoch tick a running call yields to the async runtime, and once the
+//! clock has passed its deadline it is interrupted instead. A call that is
+//! waiting for a worker thread when its deadline passes is interrupted as
+//! soon as it runs again, before doing more work than one tick.
+
+use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::PluginError;
-use super::engine::{EPOCH_TICK, Runtime};
+use super::engine::Runtime;
 use super::plugin::Plugin;
 use super::sandbox::PluginState;
 
 /// A fresh store for one unit of work of `plugin`, whose clocks read
-/// `now_ms`, with the memory limit and a time budget of `limit_ms` per call.
+/// `now_ms`, with the memory limit and a wall-time limit of `limit_ms` per
+/// call (each call starts its clock with [`start_call`]).
 pub fn new_store(
     runtime: &Runtime,
     plugin: &Plugin,
@@ -17,23 +27,26 @@ pub fn new_store(
     limit_ms: u64,
 ) -> Store<PluginState> {
     let limits = &runtime.limits;
-    let state = PluginState::new(plugin.name.clone(), now_ms, limits.memory_bytes_max);
+    let mut state = PluginState::new(plugin.name.clone(), now_ms, limits.memory_bytes_max);
+    state.call_limit = Duration::from_millis(limit_ms);
+    state.call_deadline = Instant::now() + state.call_limit;
     let mut store = Store::new(&runtime.engine, state);
     store.limiter(|s| &mut s.limits);
-    // At every tick: yield to the async runtime, and stop the call once it
-    // has used up its ticks.
-    let limit_ticks = deadline_ticks(limit_ms);
-    store.epoch_deadline_callback(move |mut ctx| {
-        let used = &mut ctx.data_mut().ticks_used;
-        *used += 1;
-        if *used >= limit_ticks {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
+    // At every tick: stop the call once its deadline has passed, else
+    // yield to the async runtime so other work runs.
+    store.epoch_deadline_callback(|ctx| Ok(on_tick(ctx.data().call_deadline, Instant::now())));
     store.set_epoch_deadline(1);
     store
+}
+
+/// What a call does at an epoch tick: stop once `now` has reached its
+/// deadline, else yield and run on at the next tick.
+fn on_tick(deadline: Instant, now: Instant) -> UpdateDeadline {
+    if now >= deadline {
+        UpdateDeadline::Interrupt
+    } else {
+        UpdateDeadline::Yield(1)
+    }
 }
 
 /// The error of an instantiation that failed (e.g. the pool is exhausted).
@@ -44,9 +57,10 @@ pub fn instantiate_failed(plugin: &Plugin) -> impl FnOnce(wasmtime::Error) -> Pl
     }
 }
 
-/// Give the next call the whole time budget.
+/// Start the clock of the next call: it may run until its limit from now.
 pub fn start_call(store: &mut Store<PluginState>) {
-    store.data_mut().ticks_used = 0;
+    let state = store.data_mut();
+    state.call_deadline = Instant::now() + state.call_limit;
     store.set_epoch_deadline(1);
 }
 
@@ -90,9 +104,26 @@ pub fn classify(
     PluginError::Trap { plugin, message }
 }
 
-/// Ticks a call may see before it is stopped: the limit rounded up, plus one
-/// so that a tick landing right after the call starts does not cut it short.
-fn deadline_ticks(limit_ms: u64) -> u64 {
-    let tick_ms = EPOCH_TICK.as_millis().max(1) as u64;
-    limit_ms.div_ceil(tick_ms).max(1) + 1
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_yields_until_its_wall_deadline_then_stops() {
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(100);
+        assert!(matches!(on_tick(deadline, start), UpdateDeadline::Yield(1)));
+        assert!(matches!(
+            on_tick(deadline, start + Duration::from_millis(99)),
+            UpdateDeadline::Yield(1)
+        ));
+        assert!(matches!(
+            on_tick(deadline, deadline),
+            UpdateDeadline::Interrupt
+        ));
+        assert!(matches!(
+            on_tick(deadline, start + Duration::from_secs(5)),
+            UpdateDeadline::Interrupt
+        ));
+    }
 }

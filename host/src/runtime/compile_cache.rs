@@ -137,21 +137,40 @@ impl CompileCache {
                 tracing::warn!(path = %path.display(), error = %e, "cannot stat the compile cache entry; compiling afresh");
             }
         }
-        let component = Component::new(engine, bytes)?;
-        self.store(&path, &component);
-        Ok((component, CacheOutcome::Miss))
-    }
-
-    /// Write the compiled `component` to `path`; a failure is only logged.
-    fn store(&self, path: &Path, component: &Component) {
-        let result = component
-            .serialize()
-            .map_err(|e| format!("{e:#}"))
-            .and_then(|compiled| write_atomically(path, &compiled).map_err(|e| e.to_string()));
-        if let Err(e) = result {
-            tracing::warn!(path = %path.display(), error = %e, "could not write the compile cache");
+        // Compiled straight to the file's bytes, then loaded from the file:
+        // the code is then a mapping of the file (clean pages the kernel
+        // may drop and read again) rather than a second, anonymous copy.
+        let compiled = engine.precompile_component(bytes)?;
+        match write_atomically(&path, &compiled) {
+            Ok(()) => {
+                drop(compiled);
+                match load_cached(engine, &path) {
+                    Ok(component) => return Ok((component, CacheOutcome::Miss)),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "the compiled plugin just written cannot be loaded; compiling without the cache");
+                        remove_quietly(&path);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "could not write the compile cache");
+                return Ok((load_fresh(engine, &compiled)?, CacheOutcome::Miss));
+            }
         }
+        Ok((Component::new(engine, bytes)?, CacheOutcome::Miss))
     }
+}
+
+/// Load what `Engine::precompile_component` of this engine just returned.
+#[allow(
+    unsafe_code,
+    reason = "deserializing a compiled component is unsafe; these bytes come from this engine's compiler, in memory"
+)]
+fn load_fresh(engine: &Engine, compiled: &[u8]) -> Result<Component, wasmtime::Error> {
+    // SAFETY: `compiled` is the output of `engine.precompile_component`,
+    // produced in this process a moment ago and never written anywhere
+    // another party could change it.
+    unsafe { Component::deserialize(engine, compiled) }
 }
 
 /// Load a compiled component this module wrote.

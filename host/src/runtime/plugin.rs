@@ -12,6 +12,7 @@ use super::bindings::aggregate::AggregatePre;
 use super::bindings::projection::ProjectionPre;
 use super::bindings::saga::SagaPre;
 use super::sandbox::PluginState;
+use super::shelf::SharedCode;
 
 /// The three plugin worlds of `wit/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -98,18 +99,27 @@ pub struct Plugin {
     pub size: usize,
     pub loaded_at: chrono::DateTime<chrono::Utc>,
     pub code: PluginCode,
+    /// The compiled code, shared with every plugin of the same bytes.
+    pub(crate) shared: Arc<SharedCode>,
 }
 
 impl Plugin {
-    pub(crate) fn new(name: &str, bytes: &[u8], kind: PluginKind, code: PluginCode) -> Self {
+    pub(crate) fn new(name: &str, hash: String, size: usize, shared: Arc<SharedCode>) -> Self {
         Self {
             name: Arc::from(name),
-            hash: content_hash(bytes),
-            kind,
-            size: bytes.len(),
+            hash,
+            kind: shared.kind,
+            size,
             loaded_at: chrono::Utc::now(),
-            code,
+            code: shared.code.clone(),
+            shared,
         }
+    }
+
+    /// Whether `self` and `other` run the very same compiled code (one
+    /// copy in memory).
+    pub fn shares_code_with(&self, other: &Plugin) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
@@ -29,8 +29,10 @@ pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub limits: StoreLimits,
-    /// Epoch ticks seen by the current call.
-    pub ticks_used: u64,
+    /// The wall time one call may take (see `call::start_call`).
+    pub call_limit: Duration,
+    /// When the current call must stop.
+    pub call_deadline: Instant,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
     /// The view of the batch a projection is processing.
@@ -73,7 +75,8 @@ impl PluginState {
             wasi,
             table: ResourceTable::new(),
             limits,
-            ticks_used: 0,
+            call_limit: Duration::ZERO,
+            call_deadline: Instant::now(),
             stdout,
             stderr,
             view: None,
