@@ -14,6 +14,7 @@ mod postgres;
 mod projections;
 mod sagas;
 mod sandbox;
+mod slow_clients;
 mod streams;
 mod templates;
 mod workflow;
