@@ -117,6 +117,11 @@ impl PostgresStore {
         self.versions.reads()
     }
 
+    /// Whether this store is listening for other hosts' commits now.
+    pub fn listening(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.follower.listening()
+    }
+
     /// Open the database at `url` (`postgres://user:password@host:port/db`),
     /// apply migrations and start the writer and the follower.
     pub async fn open(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {

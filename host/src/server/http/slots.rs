@@ -171,9 +171,11 @@ mod tests {
             }
         );
         drop(a);
-        assert!(matches!(slots.admit(), Admission::Full(_)));
+        let d = slots.admit();
+        assert!(matches!(d, Admission::Full(_)));
         drop(c);
         assert!(matches!(slots.admit(), Admission::HealthOnly(_)));
+        drop((b, d));
     }
 
     #[test]
