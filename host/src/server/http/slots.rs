@@ -1,9 +1,10 @@
 //! The bound on open connections. Up to `max` connections are served in
 //! full; past it, up to `health` more are served `/healthz` and `/readyz`
-//! only (so that a load balancer or an orchestrator still sees the host
-//! alive while slow clients hold the rest), and any further connection is
-//! closed at once. Hitting the bound is logged, at most once per
-//! [`BOUND_LOG_EVERY`].
+//! only, so that a load balancer or an orchestrator still sees the host
+//! alive while slow clients hold the rest (these have a short head timeout
+//! and no keep-alive, so a slow client gives one back soon). Any further
+//! connection is closed at once. Hitting the bound is logged, at most once
+//! per [`BOUND_LOG_EVERY`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
