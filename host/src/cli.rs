@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, Limits, PipelineConfig};
+use crate::config::{self, HttpConfig, Limits, PipelineConfig};
 use crate::projection::ProjectionConfig;
 use crate::saga::SagaConfig;
 use crate::server::HostConfig;
@@ -67,7 +67,44 @@ pub struct ServeArgs {
     #[arg(long, env = "KILN_UNDEPLOY_GRACE_SECS", default_value_t = crate::projection::UNDEPLOY_GRACE_SECS_DEFAULT)]
     pub undeploy_grace_secs: u64,
     #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
     pub tuning: Tuning,
+}
+
+/// Timeouts and the connection bound of the HTTP server.
+#[derive(Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// Time a request's head may take to arrive, in ms (on a kept-alive
+    /// connection, counted from the end of the previous answer).
+    #[arg(long, env = "KILN_HEADER_READ_TIMEOUT_MS", default_value_t = config::HEADER_READ_TIMEOUT_MS_DEFAULT)]
+    pub header_read_timeout_ms: u64,
+    /// Time a request's body may take to arrive, in ms, counted from its
+    /// head; past it the answer is 408.
+    #[arg(long, env = "KILN_BODY_READ_TIMEOUT_MS", default_value_t = config::BODY_READ_TIMEOUT_MS_DEFAULT)]
+    pub body_read_timeout_ms: u64,
+    /// Time a connection with no request in flight stays open, in ms.
+    #[arg(long, env = "KILN_IDLE_TIMEOUT_MS", default_value_t = config::IDLE_TIMEOUT_MS_DEFAULT)]
+    pub idle_timeout_ms: u64,
+    /// Connections served at once; keep it and --health-connections well
+    /// below the process's open-file limit (`ulimit -n`).
+    #[arg(long, env = "KILN_MAX_CONNECTIONS", default_value_t = config::MAX_CONNECTIONS_DEFAULT)]
+    pub max_connections: usize,
+    /// Connections beyond --max-connections served /healthz and /readyz only.
+    #[arg(long, env = "KILN_HEALTH_CONNECTIONS", default_value_t = config::HEALTH_CONNECTIONS_DEFAULT)]
+    pub health_connections: usize,
+}
+
+impl HttpArgs {
+    pub fn config(&self) -> HttpConfig {
+        HttpConfig {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms.max(1)),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms.max(1)),
+            max_connections: self.max_connections.max(1),
+            health_connections: self.health_connections,
+        }
+    }
 }
 
 /// Limits and tuning shared by `serve` and the benchmarks of `kiln-bench`.
@@ -142,6 +179,7 @@ impl ServeArgs {
             (self.watch_interval_ms > 0).then(|| Duration::from_millis(self.watch_interval_ms));
         config.lease_ttl = Duration::from_millis(self.lease_ttl_ms);
         config.projections.undeploy_grace = Duration::from_secs(self.undeploy_grace_secs);
+        config.http = self.http.config();
         config
     }
 }

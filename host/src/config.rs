@@ -87,3 +87,48 @@ impl Default for PipelineConfig {
         }
     }
 }
+
+/// Default time a request's head may take to arrive.
+pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default time a request's body may take to arrive (a 12 MB plugin upload
+/// at 200 kB/s).
+pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+/// Default time a kept-alive connection may wait for its next request.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Default bound on open connections: well below the common `nofile` limit
+/// of 1,024, which the database, the plugins and the compile cache share.
+pub const MAX_CONNECTIONS_DEFAULT: usize = 768;
+/// Default connections kept for health checks beyond the bound.
+pub const HEALTH_CONNECTIONS_DEFAULT: usize = 8;
+
+/// Timeouts and bounds of the HTTP server's connections, so that slow or
+/// idle clients cannot hold the server's sockets for ever.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// A request's head must arrive in full within this time, counted from
+    /// when the server starts waiting for it.
+    pub header_read_timeout: Duration,
+    /// A request's body must arrive in full within this time, counted from
+    /// when its head arrived; past it the answer is `408`.
+    pub body_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// Connections served in full at once; past it new connections are
+    /// served health checks only (or closed at once).
+    pub max_connections: usize,
+    /// Connections beyond `max_connections` that may still ask for
+    /// `/healthz` and `/readyz`.
+    pub health_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_millis(HEADER_READ_TIMEOUT_MS_DEFAULT),
+            body_read_timeout: Duration::from_millis(BODY_READ_TIMEOUT_MS_DEFAULT),
+            idle_timeout: Duration::from_millis(IDLE_TIMEOUT_MS_DEFAULT),
+            max_connections: MAX_CONNECTIONS_DEFAULT,
+            health_connections: HEALTH_CONNECTIONS_DEFAULT,
+        }
+    }
+}

@@ -1,6 +1,10 @@
 //! Assembling a host: store, runtime, plugins, pipeline, HTTP; and stopping
 //! it gracefully.
 
+mod http;
+
+pub use http::OpenConnections;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
@@ -12,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
 use crate::command::Pipeline;
-use crate::config::{Limits, PipelineConfig};
+use crate::config::{HttpConfig, Limits, PipelineConfig};
 use crate::deploy::{DeferredPlugin, Deployer};
 use crate::lease::{LEASE_TTL_MS_DEFAULT, LeaseHolder, Leases};
 use crate::metrics::Metrics;
@@ -55,6 +59,8 @@ pub struct HostConfig {
     /// PostgreSQL, where several hosts may share the database): another
     /// host takes over a dead host's work within about this time.
     pub lease_ttl: Duration,
+    /// Timeouts and the connection bound of the HTTP server.
+    pub http: HttpConfig,
 }
 
 impl HostConfig {
@@ -77,6 +83,7 @@ impl HostConfig {
             shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
             deployment_poll: Duration::from_secs(2),
             lease_ttl: Duration::from_millis(LEASE_TTL_MS_DEFAULT),
+            http: HttpConfig::default(),
         }
     }
 
@@ -115,6 +122,7 @@ pub struct Host {
     background_loads: JoinHandle<()>,
     lease_manager: Option<JoinHandle<()>>,
     shutdown_grace: Duration,
+    connections: Arc<http::Slots>,
 }
 
 /// Open the store, load the plugins, bind the socket and start serving.
@@ -130,6 +138,9 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
             .with_context(|| format!("opening the compile cache {}", dir.display()))?;
     }
     let state = Arc::new(assemble(&config, store.clone(), runtime));
+    if let Some(warning) = admin_lock_warning(state.admin_token.as_deref()) {
+        tracing::warn!("{warning}");
+    }
     let loading = load_plugins(&config, &state.deployer).await?;
     let holders: Vec<Weak<dyn LeaseHolder>> = vec![
         Arc::downgrade(&state.projections) as Weak<dyn LeaseHolder>,
@@ -143,13 +154,19 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
     let app = api::app(state.clone());
-    let served = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let connections = Arc::new(http::Slots::new(
+        config.http.max_connections,
+        config.http.health_connections,
+    ));
+    let served = tokio::spawn(http::serve(
+        listener,
+        app,
+        config.http.clone(),
+        connections.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     let background_loads = state.deployer.load_in_background(loading.deferred);
     let purger = spawn_purger(
         store.clone(),
@@ -169,6 +186,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Host> {
         background_loads,
         lease_manager,
         shutdown_grace: config.shutdown_grace,
+        connections,
     })
 }
 
@@ -275,6 +293,11 @@ async fn load_plugins(config: &HostConfig, deployer: &Arc<Deployer>) -> anyhow::
 }
 
 impl Host {
+    /// The HTTP connections open now.
+    pub fn open_connections(&self) -> OpenConnections {
+        self.connections.open()
+    }
+
     /// Stop taking connections, let in-flight requests finish, then flush
     /// and close the store: nothing acknowledged is lost.
     pub async fn shutdown(self) -> anyhow::Result<()> {
@@ -315,6 +338,17 @@ impl Host {
         served.context("the HTTP server task failed")??;
         Ok(())
     }
+}
+
+/// The warning logged at start when no admin token is set: every admin
+/// route then answers `401`, which an operator should not find out from a
+/// client.
+pub fn admin_lock_warning(admin_token: Option<&str>) -> Option<&'static str> {
+    admin_token.is_none_or(str::is_empty).then_some(
+        "no admin token is configured: every admin route (deploy, rollback, rebuild, resume, \
+         promote, dead-letter retry…) is locked and answers 401; start kiln with \
+         --admin-token <token> or KILN_ADMIN_TOKEN set to unlock them",
+    )
 }
 
 /// How long a graceful shutdown waits for open connections, by default.
@@ -394,6 +428,17 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_admin_token_is_said_at_start() {
+        for token in [None, Some("")] {
+            let warning = admin_lock_warning(token).expect("a warning");
+            assert!(warning.contains("locked"), "{warning}");
+            assert!(warning.contains("--admin-token"), "{warning}");
+            assert!(warning.contains("KILN_ADMIN_TOKEN"), "{warning}");
+        }
+        assert_eq!(admin_lock_warning(Some("secret")), None);
+    }
 
     #[test]
     fn passwords_stay_out_of_logs() {

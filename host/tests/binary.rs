@@ -455,6 +455,107 @@ async fn verify_passes_on_an_untouched_log_and_names_a_changed_event() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no database"));
 }
 
+/// `kiln verify` with `args` on the database at `url`.
+fn verify_url(url: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["verify", "--db", url])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code(), stdout)
+}
+
+/// Five events, the head hash `kiln verify` prints; then the last event
+/// deleted behind the store's back fails the check, and `--expect-head`
+/// tells the right head from a wrong one.
+async fn verify_truncation_and_expected_head(url: &str, delete_last: impl AsyncFnOnce()) {
+    use kiln::store::{AppendRequest, ExpectedVersion, NewEvent};
+    let store = kiln::store::open(url, Default::default(), Default::default())
+        .await
+        .unwrap();
+    for n in 0..5 {
+        let event = NewEvent {
+            event_type: "Happened".into(),
+            schema: 1,
+            data: format!(r#"{{"n":{n}}}"#),
+            metadata: "{}".into(),
+        };
+        store
+            .append(AppendRequest {
+                stream_id: "s-1".into(),
+                expected: ExpectedVersion::Any,
+                events: vec![event],
+                idempotency: None,
+            })
+            .await
+            .unwrap();
+    }
+    store.close().await;
+    let (code, stdout) = verify_url(url, &[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let head = stdout
+        .split("head: position 5 hash ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no head hash in: {stdout}"))
+        .to_string();
+    assert_eq!(head.len(), 64, "{stdout}");
+    let (code, stdout) = verify_url(url, &["--expect-head", &head]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let (code, stdout) = verify_url(url, &["--expect-head", &format!("5:{head}")]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let (code, stdout) = verify_url(url, &["--expect-head", &"0".repeat(64)]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("--expect-head"), "{stdout}");
+    let (code, stdout) = verify_url(url, &["--json"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["head_hash"], json!(head));
+
+    delete_last().await;
+    let (code, stdout) = verify_url(url, &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("BROKEN at position 5"), "{stdout}");
+    assert!(stdout.contains("events removed at the end"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_fails_on_a_truncated_sqlite_log_and_checks_an_expected_head() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
+    verify_truncation_and_expected_head(&url, async || {
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("DELETE FROM events WHERE position = 5")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_fails_on_a_truncated_postgres_log_and_checks_an_expected_head() {
+    use sqlx::Connection;
+    let Some(db) = kiln_testkit::ScratchDatabase::for_test("verify_truncated_postgres_log").await
+    else {
+        return;
+    };
+    verify_truncation_and_expected_head(db.url(), async || {
+        let mut conn = sqlx::PgConnection::connect_with(&db.connect_options())
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM events WHERE position = 5")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    })
+    .await;
+}
+
 async fn post_to(client: &reqwest::Client, url: String, body: Value) -> Option<(u16, Value)> {
     let r = client.post(url).json(&body).send().await.ok()?;
     let status = r.status().as_u16();

@@ -271,10 +271,9 @@ async fn commands_on_one_stream_are_serialized() {
 
 #[tokio::test]
 async fn idempotency_keys_expire_after_the_window() {
-    let mut h = TestHost::start_with(|c| {
-        c.pipeline.idempotency_window = std::time::Duration::from_millis(300)
-    })
-    .await;
+    // Long enough that the replay below comes within it on a loaded machine.
+    const WINDOW: std::time::Duration = std::time::Duration::from_millis(1500);
+    let mut h = TestHost::start_with(|c| c.pipeline.idempotency_window = WINDOW).await;
     h.command("bank_account", "w1", cmd("Open", json!({"owner": "ann"})))
         .await
         .expect(200, "");
@@ -283,11 +282,14 @@ async fn idempotency_keys_expire_after_the_window() {
     h.command_with("bank_account", "w1", body.clone(), &key)
         .await
         .expect(200, "");
+    // The key was stored before the answer came.
+    let keyed = std::time::Instant::now();
     let again = h
         .command_with("bank_account", "w1", body.clone(), &key)
         .await;
     assert_eq!(again.headers["idempotent-replayed"], "true");
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let expired = keyed + WINDOW + std::time::Duration::from_millis(100);
+    tokio::time::sleep_until(expired.into()).await;
     let later = h.command_with("bank_account", "w1", body, &key).await;
     later.expect(200, "");
     assert!(

@@ -134,6 +134,11 @@ impl TestHost {
         }
     }
 
+    /// The running host.
+    pub fn host(&self) -> &kiln::server::Host {
+        self.host.as_ref().expect("the host is running")
+    }
+
     /// The plugin directory the host loads and watches.
     pub fn plugins_dir(&self) -> &Path {
         self.config

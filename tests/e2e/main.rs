@@ -15,6 +15,7 @@ mod projection_lifecycle;
 mod projections;
 mod sagas;
 mod sandbox;
+mod slow_clients;
 mod spin_load;
 mod streams;
 mod templates;

@@ -201,13 +201,28 @@ async fn a_stale_cached_state_is_brought_up_to_date_without_a_conflict() {
         .await
         .expect(200, "");
     // ...the first one moves it on, and the second hears of it.
+    let mut last = 0;
     for _ in 0..3 {
-        first
+        let r = first
             .command("bank_account", "s", cmd("Deposit", json!({"amount": 10})))
-            .await
-            .expect(200, "");
+            .await;
+        r.expect(200, "");
+        last = r.body["position"].as_u64().expect("position");
     }
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The second host hears of the commits before its head moves past them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = second.get("/readyz").await;
+        if ready.body["head"].as_u64() >= Some(last) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second host never heard: {}",
+            ready.body
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let before = conflict_retries(&second).await;
     let r = second
         .command("bank_account", "s", cmd("Deposit", json!({"amount": 5})))

@@ -583,6 +583,15 @@ mod tests {
         out
     }
 
+    /// Wait (bounded) until the store's head watch reaches `position`.
+    async fn wait_for_head(store: &dyn EventStore, position: Position) {
+        let mut head = store.subscribe_head();
+        tokio::time::timeout(Duration::from_secs(20), head.wait_for(|h| *h >= position))
+            .await
+            .expect("the head watch moves in time")
+            .expect("the store is open");
+    }
+
     #[tokio::test]
     async fn a_lagging_feed_reads_what_it_missed_from_the_store() {
         let dir = tempfile::tempdir().unwrap();
@@ -597,6 +606,9 @@ mod tests {
                 next_version: 1,
             },
         );
+        // The stream feed's catch-up takes the head from the watch: wait
+        // until it shows the three appends (the state asserted below).
+        wait_for_head(&*store, 3).await;
         // Catch up on what exists: positions 2 and 3; nothing of b-1.
         let got = take(&mut all, 2).await;
         assert_eq!(got.iter().map(|e| e.position).collect::<Vec<_>>(), [2, 3]);
@@ -608,6 +620,7 @@ mod tests {
         for i in 0..40 {
             append(&*store, if i % 2 == 0 { "a-1" } else { "b-1" }, 2).await;
         }
+        wait_for_head(&*store, 83).await;
         let got = take(&mut all, 80).await;
         assert_eq!(
             got.iter().map(|e| e.position).collect::<Vec<_>>(),

@@ -153,6 +153,16 @@ pub struct GlobalQuery<'a> {
     pub types: Option<&'a [String]>,
 }
 
+/// The log's last event as the store recorded it with its last append,
+/// kept apart from the events: removing the last events leaves it behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordedTail {
+    /// 0 for an empty log.
+    pub position: Position,
+    /// The event's hash (the genesis hash for an empty log).
+    pub hash: [u8; 32],
+}
+
 /// Events committed together, in position order, as the live feed carries them.
 pub type CommittedBatch = Arc<[RecordedEvent]>;
 
@@ -198,6 +208,10 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// The last committed position; 0 for an empty store.
     async fn head_position(&self) -> Result<Position, StoreError>;
+
+    /// The tail recorded with the last append (what `kiln verify` checks
+    /// the last event against).
+    async fn recorded_tail(&self) -> Result<RecordedTail, StoreError>;
 
     /// The stored result of an idempotency key used at or after `since_us`.
     async fn find_idempotency(

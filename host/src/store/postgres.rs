@@ -31,8 +31,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use super::queries::{Sql, int8};
 use super::{
     AppendOutcome, AppendRequest, CommittedBatch, EventLog, EventStore, GlobalQuery,
-    IdempotencyEntry, Position, RecordedEvent, SagaCommit, SagaInstanceRecord, SagaLoad, Snapshot,
-    StoreError, StreamQuery, ViewCommit,
+    IdempotencyEntry, Position, RecordedEvent, RecordedTail, SagaCommit, SagaInstanceRecord,
+    SagaLoad, Snapshot, StoreError, StreamQuery, ViewCommit,
 };
 
 mod catalog;
@@ -115,6 +115,11 @@ impl PostgresStore {
     /// notification carried.
     pub fn version_reads(&self) -> u64 {
         self.versions.reads()
+    }
+
+    /// Whether this store is listening for other hosts' commits now.
+    pub fn listening(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.follower.listening()
     }
 
     /// Open the database at `url` (`postgres://user:password@host:port/db`),
@@ -345,6 +350,17 @@ impl EventLog for PostgresStore {
 
     async fn head_position(&self) -> Result<Position, StoreError> {
         Ok(head_from(&self.readers).await?)
+    }
+
+    async fn recorded_tail(&self) -> Result<RecordedTail, StoreError> {
+        let (position, hash): (i64, Vec<u8>) =
+            sqlx::query_as("SELECT position, hash FROM log_tail")
+                .fetch_one(&self.readers)
+                .await?;
+        Ok(RecordedTail {
+            position: position as u64,
+            hash: hash_from(hash)?,
+        })
     }
 
     async fn find_idempotency(

@@ -23,8 +23,8 @@ use super::hash_chain;
 use super::queries::{self, Sql};
 use super::{
     AppendOutcome, AppendRequest, CommittedBatch, EventLog, EventStore, GlobalQuery,
-    IdempotencyEntry, Position, RecordedEvent, SagaCommit, SagaInstanceRecord, SagaLoad, Snapshot,
-    StoreError, StreamQuery, ViewCommit,
+    IdempotencyEntry, Position, RecordedEvent, RecordedTail, SagaCommit, SagaInstanceRecord,
+    SagaLoad, Snapshot, StoreError, StreamQuery, ViewCommit,
 };
 
 mod catalog;
@@ -155,9 +155,15 @@ fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
         .busy_timeout(Duration::from_secs(5)))
 }
 
+/// Where the log goes on: after the recorded tail, or after the last event
+/// if there are events beyond it (written by something else than the
+/// writer). Positions of removed events are not reused, so `kiln verify`
+/// goes on seeing the gap.
 async fn load_tail(conn: &mut SqliteConnection) -> Result<Tail, StoreError> {
     let row = sqlx::query(
-        "SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1",
+        "SELECT position, hash, recorded_at FROM events \
+         UNION ALL SELECT position, hash, recorded_at FROM log_tail \
+         ORDER BY 1 DESC LIMIT 1",
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -339,6 +345,17 @@ impl EventLog for SqliteStore {
             .fetch_one(&self.readers)
             .await?;
         Ok(v.unwrap_or(0) as u64)
+    }
+
+    async fn recorded_tail(&self) -> Result<RecordedTail, StoreError> {
+        let (position, hash): (i64, Vec<u8>) =
+            sqlx::query_as("SELECT position, hash FROM log_tail WHERE id = 1")
+                .fetch_one(&self.readers)
+                .await?;
+        Ok(RecordedTail {
+            position: position as u64,
+            hash: hash_from(hash)?,
+        })
     }
 
     async fn find_idempotency(

@@ -565,6 +565,17 @@ async fn hosts_share_versions_and_keys(db: Arc<TestDb>) {
     }
 }
 
+/// Wait (at most 20 s) until `store` listens for other hosts' commits.
+async fn until_listening(store: &PostgresStore) {
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        store.listening().wait_for(|listening| *listening),
+    )
+    .await
+    .expect("the listener listens in time")
+    .expect("the store is open");
+}
+
 /// Another host's notifications carry the versions its commits left each
 /// stream at, so a host following them reads nothing back from the log;
 /// a commit touching more streams than a notification can list is read.
@@ -577,8 +588,8 @@ async fn other_hosts_versions_come_with_their_notifications(db: Arc<TestDb>) {
     })
     .await
     .unwrap();
-    // Let b's listener start (and resync once) before a commits.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // b's listener listens before a commits.
+    until_listening(&b).await;
     let reads = b.version_reads();
     let mut head = b.subscribe_head();
     for (n, stream) in ["s-1", "s-2", "s-1"].into_iter().enumerate() {
@@ -643,11 +654,14 @@ async fn other_hosts_commits_wake_this_one(db: Arc<TestDb>) {
         ..test_postgres_options()
     };
     let a = db.open_postgres(test_postgres_options()).await;
-    let b = db.open_postgres(slow_poll).await;
+    let b = PostgresStore::connect(db.postgres_options(), slow_poll)
+        .await
+        .unwrap();
+    // b's listener listens before a commits.
+    until_listening(&b).await;
+    let b: Arc<dyn EventStore> = Arc::new(b);
     let c = db.open_postgres(polling_only).await;
     let mut feed = b.subscribe_commits();
-    // Let b's listener start listening before a commits.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!b.newer_version_known("s-1", 0), "nothing written yet");
     a.append(append(
         "s-1",

@@ -213,6 +213,8 @@ enum Note {
     /// Notifications may have been missed (the connection was lost and is
     /// back, or this is the start): look at the log itself.
     Resync,
+    /// The listener has just started listening: resync, then say so.
+    Listening,
 }
 
 /// Notes waiting for the follower; beyond this many, notes are dropped and
@@ -248,6 +250,8 @@ fn parse_notification(payload: &str) -> (&str, Note) {
 /// The tasks that follow other hosts' commits.
 pub struct Follower {
     stop: watch::Sender<bool>,
+    /// Whether the listener listens now and the log was looked at since.
+    listening: Arc<watch::Sender<bool>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -264,6 +268,7 @@ impl Follower {
         versions: Arc<StreamVersions>,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
+        let listening = Arc::new(watch::Sender::new(false));
         let (notes_tx, notes) = mpsc::channel(NOTES_MAX);
         let mut tasks = Vec::with_capacity(2);
         if let Some(connect) = listen {
@@ -273,15 +278,30 @@ impl Follower {
                 notes_tx,
                 stopped.clone(),
                 poll,
+                listening.clone(),
             )));
         }
         tasks.push(tokio::spawn(follow(
-            readers, publisher, versions, notes, stopped, poll,
+            readers,
+            publisher,
+            versions,
+            notes,
+            stopped,
+            poll,
+            listening.clone(),
         )));
         Self {
             stop,
+            listening,
             tasks: Mutex::new(tasks),
         }
+    }
+
+    /// Whether the listener is listening now and the log was looked at
+    /// since (so that another host's next commit is heard of without a
+    /// poll, and nothing before it is left to read).
+    pub fn listening(&self) -> watch::Receiver<bool> {
+        self.listening.subscribe()
     }
 
     /// Stop the tasks (a read in progress is abandoned) and wait for them.
@@ -307,6 +327,7 @@ async fn follow(
     mut notes: mpsc::Receiver<Note>,
     mut stopped: watch::Receiver<bool>,
     poll: Duration,
+    listening: Arc<watch::Sender<bool>>,
 ) {
     let mut tick = tokio::time::interval(poll.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -330,6 +351,11 @@ async fn follow(
             }
             Note::Commit { streams: None, .. } | Note::Resync => {
                 catch_up(&readers, &publisher, &versions).await
+            }
+            Note::Listening => {
+                let caught_up = catch_up(&readers, &publisher, &versions).await;
+                listening.send_replace(true);
+                caught_up
             }
         };
         match caught_up {
@@ -403,6 +429,7 @@ async fn listen_for_commits(
     notes: mpsc::Sender<Note>,
     mut stopped: watch::Receiver<bool>,
     retry: Duration,
+    announce: Arc<watch::Sender<bool>>,
 ) {
     let pool = PgPoolOptions::new()
         .max_connections(1)
@@ -418,6 +445,7 @@ async fn listen_for_commits(
             _ = stopped.changed() => break,
             error = listen_once(&pool, &origin, &notes, &mut listening) => error,
         };
+        announce.send_replace(false);
         // Once per outage: it is retried every `retry`.
         if listening || !failing {
             tracing::warn!(error = %error, "LISTEN for other hosts' commits failed; polling until it works again");
@@ -449,7 +477,7 @@ async fn listen_once(
     }
     *listening = true;
     // A full queue drops the note: the next poll reads what it said.
-    let _ = notes.try_send(Note::Resync);
+    let _ = notes.try_send(Note::Listening);
     loop {
         match listener.try_recv().await {
             Ok(Some(n)) => {

@@ -42,6 +42,19 @@ async fn hold_writer(
     (release, blocker)
 }
 
+/// Wait (at most 20 s) until `n` requests wait in the writer's queue (the
+/// writer held: they then go in one batch).
+async fn until_queued(store: &SqliteStore, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.writer.max_capacity() - store.writer.capacity() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} requests were not queued in time"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 fn one_event_append(stream: &str) -> AppendRequest {
     AppendRequest {
         stream_id: stream.into(),
@@ -214,7 +227,7 @@ async fn a_failed_batch_writes_nothing_and_the_writer_goes_on() {
     let b = append(store.clone(), "b");
     let commit = saga_commit(store.clone());
     let job = failing_job(store.clone(), "INSERT INTO no_such_table VALUES (1)");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_queued(&store, 3).await;
     let _ = release.send(());
     blocker.await.expect("join").expect("blocking job");
     assert!(
@@ -242,7 +255,7 @@ async fn a_failed_batch_writes_nothing_and_the_writer_goes_on() {
     let (release, blocker) = hold_writer(&store).await;
     let c = append(store.clone(), "c");
     let commit = saga_commit(store.clone());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_queued(&store, 2).await;
     let _ = release.send(());
     blocker.await.expect("join").expect("blocking job");
     let refused = c.await.expect("join");

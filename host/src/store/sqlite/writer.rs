@@ -526,6 +526,7 @@ fn stage(
     snapshots: &[Snapshot],
     purges: &[i64],
 ) -> Result<Staged, SqliteError> {
+    let first_tail = tail.position;
     let (mut versions, mut keys) = lookup(cache, db, &appends)?;
     let mut key_rows: Vec<IdempotencyEntry> = Vec::new();
     let mut outcomes = Vec::with_capacity(appends.len());
@@ -539,6 +540,9 @@ fn stage(
         ));
     }
     insert_events(db, &outcomes)?;
+    if tail.position != first_tail {
+        record_tail(db, tail)?;
+    }
     insert_keys(db, &key_rows)?;
     save_snapshots(db, snapshots)?;
     let purged = purge_keys(db, purges)?;
@@ -572,6 +576,19 @@ fn insert_events(
             )?;
         }
     }
+    Ok(())
+}
+
+/// Record where the log now ends, beside the events (see `log_tail`).
+fn record_tail(db: &mut Direct<'_>, tail: &Tail) -> Result<(), SqliteError> {
+    db.run(
+        "UPDATE log_tail SET position = ?, hash = ?, recorded_at = ? WHERE id = 1",
+        &[
+            Value::Int(tail.position as i64),
+            Value::Blob(&tail.hash),
+            Value::Int(tail.recorded_at_us),
+        ],
+    )?;
     Ok(())
 }
 
