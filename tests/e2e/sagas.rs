@@ -554,7 +554,9 @@ async fn a_client_cannot_forge_a_sagas_metadata() {
     for key in ["saga", "saga_instance", "saga_step"] {
         let mut metadata =
             json!({"saga": "transfer_saga", "saga_instance": "stuck", "saga_step": 2});
-        metadata.as_object_mut().map(|m| m.retain(|k, _| k == key));
+        if let Some(m) = metadata.as_object_mut() {
+            m.retain(|k, _| k == key);
+        }
         let forged = h
             .command(
                 "bank_account",

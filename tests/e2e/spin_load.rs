@@ -24,7 +24,11 @@ const SHARE: usize = 4;
 /// A spin may wait up to the limit for its plugin's share, then runs up to
 /// the limit: twice the limit, plus slack for a busy machine.
 const SPIN_ANSWER_MAX: Duration = Duration::from_millis(2 * LIMIT_MS + 2_000);
-const DEPOSIT_ANSWER_MAX: Duration = Duration::from_millis(1_200);
+/// Deposits are judged by their median, which a busy machine's odd stall
+/// does not move (p50 1.1 s before, 61–123 ms after), and their slowest
+/// percent only against a stall of seconds.
+const DEPOSIT_P50_MAX: Duration = Duration::from_millis(600);
+const DEPOSIT_P99_MAX: Duration = Duration::from_millis(3_000);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spins_under_load_stop_at_their_wall_limit_and_other_commands_go_on() {
@@ -98,20 +102,20 @@ async fn spins_under_load_stop_at_their_wall_limit_and_other_commands_go_on() {
     spin_times.sort();
     deposit_times.sort();
     let slowest_spin = *spin_times.last().expect("spins");
+    let p50 = deposit_times[deposit_times.len() / 2];
     let p99 = deposit_times[(deposit_times.len() * 99).div_ceil(100) - 1];
     eprintln!(
-        "spins: fastest {:?}, slowest {slowest_spin:?}; {} deposits: p50 {:?}, p99 {p99:?}",
+        "spins: fastest {:?}, slowest {slowest_spin:?}; {} deposits: p50 {p50:?}, p99 {p99:?}",
         spin_times[0],
         deposit_times.len(),
-        deposit_times[deposit_times.len() / 2]
     );
     assert!(
         slowest_spin <= SPIN_ANSWER_MAX,
         "a spin was answered after {slowest_spin:?} with a limit of {LIMIT_MS} ms"
     );
     assert!(
-        p99 <= DEPOSIT_ANSWER_MAX,
-        "deposits beside the spins: p99 {p99:?}"
+        p50 <= DEPOSIT_P50_MAX && p99 <= DEPOSIT_P99_MAX,
+        "deposits beside the spins: p50 {p50:?}, p99 {p99:?}"
     );
     let Ok(mut h) = Arc::try_unwrap(h) else {
         panic!("host still shared")
