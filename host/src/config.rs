@@ -20,9 +20,12 @@ pub const SNAPSHOT_EVERY_DEFAULT: u64 = 100;
 pub const IDEMPOTENCY_WINDOW_SECS_DEFAULT: u64 = 300;
 /// Default number of stream states kept in memory.
 pub const STATE_CACHE_ENTRIES_DEFAULT: usize = 100_000;
+/// Wasm instance slots (the runtime's pooling allocator): the most units of
+/// work that can run at once.
+pub const WASM_SLOTS: u32 = 256;
 /// Default wasm slots one plugin may hold at once: half of the instance
 /// pool, so one plugin whose calls spin leaves the other half to the rest.
-pub const PLUGIN_CONCURRENCY_DEFAULT: usize = crate::runtime::engine::POOL_INSTANCES as usize / 2;
+pub const PLUGIN_CONCURRENCY_DEFAULT: usize = WASM_SLOTS as usize / 2;
 /// Events read and folded per `apply` call during a replay.
 pub const REPLAY_BATCH_DEFAULT: u32 = 1_000;
 

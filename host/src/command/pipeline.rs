@@ -121,7 +121,7 @@ impl Pipeline {
                 .collect(),
             lock_hasher: Default::default(),
             wasm_slots: WasmSlots::new(
-                crate::runtime::engine::POOL_INSTANCES as usize,
+                crate::config::WASM_SLOTS as usize,
                 config.plugin_concurrency,
             ),
             conflict_retries: Default::default(),

@@ -11,9 +11,10 @@ use super::bindings::projection::{ProjectionPre, kiln::plugin::view};
 use super::bindings::saga::SagaPre;
 use super::compile_cache::CompileCache;
 use super::memory;
+use super::plugin::SharedCode;
 use super::plugin::{self, LoadError, Plugin, PluginCode, PluginKind};
 use super::sandbox::PluginState;
-use super::shelf::{SharedCode, Shelf};
+use super::shelf::Shelf;
 use crate::config::Limits;
 
 /// How often the epoch advances. A time limit is enforced to within one
@@ -32,8 +33,9 @@ const LINEAR_MEMORY_KEEP_RESIDENT_BYTES: usize = 1024 * 1024;
 const TABLE_KEEP_RESIDENT_BYTES: usize = 64 * 1024;
 
 /// Instance slots in the pooling allocator: the most units of work that can
-/// run at once. Each slot reserves address space, not memory.
-pub const POOL_INSTANCES: u32 = 256;
+/// run at once. Each slot reserves address space, not memory. (Set in
+/// `config`, where the per-plugin share is derived from it.)
+pub const POOL_INSTANCES: u32 = crate::config::WASM_SLOTS;
 
 /// The engine and what every instance shares.
 #[derive(Clone)]

@@ -12,7 +12,6 @@ use super::bindings::aggregate::AggregatePre;
 use super::bindings::projection::ProjectionPre;
 use super::bindings::saga::SagaPre;
 use super::sandbox::PluginState;
-use super::shelf::SharedCode;
 
 /// The three plugin worlds of `wit/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -76,6 +75,13 @@ pub enum LoadError {
     /// Handling: 422 `invalid_plugin`; the message names what is missing.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Code of one component, ready to instantiate: what plugins deployed from
+/// the same bytes share (see `shelf.rs`).
+pub struct SharedCode {
+    pub kind: PluginKind,
+    pub code: PluginCode,
 }
 
 /// Code ready to run.

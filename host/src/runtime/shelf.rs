@@ -10,13 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use super::plugin::{PluginCode, PluginKind};
-
-/// Code of one component, ready to instantiate.
-pub struct SharedCode {
-    pub kind: PluginKind,
-    pub code: PluginCode,
-}
+use super::plugin::SharedCode;
 
 /// Compiled code by `sha256:<hex>` of the component bytes.
 #[derive(Default)]
